@@ -1,0 +1,39 @@
+"""Broker settings: defaults like mosquitto 2, overridden by a TOML file and the command line.
+
+Every field here is a documented key of the TOML file (see ``config/`` and the
+README). The loader lives in ``config_file.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_PACKET_SIZE_LIMIT = 268_435_455  # the largest remaining length MQTT can express (+5)
+
+
+@dataclass(slots=True)
+class Config:
+    # [listener]
+    bind: str = "127.0.0.1"
+    port: int = 1883  # 0 = let the OS pick (tests); the chosen port is logged
+
+    # [storage]
+    backend: str = "sqlite"  # "sqlite" | "memory"
+    data_dir: str = "./data"  # the SQLite file is <data_dir>/broker.db
+
+    # [limits]
+    max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit
+    max_queued_bytes: int = 0  # per session, payload bytes queued; 0 = no limit
+    max_inflight_messages: int = 20  # outbound unacknowledged QoS 1/2 per client; our v5 Receive Maximum
+    max_packet_size: int = MAX_PACKET_SIZE_LIMIT  # largest packet accepted (v5 Maximum Packet Size)
+    max_session_expiry_interval: int = 0  # seconds; caps what clients ask for; 0 = no cap
+    max_keepalive: int = 65535  # seconds; v5 clients asking more get Server Keep Alive
+    max_topic_alias: int = 10  # v5 Topic Alias Maximum we accept from clients
+    queue_qos0_messages: bool = False  # queue QoS 0 for offline persistent sessions
+
+    # [mqtt]
+    allow_zero_length_clientid: bool = True
+    retain_available: bool = True
+
+    # [log]
+    verbose: bool = False

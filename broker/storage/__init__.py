@@ -1,0 +1,1 @@
+"""Persistence: one interface (``base.Storage``), an SQLite and an in-memory backend."""

@@ -1,0 +1,165 @@
+"""The storage interface every backend implements (SQLite default, in-memory).
+
+Design (why it looks like this):
+
+* Writes are *synchronous and buffered*: the engine calls ``enqueue``,
+  ``save_subscription``... from its (synchronous, sans-I/O) packet handlers;
+  nothing is written yet. ``commit()`` returns a future that resolves once
+  everything written before the call is durable. All writes buffered while a
+  commit is in progress go into the next one: group commit, one transaction
+  (and one fsync) for many messages. The engine acknowledges a QoS 1/2 PUBLISH
+  only from that future's callback.
+* Reads are ``async`` and see every write issued before them (a backend
+  commits or consults its buffer first).
+* Offline queues live in the backend, not in RAM: the engine keeps counters
+  and reads a session's queue in pages (``read_queue``) when it drains it.
+* A message fanned out to many sessions is stored once (``store_message``
+  returns its id); queue entries refer to it. A backend drops a message when
+  no queue entry and no retained slot refers to it any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from broker.protocol.packets import SubscriptionOptions
+
+NEVER_EXPIRES = 0xFFFFFFFF  # v5 session expiry interval meaning "never"
+
+# Queue entry states
+QUEUED = 0  # not sent yet
+SENT = 1  # PUBLISH sent with packet_id, awaiting PUBACK (QoS 1) / PUBREC (QoS 2)
+RELEASED = 2  # QoS 2: PUBREC received, PUBREL sent, awaiting PUBCOMP
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    """An application message as published (before per-subscriber QoS/ids)."""
+
+    topic: str
+    payload: bytes
+    qos: int  # QoS it was published with
+    retain: bool
+    properties: dict = field(default_factory=dict)  # v5 properties to forward
+    expires_at: float | None = None  # wall-clock time.time(); None = never
+    message_id: int = 0  # assigned by Storage.store_message (0 = not stored)
+
+
+@dataclass(slots=True)
+class QueueEntry:
+    """One message in one session's outbound queue, in delivery order (seq)."""
+
+    seq: int  # strictly increasing per session
+    message: StoredMessage
+    qos: int  # delivery QoS: min(published QoS, granted QoS)
+    retain: bool = False  # retain flag as delivered (retain-as-published)
+    subscription_ids: list[int] = field(default_factory=list)
+    state: int = QUEUED
+    packet_id: int | None = None
+
+
+@dataclass(slots=True)
+class SubscriptionRecord:
+    topic_filter: str  # as subscribed, including any "$share/group/" prefix
+    options: SubscriptionOptions
+    subscription_id: int | None = None
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    """A persistent session as stored; queue entries are read separately."""
+
+    client_id: str
+    expiry_interval: int  # seconds; NEVER_EXPIRES for v3.1.1 persistent sessions
+    protocol_level: int
+    disconnected_at: float | None = None  # wall clock of the last disconnect
+    subscriptions: list[SubscriptionRecord] = field(default_factory=list)
+    inbound_qos2: set[int] = field(default_factory=set)  # PUBREC sent, PUBREL awaited
+    # Filled in by load_sessions (not written by save_session):
+    queued_count: int = 0  # queue entries (any state)
+    queued_bytes: int = 0  # sum of payload sizes of those entries
+    last_seq: int = 0  # highest seq in the queue, 0 if empty
+
+
+class CorruptDatabase(Exception):
+    """The database file is damaged; it has been moved aside, never wiped."""
+
+
+class Storage(ABC):
+    """Persistence for sessions, their queues, inbound QoS 2 state and retained messages."""
+
+    # ---- life cycle -------------------------------------------------------
+    @abstractmethod
+    async def open(self) -> None:
+        """Open or create the store. Raises CorruptDatabase (after moving the file aside)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Commit everything buffered, then release resources."""
+
+    @abstractmethod
+    def commit(self) -> asyncio.Future[None]:
+        """A future that resolves when every write issued so far is durable.
+
+        Calls made while a commit is in flight share the next commit (group commit).
+        """
+
+    # ---- startup reads ------------------------------------------------------
+    @abstractmethod
+    async def load_sessions(self) -> list[SessionRecord]:
+        """Every stored session with subscriptions, inbound QoS 2 ids and queue stats."""
+
+    @abstractmethod
+    async def load_retained(self) -> list[StoredMessage]:
+        """Every retained message (with message_id set)."""
+
+    # ---- queue reads ------------------------------------------------------------
+    @abstractmethod
+    async def read_queue(self, client_id: str, after_seq: int, limit: int) -> list[QueueEntry]:
+        """Up to ``limit`` entries with seq > after_seq, in seq order."""
+
+    # ---- buffered writes (durable after the next commit) ----------------------------
+    @abstractmethod
+    def save_session(self, record: SessionRecord) -> None:
+        """Insert or update the session row (client_id, expiry, level, disconnected_at).
+
+        Subscriptions, inbound_qos2 and the queue are written by their own calls.
+        """
+
+    @abstractmethod
+    def delete_session(self, client_id: str) -> None:
+        """Remove the session with its subscriptions, queue and inbound QoS 2 ids."""
+
+    @abstractmethod
+    def save_subscription(self, client_id: str, sub: SubscriptionRecord) -> None:
+        """Insert or replace the subscription (client_id, sub.topic_filter)."""
+
+    @abstractmethod
+    def delete_subscription(self, client_id: str, topic_filter: str) -> None: ...
+
+    @abstractmethod
+    def store_message(self, message: StoredMessage) -> int:
+        """Store the message once (if message.message_id is 0), set and return its id."""
+
+    @abstractmethod
+    def enqueue(self, client_id: str, entry: QueueEntry) -> None:
+        """Append an entry; entry.message must have been stored (message_id != 0)."""
+
+    @abstractmethod
+    def update_entry(self, client_id: str, seq: int, state: int, packet_id: int | None) -> None: ...
+
+    @abstractmethod
+    def delete_entry(self, client_id: str, seq: int) -> None:
+        """Remove an acknowledged (or dropped/expired) entry."""
+
+    @abstractmethod
+    def add_inbound_qos2(self, client_id: str, packet_id: int) -> None: ...
+
+    @abstractmethod
+    def remove_inbound_qos2(self, client_id: str, packet_id: int) -> None: ...
+
+    @abstractmethod
+    def set_retained(self, topic: str, message: StoredMessage | None) -> None:
+        """Set (message already stored) or clear (None) the retained message of a topic."""
