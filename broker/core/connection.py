@@ -1,0 +1,558 @@
+"""One client connection: turns decoded packets into engine calls and replies.
+
+The asyncio edge (``server/transport.py``) feeds received bytes to
+``data_received`` and reports ``connection_lost``; everything else happens
+here, synchronously. Output goes through ``send``, which keeps it strictly in
+order behind acknowledgements that wait for a storage commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from broker.core.engine import Engine, message_from_publish
+from broker.core.session import Session
+from broker.protocol import properties as P
+from broker.protocol import reason_codes as RC
+from broker.protocol.codec import PacketReader, encode, encode_publish
+from broker.protocol.errors import MQTTError, UnsupportedProtocolVersion
+from broker.protocol.packets import (
+    MQTT_5,
+    Auth,
+    Connack,
+    Connect,
+    Disconnect,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+)
+from broker.protocol.topics import is_valid_topic_filter, is_valid_topic_name, split_shared
+from broker.storage.base import NEVER_EXPIRES, StoredMessage
+
+if TYPE_CHECKING:
+    from broker.protocol.packets import Packet, Will
+
+log = logging.getLogger("broker")
+
+# Connection states
+CONNECTING = 0
+CONNECTED = 1
+CLOSED = 2
+
+TOPIC_ALIAS_MIN_LENGTH = 8  # shorter topics are cheaper to send than to alias
+
+_PINGRESP = b"\xd0\x00"
+
+
+class Connection:
+    __slots__ = (
+        "engine",
+        "transport",
+        "peer",
+        "reader",
+        "state",
+        "version",
+        "client_id",
+        "session",
+        "keepalive",
+        "last_received",
+        "will",
+        "send_quota",
+        "max_send_packet_size",
+        "topic_alias_max_out",
+        "aliases_in",
+        "aliases_out",
+        "inbound_unacked",
+        "ordered_output",
+        "close_reason",
+        "disconnected_cleanly",
+        "protocol_label",
+    )
+
+    def __init__(self, engine: Engine, transport: Any) -> None:
+        self.engine = engine
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        self.reader = PacketReader(engine.config.max_packet_size)
+        self.state = CONNECTING
+        self.version = 4
+        self.client_id = ""
+        self.session: Session | None = None
+        self.keepalive = 0
+        self.last_received = time.monotonic()
+        self.will: Will | None = None
+        self.send_quota = engine.config.max_inflight_messages  # outbound receive window
+        self.max_send_packet_size = 268_435_460
+        self.topic_alias_max_out = 0
+        self.aliases_in: dict[int, str] = {}
+        self.aliases_out: dict[str, int] = {}
+        self.inbound_unacked = 0  # QoS 1/2 PUBLISH received and not yet fully acknowledged
+        # Output that must wait for a commit: deque of [future-or-None, bytes]
+        self.ordered_output: deque[list] = deque()
+        self.close_reason = ""
+        self.disconnected_cleanly = False
+        self.protocol_label = ""
+        engine.connections.add(self)
+
+    # ---- output ---------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        if self.ordered_output:
+            self.ordered_output.append([None, data])
+        else:
+            self.transport.write(data)
+
+    def send_after_commit(self, data: bytes) -> None:
+        """Send ``data`` once every storage write issued so far is durable."""
+        future = self.engine.commit()
+        if future is None and not self.ordered_output:
+            self.transport.write(data)
+            return
+        entry = [future, data]
+        self.ordered_output.append(entry)
+        if future is not None:
+            future.add_done_callback(self._flush_ordered_output)
+
+    def _flush_ordered_output(self, _future: asyncio.Future | None = None) -> None:
+        queue = self.ordered_output
+        while queue:
+            future, data = queue[0]
+            if future is not None:
+                if not future.done():
+                    return
+                if future.cancelled() or future.exception() is not None:
+                    # Not durable: never acknowledge. Close; the client will resend.
+                    queue.clear()
+                    self.close("storage commit failed", RC.UNSPECIFIED_ERROR)
+                    return
+            queue.popleft()
+            if self.state != CLOSED:
+                self.transport.write(data)
+
+    def send_packet(self, packet: Packet) -> None:
+        self.send(encode(packet, self.version))
+
+    def send_publish(
+        self,
+        message: StoredMessage,
+        qos: int,
+        retain: bool,
+        subscription_ids: list[int],
+        packet_id: int | None,
+        dup: bool,
+    ) -> bool:
+        """Encode and send one PUBLISH; False if it exceeds the client's Maximum Packet Size."""
+        topic = message.topic
+        if self.version == MQTT_5:
+            props = dict(message.properties) if message.properties else {}
+            if message.expires_at is not None:
+                props[P.MESSAGE_EXPIRY_INTERVAL] = max(0, int(message.expires_at - time.time() + 0.999))
+            if subscription_ids:
+                props[P.SUBSCRIPTION_IDENTIFIER] = subscription_ids
+            alias_max = self.topic_alias_max_out
+            if alias_max and len(topic) >= TOPIC_ALIAS_MIN_LENGTH:
+                alias = self.aliases_out.get(topic)
+                if alias is not None:
+                    props[P.TOPIC_ALIAS] = alias
+                    topic = ""
+                elif len(self.aliases_out) < alias_max:
+                    alias = len(self.aliases_out) + 1
+                    self.aliases_out[topic] = alias
+                    props[P.TOPIC_ALIAS] = alias
+            data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, props, MQTT_5)
+        else:
+            data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, None, self.version)
+        if len(data) > self.max_send_packet_size:
+            log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
+            return False
+        self.send(data)
+        return True
+
+    def send_pubrel(self, packet_id: int, reason_code: int = 0) -> None:
+        self.send(encode(Pubrel(packet_id, reason_code), self.version))
+
+    # ---- input ------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.state == CLOSED:
+            return
+        self.last_received = time.monotonic()
+        try:
+            packets = self.reader.feed(data)
+        except UnsupportedProtocolVersion as exc:
+            log.info("client from %s: unsupported protocol level %d", self.peer, exc.protocol_level)
+            code = RC.V3_UNACCEPTABLE_PROTOCOL_VERSION if exc.protocol_level < 5 else RC.UNSUPPORTED_PROTOCOL_VERSION
+            self.transport.write(encode(Connack(False, code), 4 if exc.protocol_level < 5 else 5))
+            self.close(f"unsupported protocol level {exc.protocol_level}", None)
+            return
+        except MQTTError as exc:
+            for packet in getattr(exc, "packets_before", ()):
+                self.handle(packet)
+                if self.state == CLOSED:
+                    return
+            self.protocol_violation(str(exc), exc.reason_code)
+            return
+        for packet in packets:
+            self.handle(packet)
+            if self.state == CLOSED:
+                return
+
+    def handle(self, packet: Packet) -> None:
+        try:
+            if self.state == CONNECTING:
+                self.on_connect(packet)  # the codec only lets a CONNECT through first
+                return
+            kind = type(packet)
+            if kind is Publish:
+                self.on_publish(packet)
+            elif kind is Puback:
+                self.session.on_puback(packet.packet_id)
+            elif kind is Pubrec:
+                self.on_pubrec(packet)
+            elif kind is Pubrel:
+                self.on_pubrel(packet)
+            elif kind is Pubcomp:
+                self.session.on_pubcomp(packet.packet_id)
+            elif kind is Subscribe:
+                self.on_subscribe(packet)
+            elif kind is Unsubscribe:
+                self.on_unsubscribe(packet)
+            elif kind is Pingreq:
+                self.send(_PINGRESP)
+            elif kind is Disconnect:
+                self.on_disconnect(packet)
+            elif kind is Auth:
+                # No enhanced authentication method was agreed in CONNECT.
+                self.protocol_violation("AUTH without an authentication method", RC.PROTOCOL_ERROR)
+            else:
+                self.protocol_violation(f"unexpected {kind.__name__} from a client", RC.PROTOCOL_ERROR)
+        except MQTTError as exc:
+            self.protocol_violation(str(exc), exc.reason_code)
+
+    # ---- CONNECT ------------------------------------------------------------------------------
+    def refuse(self, reason_code: int, why: str) -> None:
+        if self.version == MQTT_5:
+            self.transport.write(encode(Connack(False, reason_code), MQTT_5))
+        else:
+            self.transport.write(encode(Connack(False, RC.connack_code_for_v3(reason_code)), self.version))
+        self.close(why, None)
+
+    def on_connect(self, packet: Connect) -> None:
+        engine = self.engine
+        config = engine.config
+        self.version = version = packet.protocol_level
+        props = packet.properties
+        client_id = packet.client_id
+        assigned_id = None
+        if not client_id:
+            if version != MQTT_5 and not packet.clean_start:
+                return self.refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "empty client id with clean session 0")
+            if not config.allow_zero_length_clientid:
+                return self.refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, "empty client id not allowed")
+            client_id = engine.new_client_id()
+            if version == MQTT_5:
+                assigned_id = client_id
+        self.client_id = client_id
+        if version == MQTT_5 and P.AUTHENTICATION_METHOD in props:
+            return self.refuse(RC.BAD_AUTHENTICATION_METHOD, f"unsupported authentication method {props[P.AUTHENTICATION_METHOD]!r}")
+        keepalive = packet.keepalive
+        server_keepalive = None
+        if config.max_keepalive < 65535 and (keepalive > config.max_keepalive or (keepalive == 0 and version == MQTT_5)):
+            if version != MQTT_5:
+                return self.refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, f"keepalive {keepalive} above maximum {config.max_keepalive}")
+            keepalive = server_keepalive = config.max_keepalive
+        self.keepalive = keepalive
+
+        # Session expiry: v3.1.1 persistent sessions never expire; both capped by the config.
+        if version == MQTT_5:
+            requested_expiry = props.get(P.SESSION_EXPIRY_INTERVAL, 0)
+        else:
+            requested_expiry = 0 if packet.clean_start else NEVER_EXPIRES
+        expiry = requested_expiry
+        cap = config.max_session_expiry_interval
+        if cap and expiry > cap:
+            expiry = cap
+
+        if version == MQTT_5:
+            self.send_quota = min(props.get(P.RECEIVE_MAXIMUM, 65535), config.max_inflight_messages)
+            self.max_send_packet_size = props.get(P.MAXIMUM_PACKET_SIZE, self.max_send_packet_size)
+            self.topic_alias_max_out = props.get(P.TOPIC_ALIAS_MAXIMUM, 0)
+
+        # Take over an existing connection with the same client id.
+        session = engine.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            old = session.connection
+            log.info("client %s already connected, closing old connection", client_id)
+            old.close("session taken over", RC.SESSION_TAKEN_OVER)
+            session = engine.sessions.get(client_id)  # a non-persistent one ended with it
+        engine.cancel_will(client_id)
+        if session is not None and packet.clean_start:
+            engine.discard_session(session)
+            session = None
+        session_present = session is not None
+        if session is None:
+            session = Session(engine, client_id, expiry, version)
+            engine.sessions[client_id] = session
+        else:
+            session.expiry_interval = expiry
+            session.protocol_level = version
+        self.session = session
+        session.attach(self)
+        engine.save_session(session)
+        self.will = packet.will
+        self.state = CONNECTED
+
+        ack_props: dict = {}
+        if version == MQTT_5:
+            if config.max_inflight_messages < 65535:
+                ack_props[P.RECEIVE_MAXIMUM] = config.max_inflight_messages
+            if config.max_topic_alias:
+                ack_props[P.TOPIC_ALIAS_MAXIMUM] = config.max_topic_alias
+            if config.max_packet_size < 268_435_455:
+                ack_props[P.MAXIMUM_PACKET_SIZE] = config.max_packet_size
+            if not config.retain_available:
+                ack_props[P.RETAIN_AVAILABLE] = 0
+            if assigned_id is not None:
+                ack_props[P.ASSIGNED_CLIENT_IDENTIFIER] = assigned_id
+            if server_keepalive is not None:
+                ack_props[P.SERVER_KEEP_ALIVE] = server_keepalive
+            if expiry != requested_expiry:
+                ack_props[P.SESSION_EXPIRY_INTERVAL] = expiry
+        self.protocol_label = {3: "p1", 4: "p2", 5: "p5"}.get(version, f"p{version}")
+        log.info(
+            "New client connected from %s as %s (%s, c%d, k%d%s).",
+            self.peer,
+            client_id,
+            self.protocol_label,
+            1 if packet.clean_start else 0,
+            keepalive,
+            f", u'{packet.username}'" if packet.username else "",
+        )
+        self.send_after_commit(encode(Connack(session_present, 0, ack_props), version))
+        if session_present:
+            session.loading = True
+            asyncio.ensure_future(self._resume(session))
+
+    async def _resume(self, session: Session) -> None:
+        """Deliver what the session kept: re-send in-flight messages, then drain its queue."""
+        upto = session.last_seq
+        try:
+            inflight, queued = await self.engine.load_queue(session, upto)
+        except Exception:
+            log.exception("reading the stored queue of %s failed", session.client_id)
+            self.close("storage read failed", RC.UNSPECIFIED_ERROR)
+            return
+        if session.connection is not self:
+            return
+        arrived = session.pending
+        session.pending = type(arrived)(queued)
+        session.pending.extend(arrived)
+        session.queued_count = len(session.pending)
+        session.queued_bytes = sum(len(e.message.payload) for e in session.pending)
+        session.loading = False
+        session.resend_inflight(inflight)
+        session.pump()
+
+    # ---- PUBLISH and its acknowledgements ------------------------------------------------------
+    def on_publish(self, packet: Publish) -> None:
+        engine = self.engine
+        topic = packet.topic
+        props = packet.properties
+        if self.version == MQTT_5 and props:
+            alias = props.get(P.TOPIC_ALIAS)
+            if alias is not None:
+                if alias > engine.config.max_topic_alias:
+                    return self.protocol_violation(f"topic alias {alias} above maximum", RC.TOPIC_ALIAS_INVALID)
+                if topic:
+                    self.aliases_in[alias] = topic
+                else:
+                    topic = self.aliases_in.get(alias)
+                    if topic is None:
+                        return self.protocol_violation(f"unknown topic alias {alias}", RC.PROTOCOL_ERROR)
+        if not is_valid_topic_name(topic):
+            return self.protocol_violation(f"invalid topic name {topic!r}", RC.TOPIC_NAME_INVALID)
+        qos = packet.qos
+        if packet.retain and not engine.config.retain_available:
+            return self.protocol_violation("retain not supported", RC.RETAIN_NOT_SUPPORTED)
+        if qos == 0:
+            engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), self.client_id)
+            return
+        packet_id = packet.packet_id
+        session = self.session
+        if qos == 2 and packet_id in session.inbound_qos2:
+            # Re-sent before PUBREL: already routed once, acknowledge again only.
+            self.send_after_commit(encode(Pubrec(packet_id), self.version))
+            return
+        self.inbound_unacked += 1
+        if self.inbound_unacked > engine.config.max_inflight_messages and self.version == MQTT_5:
+            return self.protocol_violation("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
+        matched = engine.route(message_from_publish(topic, packet.payload, qos, packet.retain, props), self.client_id)
+        reason = RC.SUCCESS if matched or self.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
+        if qos == 1:
+            self.inbound_unacked -= 1
+            self.send_after_commit(encode(Puback(packet_id, reason), self.version))
+        else:
+            session.inbound_qos2.add(packet_id)
+            if session.persistent:
+                engine.storage.add_inbound_qos2(self.client_id, packet_id)
+                engine.storage_dirty = True
+            self.send_after_commit(encode(Pubrec(packet_id, reason), self.version))
+
+    def on_pubrel(self, packet: Pubrel) -> None:
+        session = self.session
+        packet_id = packet.packet_id
+        if packet_id in session.inbound_qos2:
+            session.inbound_qos2.discard(packet_id)
+            if self.inbound_unacked > 0:
+                self.inbound_unacked -= 1
+            if session.persistent:
+                self.engine.storage.remove_inbound_qos2(self.client_id, packet_id)
+                self.engine.storage_dirty = True
+            self.send(encode(Pubcomp(packet_id), self.version))
+        else:
+            self.send(encode(Pubcomp(packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND), self.version))
+
+    def on_pubrec(self, packet: Pubrec) -> None:
+        if self.session.on_pubrec(packet.packet_id, packet.reason_code):
+            if packet.reason_code < 0x80:
+                self.send_pubrel(packet.packet_id)
+        else:
+            self.send_pubrel(packet.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND)
+
+    # ---- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------------
+    def on_subscribe(self, packet: Subscribe) -> None:
+        engine = self.engine
+        session = self.session
+        v5 = self.version == MQTT_5
+        sub_ids = packet.properties.get(P.SUBSCRIPTION_IDENTIFIER) if v5 else None
+        subscription_id = sub_ids[0] if sub_ids else None
+        codes: list[int] = []
+        retained_to_send: list[tuple[StoredMessage, int, int | None]] = []
+        for topic_filter, options in packet.subscriptions:
+            if not is_valid_topic_filter(topic_filter):
+                codes.append(RC.TOPIC_FILTER_INVALID if v5 else RC.V3_SUBACK_FAILURE)
+                continue
+            group, _ = split_shared(topic_filter)
+            if group is not None and options.no_local:
+                return self.protocol_violation("no local on a shared subscription", RC.PROTOCOL_ERROR)
+            qos = options.qos
+            is_new = engine.subscribe(session, topic_filter, options, subscription_id)
+            codes.append(qos)
+            if group is None and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):
+                for message in engine.retained_for(topic_filter):
+                    retained_to_send.append((message, min(qos, message.qos), subscription_id))
+        if session.persistent:
+            self.send_after_commit(encode(Suback(packet.packet_id, codes), self.version))
+        else:
+            self.send(encode(Suback(packet.packet_id, codes), self.version))
+        for message, qos, subscription_id in retained_to_send:
+            session.deliver(message, qos, True, [subscription_id] if subscription_id is not None else [])
+
+    def on_unsubscribe(self, packet: Unsubscribe) -> None:
+        codes = []
+        v5 = self.version == MQTT_5
+        for topic_filter in packet.topic_filters:
+            if not is_valid_topic_filter(topic_filter):
+                codes.append(RC.TOPIC_FILTER_INVALID)
+            elif self.engine.unsubscribe(self.session, topic_filter):
+                codes.append(RC.SUCCESS)
+            else:
+                codes.append(RC.NO_SUBSCRIPTION_EXISTED)
+        ack = encode(Unsuback(packet.packet_id, codes if v5 else []), self.version)
+        if self.session.persistent:
+            self.send_after_commit(ack)
+        else:
+            self.send(ack)
+
+    # ---- DISCONNECT and closing ----------------------------------------------------------------------
+    def on_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        if self.version == MQTT_5:
+            new_expiry = packet.properties.get(P.SESSION_EXPIRY_INTERVAL)
+            if new_expiry is not None:
+                if session.expiry_interval == 0 and new_expiry != 0:
+                    return self.protocol_violation("session expiry set in DISCONNECT after 0 in CONNECT", RC.PROTOCOL_ERROR)
+                cap = self.engine.config.max_session_expiry_interval
+                session.expiry_interval = min(new_expiry, cap) if cap else new_expiry
+                if session.persistent:
+                    self.engine.save_session(session)
+            if packet.reason_code == RC.DISCONNECT_WITH_WILL:
+                self.close("disconnected with will", None)
+                return
+        self.will = None
+        self.disconnected_cleanly = True
+        self.close("disconnected", None)
+
+    def protocol_violation(self, why: str, reason_code: int) -> None:
+        """Close this connection for a bad packet; v5 clients get DISCONNECT with the reason."""
+        log.info("client %s (%s): %s, disconnecting", self.client_id or "<unknown>", self.peer, why)
+        if self.state == CONNECTING:
+            if self.version == MQTT_5 or self.reader.version == MQTT_5:
+                self.version = MQTT_5
+                self.transport.write(encode(Connack(False, reason_code), MQTT_5))
+            self.close(why, None)
+        else:
+            self.close(why, reason_code)
+
+    def shutdown(self) -> None:
+        self.close("broker shutting down", RC.SERVER_SHUTTING_DOWN, publish_will=False)
+
+    def check_keepalive(self, now: float) -> None:
+        if self.state == CONNECTING:
+            if now - self.last_received > 30:
+                self.close("no CONNECT within 30 s", None)
+            return
+        if self.keepalive and now - self.last_received > self.keepalive * 1.5:
+            self.close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
+
+    def close(self, why: str, reason_code: int | None, publish_will: bool = True) -> None:
+        """Close the connection; send a v5 DISCONNECT first when reason_code is given."""
+        if self.state == CLOSED:
+            return
+        was_connected = self.state == CONNECTED
+        if reason_code is not None and was_connected and self.version == MQTT_5:
+            self.ordered_output.clear()
+            self.transport.write(encode(Disconnect(reason_code), MQTT_5))
+        self.close_reason = why
+        self.state = CLOSED
+        self.transport.close()
+        self._end(publish_will)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.close_reason = f"connection lost: {exc}" if exc else "closed by client"
+            self._end(True)
+
+    def _end(self, publish_will: bool) -> None:
+        engine = self.engine
+        engine.connections.discard(self)
+        session = self.session
+        if session is None:
+            return
+        self.session = None
+        if session.connection is not self:
+            return
+        log.info("Client %s disconnected: %s.", self.client_id, self.close_reason)
+        session.detach()
+        if self.will is not None and publish_will and not self.disconnected_cleanly:
+            engine.schedule_will(self.client_id, self.will, session.expiry_interval)
+        self.will = None
+        if session.persistent:
+            engine.save_session(session)
+        else:
+            engine.discard_session(session)
+        engine.commit()

@@ -1,0 +1,304 @@
+"""The broker engine: sessions, routing, retained messages, wills and expiry.
+
+Everything here is synchronous and runs on the event loop thread; it never
+awaits except in start-up/shutdown and when a reconnecting session's stored
+queue is read. Storage writes are buffered (see ``storage.base``) and made
+durable by group commits that connections wait for before acknowledging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from broker.config import Config
+from broker.core.retained import RetainedStore
+from broker.core.session import Session, Subscription
+from broker.core.subscriptions import SubscriptionTree
+from broker.protocol import properties as P
+from broker.protocol.packets import Will
+from broker.protocol.topics import split_shared
+from broker.storage.base import QUEUED, SessionRecord, Storage, StoredMessage, SubscriptionRecord
+
+if TYPE_CHECKING:
+    from broker.core.connection import Connection
+
+log = logging.getLogger("broker")
+
+# Properties of a PUBLISH that travel with the message to subscribers.
+FORWARDED_PROPERTIES = (
+    P.PAYLOAD_FORMAT_INDICATOR,
+    P.CONTENT_TYPE,
+    P.RESPONSE_TOPIC,
+    P.CORRELATION_DATA,
+    P.USER_PROPERTY,
+)
+
+QUEUE_PAGE = 1000
+
+
+def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, properties: dict) -> StoredMessage:
+    """Build the stored form of an incoming PUBLISH or will (expiry made absolute)."""
+    forwarded = {k: v for k, v in properties.items() if k in FORWARDED_PROPERTIES} if properties else {}
+    expires_at = None
+    if properties:
+        interval = properties.get(P.MESSAGE_EXPIRY_INTERVAL)
+        if interval is not None:
+            expires_at = time.time() + interval
+    return StoredMessage(topic, payload, qos, retain, forwarded, expires_at)
+
+
+class PendingWill:
+    __slots__ = ("due", "message", "client_id")
+
+    def __init__(self, due: float, message: StoredMessage, client_id: str) -> None:
+        self.due = due
+        self.message = message
+        self.client_id = client_id
+
+
+class Engine:
+    def __init__(self, config: Config, storage: Storage) -> None:
+        self.config = config
+        self.storage = storage
+        self.sessions: dict[str, Session] = {}
+        self.tree = SubscriptionTree()
+        self.retained = RetainedStore()
+        self.pending_wills: dict[str, PendingWill] = {}
+        self.connections: set[Connection] = set()
+        self.storage_dirty = False
+        self.dropped_messages = 0
+        self._share_cursor: dict[tuple[str, str], int] = {}
+        self._next_auto_id = 0
+
+    # ---- start-up and shutdown ----------------------------------------------------
+    async def start(self) -> None:
+        now = time.time()
+        records = await self.storage.load_sessions()
+        for record in records:
+            session = Session(self, record.client_id, record.expiry_interval, record.protocol_level)
+            # A session that was online when the broker stopped counts as disconnected now.
+            session.disconnected_at = record.disconnected_at if record.disconnected_at is not None else now
+            session.inbound_qos2 = set(record.inbound_qos2)
+            session.queued_count = record.queued_count
+            session.queued_bytes = record.queued_bytes
+            session.last_seq = record.last_seq
+            for sub in record.subscriptions:
+                self._add_subscription(session, sub.topic_filter, sub.options, sub.subscription_id)
+            self.sessions[session.client_id] = session
+        for message in await self.storage.load_retained():
+            self.retained.set(message)
+        self.expire_sessions(now)
+        if self.storage_dirty:
+            await self.storage.commit()
+            self.storage_dirty = False
+        log.info("loaded %d persistent sessions and %d retained messages", len(self.sessions), len(self.retained))
+
+    async def shutdown(self) -> None:
+        """Close every connection (v5: DISCONNECT 0x8B) and make the state durable."""
+        for conn in list(self.connections):
+            conn.shutdown()
+        await self.storage.close()
+
+    # ---- sessions -----------------------------------------------------------------
+    def new_client_id(self) -> str:
+        self._next_auto_id += 1
+        return f"auto-{time.monotonic_ns():x}-{self._next_auto_id}"
+
+    def save_session(self, session: Session) -> None:
+        if session.persistent:
+            self.storage.save_session(
+                SessionRecord(
+                    session.client_id, session.expiry_interval, session.protocol_level, session.disconnected_at
+                )
+            )
+            self.storage_dirty = True
+
+    def discard_session(self, session: Session) -> None:
+        """End a session: its subscriptions, queue and stored state go away."""
+        for topic_filter in list(session.subscriptions):
+            self.tree.remove(session.client_id, topic_filter)
+        session.subscriptions.clear()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        self.storage.delete_session(session.client_id)
+        self.storage_dirty = True
+
+    def expire_sessions(self, now: float) -> None:
+        for session in [s for s in self.sessions.values() if s.expired(now)]:
+            log.info("session %s expired", session.client_id)
+            will = self.pending_wills.pop(session.client_id, None)
+            if will is not None:
+                self.route(will.message, None)
+            self.discard_session(session)
+
+    # ---- subscriptions --------------------------------------------------------------
+    def _add_subscription(
+        self, session: Session, topic_filter: str, options, subscription_id: int | None
+    ) -> tuple[bool, Subscription]:
+        group, _ = split_shared(topic_filter)
+        sub = Subscription(session.client_id, topic_filter, options, subscription_id, group)
+        session.subscriptions[topic_filter] = sub
+        is_new = self.tree.add(session.client_id, topic_filter, sub)
+        return is_new, sub
+
+    def subscribe(self, session: Session, topic_filter: str, options, subscription_id: int | None) -> bool:
+        """Add or replace a subscription; returns True if it did not exist before."""
+        is_new, _ = self._add_subscription(session, topic_filter, options, subscription_id)
+        if session.persistent:
+            self.storage.save_subscription(
+                session.client_id, SubscriptionRecord(topic_filter, options, subscription_id)
+            )
+            self.storage_dirty = True
+        return is_new
+
+    def unsubscribe(self, session: Session, topic_filter: str) -> bool:
+        if session.subscriptions.pop(topic_filter, None) is None:
+            return False
+        self.tree.remove(session.client_id, topic_filter)
+        if session.persistent:
+            self.storage.delete_subscription(session.client_id, topic_filter)
+            self.storage_dirty = True
+        return True
+
+    def retained_for(self, topic_filter: str) -> list[StoredMessage]:
+        return self.retained.matching(topic_filter, self._clear_retained_in_storage)
+
+    def _clear_retained_in_storage(self, topic: str) -> None:
+        self.storage.set_retained(topic, None)
+        self.storage_dirty = True
+
+    # ---- routing --------------------------------------------------------------------
+    def route(self, message: StoredMessage, sender_id: str | None) -> int:
+        """Deliver a published message to every matching session; returns how many matched.
+
+        Updates the retained store when the message carries the retain flag.
+        """
+        if message.retain:
+            if message.payload:
+                self.retained.set(message)
+                self.storage.store_message(message)
+                self.storage.set_retained(message.topic, message)
+                self.storage_dirty = True
+            elif self.retained.clear(message.topic):
+                self.storage.set_retained(message.topic, None)
+                self.storage_dirty = True
+        match = self.tree.match(message.topic)
+        matched = 0
+        # One copy per client: highest granted QoS, every subscription identifier.
+        targets: dict[str, list] = {}
+        for client_id, sub in match.normal:
+            options = sub.options
+            if options.no_local and client_id == sender_id:
+                continue
+            matched += 1
+            target = targets.get(client_id)
+            if target is None:
+                target = targets[client_id] = [options.qos, options.retain_as_published, []]
+            else:
+                if options.qos > target[0]:
+                    target[0] = options.qos
+                target[1] = target[1] or options.retain_as_published
+            if sub.subscription_id is not None:
+                target[2].append(sub.subscription_id)
+        sessions = self.sessions
+        qos = message.qos
+        retain = message.retain
+        for client_id, (granted, rap, sub_ids) in targets.items():
+            session = sessions.get(client_id)
+            if session is not None:
+                session.deliver(message, granted if granted < qos else qos, retain and rap, sub_ids)
+        for group, topic_filter, members in match.shared:
+            sub = self._pick_share_member(group, topic_filter, members)
+            if sub is None:
+                continue
+            matched += 1
+            session = sessions.get(sub.client_id)
+            if session is not None:
+                granted = sub.options.qos
+                sub_ids = [sub.subscription_id] if sub.subscription_id is not None else []
+                session.deliver(message, granted if granted < qos else qos, retain and sub.options.retain_as_published, sub_ids)
+        return matched
+
+    def _pick_share_member(self, group: str, topic_filter: str, members: dict) -> Subscription | None:
+        """Round robin over members, preferring online ones with room in their receive window."""
+        subs = list(members.values())
+        if not subs:
+            return None
+        key = (group, topic_filter)
+        start = self._share_cursor.get(key, 0)
+        count = len(subs)
+        fallback = None
+        for i in range(count):
+            sub = subs[(start + i) % count]
+            session = self.sessions.get(sub.client_id)
+            if session is None:
+                continue
+            conn = session.connection
+            if conn is not None and not session.pending and len(session.inflight) < conn.send_quota:
+                self._share_cursor[key] = (start + i + 1) % count
+                return sub
+            if fallback is None and (conn is not None or session.persistent):
+                fallback = (i, sub)
+        if fallback is None:
+            return None
+        i, sub = fallback
+        self._share_cursor[key] = (start + i + 1) % count
+        return sub
+
+    # ---- wills ------------------------------------------------------------------------
+    def schedule_will(self, client_id: str, will: Will, session_expiry: int) -> None:
+        """Publish a will now, or after its v5 delay (or when the session ends, if sooner)."""
+        message = message_from_publish(will.topic, will.payload, will.qos, will.retain, will.properties)
+        delay = will.properties.get(P.WILL_DELAY_INTERVAL, 0) if will.properties else 0
+        delay = min(delay, session_expiry)
+        if delay <= 0:
+            self.route(message, None)
+        else:
+            self.pending_wills[client_id] = PendingWill(time.time() + delay, message, client_id)
+
+    def cancel_will(self, client_id: str) -> None:
+        self.pending_wills.pop(client_id, None)
+
+    def publish_due_wills(self, now: float) -> None:
+        for will in [w for w in self.pending_wills.values() if w.due <= now]:
+            del self.pending_wills[will.client_id]
+            self.route(will.message, None)
+
+    # ---- housekeeping ---------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Once a second: keepalive timeouts, due wills, expired sessions."""
+        monotonic = time.monotonic()
+        for conn in list(self.connections):
+            conn.check_keepalive(monotonic)
+        if self.pending_wills:
+            self.publish_due_wills(now)
+        self.expire_sessions(now)
+        if self.storage_dirty:
+            self.commit()
+
+    def commit(self) -> asyncio.Future[None] | None:
+        """Start a group commit of what routing buffered; None when nothing is buffered."""
+        if not self.storage_dirty:
+            return None
+        self.storage_dirty = False
+        return self.storage.commit()
+
+    async def load_queue(self, session: Session, upto: int) -> tuple[list, list]:
+        """Read a session's stored queue up to seq ``upto``: (in-flight entries, queued entries)."""
+        inflight: list = []
+        queued: list = []
+        after = 0
+        if self.storage_dirty:
+            self.commit()
+        while True:
+            page = await self.storage.read_queue(session.client_id, after, QUEUE_PAGE)
+            for entry in page:
+                if entry.seq > upto:
+                    return inflight, queued
+                (queued if entry.state == QUEUED else inflight).append(entry)
+            if len(page) < QUEUE_PAGE:
+                return inflight, queued
+            after = page[-1].seq

@@ -1,0 +1,237 @@
+"""A client's session: subscriptions, outbound queue and in-flight window, inbound QoS 2 state.
+
+A session outlives its connections when it is persistent (v3.1.1 clean session
+0, v5 session expiry > 0). Its outbound queue is mirrored to storage while it is
+persistent; while it is offline the queue lives in storage only and the session
+keeps just counters, so RAM does not grow with the number of queued messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from broker.protocol.packets import SubscriptionOptions
+from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry, StoredMessage
+
+if TYPE_CHECKING:
+    from broker.core.connection import Connection
+    from broker.core.engine import Engine
+
+
+class Subscription:
+    """One topic filter of one session (for a shared filter, ``group`` is set)."""
+
+    __slots__ = ("client_id", "topic_filter", "options", "subscription_id", "group")
+
+    def __init__(
+        self,
+        client_id: str,
+        topic_filter: str,
+        options: SubscriptionOptions,
+        subscription_id: int | None,
+        group: str | None,
+    ) -> None:
+        self.client_id = client_id
+        self.topic_filter = topic_filter
+        self.options = options
+        self.subscription_id = subscription_id
+        self.group = group
+
+
+class Session:
+    __slots__ = (
+        "engine",
+        "client_id",
+        "expiry_interval",
+        "protocol_level",
+        "subscriptions",
+        "connection",
+        "loading",
+        "pending",
+        "inflight",
+        "inbound_qos2",
+        "last_seq",
+        "next_packet_id",
+        "queued_count",
+        "queued_bytes",
+        "disconnected_at",
+    )
+
+    def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
+        self.engine = engine
+        self.client_id = client_id
+        self.expiry_interval = expiry_interval  # seconds; 0 = ends with the connection
+        self.protocol_level = protocol_level
+        self.subscriptions: dict[str, Subscription] = {}
+        self.connection: Connection | None = None
+        self.loading = False  # reading the stored queue after a reconnect
+        self.pending: deque[QueueEntry] = deque()  # online only: queued in RAM, not yet sent
+        self.inflight: dict[int, QueueEntry] = {}  # online only: packet id -> SENT/RELEASED entry
+        self.inbound_qos2: set[int] = set()  # PUBREC sent, PUBREL awaited
+        self.last_seq = 0
+        self.next_packet_id = 1
+        self.queued_count = 0  # entries waiting to be sent (RAM or storage)
+        self.queued_bytes = 0
+        self.disconnected_at: float | None = None
+
+    # ---- properties ---------------------------------------------------------
+    @property
+    def persistent(self) -> bool:
+        return self.expiry_interval > 0
+
+    def expired(self, now: float) -> bool:
+        """True when an offline session's expiry interval has elapsed."""
+        if self.connection is not None or self.disconnected_at is None:
+            return False
+        if self.expiry_interval == NEVER_EXPIRES:
+            return False
+        return now >= self.disconnected_at + self.expiry_interval
+
+    # ---- delivery -------------------------------------------------------------
+    def deliver(self, message: StoredMessage, qos: int, retain: bool, subscription_ids: list[int]) -> None:
+        """Hand one routed message to this session (send now, queue in RAM or in storage)."""
+        conn = self.connection
+        if qos == 0:
+            if conn is not None and not self.loading:
+                conn.send_publish(message, 0, retain, subscription_ids, None, False)
+                return
+            if conn is None and not (self.persistent and self.engine.config.queue_qos0_messages):
+                return
+        config = self.engine.config
+        size = len(message.payload)
+        if (config.max_queued_messages and self.queued_count >= config.max_queued_messages) or (
+            config.max_queued_bytes and self.queued_bytes + size > config.max_queued_bytes
+        ):
+            # Beyond the in-flight window the queue is full: drop the new message, as mosquitto does.
+            if conn is None or self.pending or len(self.inflight) >= conn.send_quota:
+                self.engine.dropped_messages += 1
+                return
+        self.last_seq += 1
+        entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
+        self.queued_count += 1
+        self.queued_bytes += size
+        if self.persistent:
+            storage = self.engine.storage
+            if message.message_id == 0:
+                storage.store_message(message)
+            storage.enqueue(self.client_id, entry)
+            self.engine.storage_dirty = True
+        if conn is not None:
+            self.pending.append(entry)
+            if not self.loading:
+                self.pump()
+
+    def pump(self) -> None:
+        """Send queued entries while the client's receive window has room."""
+        conn = self.connection
+        if conn is None or self.loading:
+            return
+        pending = self.pending
+        inflight = self.inflight
+        quota = conn.send_quota
+        now = time.time()
+        while pending and len(inflight) < quota:
+            entry = pending.popleft()
+            self.queued_count -= 1
+            self.queued_bytes -= len(entry.message.payload)
+            expires_at = entry.message.expires_at
+            if expires_at is not None and expires_at <= now:
+                self._forget(entry)
+                continue
+            if entry.qos == 0:
+                conn.send_publish(entry.message, 0, entry.retain, entry.subscription_ids, None, False)
+                self._forget(entry)
+                continue
+            packet_id = self._allocate_packet_id()
+            if not conn.send_publish(entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, False):
+                self._forget(entry)  # too large for the client: discarded as if delivered
+                continue
+            entry.state = SENT
+            entry.packet_id = packet_id
+            inflight[packet_id] = entry
+            if self.persistent:
+                self.engine.storage.update_entry(self.client_id, entry.seq, SENT, packet_id)
+                self.engine.storage_dirty = True
+
+    def _forget(self, entry: QueueEntry) -> None:
+        if self.persistent:
+            self.engine.storage.delete_entry(self.client_id, entry.seq)
+            self.engine.storage_dirty = True
+
+    def _allocate_packet_id(self) -> int:
+        packet_id = self.next_packet_id
+        inflight = self.inflight
+        while packet_id in inflight:
+            packet_id = packet_id + 1 if packet_id < 65535 else 1
+        self.next_packet_id = packet_id + 1 if packet_id < 65535 else 1
+        return packet_id
+
+    # ---- acknowledgements from the client --------------------------------------
+    def on_puback(self, packet_id: int) -> None:
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.qos != 1:
+            return
+        del self.inflight[packet_id]
+        self._forget(entry)
+        self.pump()
+
+    def on_pubrec(self, packet_id: int, reason_code: int) -> bool:
+        """Returns False if the packet id is unknown (v5 answers PUBREL 0x92)."""
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.qos != 2:
+            return False
+        if reason_code >= 0x80:
+            # The client refused the message: it is finished.
+            del self.inflight[packet_id]
+            self._forget(entry)
+            self.pump()
+            return True
+        if entry.state != RELEASED:
+            entry.state = RELEASED
+            if self.persistent:
+                self.engine.storage.update_entry(self.client_id, entry.seq, RELEASED, packet_id)
+                self.engine.storage_dirty = True
+        return True
+
+    def on_pubcomp(self, packet_id: int) -> None:
+        entry = self.inflight.get(packet_id)
+        if entry is None or entry.state != RELEASED:
+            return
+        del self.inflight[packet_id]
+        self._forget(entry)
+        self.pump()
+
+    # ---- connection life cycle ---------------------------------------------------
+    def attach(self, conn: Connection) -> None:
+        self.connection = conn
+        self.disconnected_at = None
+
+    def detach(self) -> None:
+        """The connection is gone; what was in RAM is in storage (persistent) or dropped."""
+        self.connection = None
+        self.loading = False
+        self.disconnected_at = time.time()
+        if self.persistent:
+            # Every entry is mirrored in storage; RAM copies are dropped. Counters stay:
+            # in-flight entries count as queued again, since they will be resent.
+            self.queued_count += len(self.inflight)
+            self.queued_bytes += sum(len(e.message.payload) for e in self.inflight.values())
+        self.pending.clear()
+        self.inflight.clear()
+
+    def resend_inflight(self, entries: list[QueueEntry]) -> None:
+        """After a reconnect: re-send unacknowledged PUBLISH (DUP) and PUBREL, in order."""
+        conn = self.connection
+        assert conn is not None
+        for entry in entries:
+            packet_id = entry.packet_id
+            assert packet_id is not None
+            self.inflight[packet_id] = entry
+            if entry.state == SENT:
+                conn.send_publish(entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, True)
+            else:
+                conn.send_pubrel(packet_id)
+        if self.inflight:
+            self.next_packet_id = max(self.inflight) % 65535 + 1

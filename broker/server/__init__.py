@@ -1,0 +1,1 @@
+"""The asyncio edge: sockets, signals and timers around the sans-I/O core."""

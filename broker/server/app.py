@@ -1,0 +1,72 @@
+"""Run the broker: open storage, listen, tick once a second, stop cleanly on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from broker.config import Config
+from broker.core.engine import Engine
+from broker.server.transport import MQTTProtocol
+from broker.storage.base import CorruptDatabase
+from broker.storage.factory import open_storage
+
+log = logging.getLogger("broker")
+
+TICK_SECONDS = 0.5
+
+
+async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
+    """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    try:
+        storage = await open_storage(config)
+    except CorruptDatabase as exc:
+        log.error("%s", exc)
+        return 1
+    engine = Engine(config, storage)
+    await engine.start()
+    try:
+        server = await loop.create_server(lambda: MQTTProtocol(engine), config.bind, config.port, reuse_address=True)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.bind, config.port, exc)
+        await storage.close()
+        return 1
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        log.info("listening on %s:%d", host, port)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                engine.tick(time.time())
+            except Exception:
+                log.exception("housekeeping failed")
+
+    tick_task = asyncio.ensure_future(ticker())
+    await stop.wait()
+    log.info("shutting down")
+    tick_task.cancel()
+    server.close()
+    await engine.shutdown()
+    await server.wait_closed()
+    log.info("stopped")
+    return 0
+
+
+def run(config: Config) -> int:
+    """Blocking entry point used by ``python -m broker``; uses uvloop when installed."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return asyncio.run(serve(config))
+    return uvloop.run(serve(config))
