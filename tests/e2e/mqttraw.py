@@ -359,6 +359,7 @@ class RawClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buffer = bytearray()
+        self.backlog: list[Packet] = []  # packets set aside by expect(skip=...)
         self._eof = False
         self._next_id = 0
 
@@ -425,6 +426,8 @@ class RawClient:
     # -- packets ---------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Packet | None:
         """The next packet, or None on timeout. Raises ConnectionClosed on EOF."""
+        if self.backlog:
+            return self.backlog.pop(0)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             split = self._split()
@@ -436,16 +439,25 @@ class RawClient:
                 return None
 
     def expect(self, ptype: int, timeout: float | None = None, skip: tuple[int, ...] = ()) -> Packet:
-        """The next packet, which must be of ``ptype`` (packet types in ``skip`` are passed over)."""
+        """The next packet, which must be of ``ptype``.
+
+        Packets of the types in ``skip`` that arrive first are set aside and
+        returned, in order, by the following ``recv`` calls.
+        """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            pkt = self.recv(max(0.0, deadline - time.monotonic()))
-            if pkt is None:
-                raise AssertionError(f"timed out waiting for {TYPE_NAMES[ptype]}")
-            if pkt.type in skip:
-                continue
-            assert pkt.type == ptype, f"expected {TYPE_NAMES[ptype]}, got {pkt!r}"
-            return pkt
+        set_aside = []
+        try:
+            while True:
+                pkt = self.recv(max(0.0, deadline - time.monotonic()))
+                if pkt is None:
+                    raise AssertionError(f"timed out waiting for {TYPE_NAMES[ptype]}")
+                if pkt.type in skip:
+                    set_aside.append(pkt)
+                    continue
+                assert pkt.type == ptype, f"expected {TYPE_NAMES[ptype]}, got {pkt!r}"
+                return pkt
+        finally:
+            self.backlog[:0] = set_aside
 
     def collect(self, duration: float) -> list[Packet]:
         """Every packet that arrives within ``duration`` seconds (stops at EOF)."""
@@ -493,11 +505,11 @@ class RawClient:
         packet_id = kwargs.pop("packet_id", None) or (self.next_id() if qos else None)
         self.send(publish_packet(topic, payload, qos, packet_id, version=self.version, **kwargs))
         if qos == 1:
-            self.expect(PUBACK, skip=(PUBLISH,))
+            assert self.expect(PUBACK, skip=(PUBLISH,)).packet_id == packet_id
         elif qos == 2:
-            self.expect(PUBREC, skip=(PUBLISH,))
+            assert self.expect(PUBREC, skip=(PUBLISH,)).packet_id == packet_id
             self.send(ack_packet(PUBREL, packet_id, self.version))
-            self.expect(PUBCOMP, skip=(PUBLISH,))
+            assert self.expect(PUBCOMP, skip=(PUBLISH,)).packet_id == packet_id
         return packet_id
 
     def subscribe(self, filters: list[tuple[str, int]], properties: dict | None = None) -> Packet:

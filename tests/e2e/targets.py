@@ -12,6 +12,7 @@ their own PID.
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -51,6 +52,7 @@ def mosquitto_config(limits: dict[str, int], port: int, data_dir: Path) -> str:
     lines = [
         f"listener {port} 127.0.0.1",
         "allow_anonymous true",
+        f"user {getpass.getuser()}",  # as root, mosquitto would switch to user mosquitto
         "persistence true",
         f"persistence_location {data_dir}/",
         "autosave_interval 0",  # save on exit, like a SIGTERM stop of ours
