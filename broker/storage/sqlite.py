@@ -1,0 +1,821 @@
+"""SQLite storage (default): WAL journal, group commit, messages stored once.
+
+Write path (why it is shaped like this):
+
+* Write methods only record the *final state* of each touched row in dicts
+  (per queue entry, subscription, session, inbound id, retained topic). That
+  keeps them cheap and synchronous, and gives the cancel-out optimisation for
+  free: a queue entry enqueued and deleted before the batch is written never
+  reaches the disk, nor does a message nothing refers to any more.
+* ``commit()`` hands the batch to one asyncio task that writes it in ONE
+  transaction (one ``executemany`` per kind of statement, one fsync with
+  ``synchronous=FULL``). Commits asked for while a batch is being written
+  share the next batch: group commit.
+* Message garbage collection is deferred to the end of each batch: deleted
+  queue entries and replaced retained slots record their message id in a
+  temporary table, and one statement deletes those no row refers to any
+  more. So a message may move from one reference to another within a batch
+  (e.g. redelivery to another shared-subscription member) without being lost.
+  A message stored with ``store_message`` must be referenced (``enqueue`` /
+  ``set_retained``) before the batch is taken, i.e. before the caller yields
+  to the event loop or calls ``commit()``; otherwise it is not written.
+
+Rows are never rewritten in place by the engine's normal flow except the
+queue entry state, so the hot path per QoS 1/2 message is: one message
+insert, one queue insert per subscriber, one update per send, one delete per
+acknowledgement.
+
+On open the file is checked (``PRAGMA quick_check`` on a read-only
+connection, so a damaged file is never written to); a damaged file is moved
+aside, never deleted, and ``CorruptDatabase`` is raised. The connection uses
+``locking_mode=EXCLUSIVE``: a second broker on the same data directory gets
+``DatabaseInUse`` instead of silently sharing (and corrupting) the queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import struct
+import time
+from pathlib import Path
+
+import aiosqlite
+
+from broker.protocol.packets import SubscriptionOptions
+from broker.storage.base import (
+    CorruptDatabase,
+    QueueEntry,
+    SessionRecord,
+    Storage,
+    StoredMessage,
+    SubscriptionRecord,
+)
+from broker.storage.serialization import (
+    decode_ints,
+    decode_properties,
+    encode_ints,
+    encode_properties,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
+
+# After a checkpoint, shrink the WAL back to this size: a burst of traffic must
+# not leave a huge file behind on a small device.
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+_WAL_MAGICS = (0x377F0682, 0x377F0683)  # big-/little-endian checksum variants
+
+# Schema migrations: _MIGRATIONS[v] brings a database from version v-1 to v.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE sessions (
+            client_id TEXT NOT NULL PRIMARY KEY,
+            expiry_interval INTEGER NOT NULL,
+            protocol_level INTEGER NOT NULL,
+            disconnected_at REAL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE subscriptions (
+            client_id TEXT NOT NULL,
+            topic_filter TEXT NOT NULL,
+            qos INTEGER NOT NULL,
+            no_local INTEGER NOT NULL,
+            retain_as_published INTEGER NOT NULL,
+            retain_handling INTEGER NOT NULL,
+            subscription_id INTEGER,
+            PRIMARY KEY (client_id, topic_filter)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            qos INTEGER NOT NULL,
+            retain INTEGER NOT NULL,
+            properties BLOB,
+            expires_at REAL
+        )""",
+        """CREATE TABLE queue (
+            client_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            qos INTEGER NOT NULL,
+            retain INTEGER NOT NULL,
+            subscription_ids BLOB,
+            state INTEGER NOT NULL,
+            packet_id INTEGER,
+            PRIMARY KEY (client_id, seq)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX queue_by_message ON queue (message_id)",
+        """CREATE TABLE inbound_qos2 (
+            client_id TEXT NOT NULL,
+            packet_id INTEGER NOT NULL,
+            PRIMARY KEY (client_id, packet_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE retained (
+            topic TEXT NOT NULL PRIMARY KEY,
+            message_id INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX retained_by_message ON retained (message_id)",
+    ),
+}
+
+# Repairs run at open: rows that can only exist if an earlier run broke the
+# contract (e.g. reused a queue seq); removing them keeps the store bounded.
+_SWEEP = (
+    "DELETE FROM queue WHERE client_id NOT IN (SELECT client_id FROM sessions)",
+    "DELETE FROM subscriptions WHERE client_id NOT IN (SELECT client_id FROM sessions)",
+    "DELETE FROM inbound_qos2 WHERE client_id NOT IN (SELECT client_id FROM sessions)",
+    "DELETE FROM queue WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = queue.message_id)",
+    "DELETE FROM retained WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = retained.message_id)",
+    """DELETE FROM messages WHERE
+        NOT EXISTS (SELECT 1 FROM queue q WHERE q.message_id = messages.id)
+        AND NOT EXISTS (SELECT 1 FROM retained r WHERE r.message_id = messages.id)""",
+)
+
+_GC = """DELETE FROM messages WHERE id IN (SELECT id FROM temp.gc)
+    AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.message_id = messages.id)
+    AND NOT EXISTS (SELECT 1 FROM retained r WHERE r.message_id = messages.id)"""
+
+_READ_QUEUE = """SELECT q.seq, q.qos, q.retain, q.subscription_ids, q.state, q.packet_id,
+        m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at
+    FROM queue q JOIN messages m ON m.id = q.message_id
+    WHERE q.client_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?"""
+
+# Pending queue operations (first item of the op list).
+_INSERT = 0
+_UPDATE = 1
+_DELETE = 2
+_DELETE_OP = (_DELETE,)
+
+_CORRUPTION_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+class DatabaseInUse(Exception):
+    """Another connection (another broker on the same data_dir?) holds the database."""
+
+
+class UnsupportedSchema(Exception):
+    """The database was written by a newer broker (schema version too high)."""
+
+
+class StorageFailed(Exception):
+    """A commit failed earlier: buffered writes were lost, so the store refuses further work."""
+
+
+class SqliteStorage(Storage):
+    def __init__(
+        self, path: str | os.PathLike, *, sync: str = "full", lock_timeout: float = 2.0
+    ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        self.path = Path(path)
+        self.sync = sync
+        self.lock_timeout = lock_timeout
+        self.commits_done = 0  # transactions written by the group commit
+        self._conn: aiosqlite.Connection | None = None
+        self._next_id = 0
+        self._task: asyncio.Task | None = None
+        self._waiters: list[asyncio.Future] = []  # resolved by the next batch
+        self._inflight: list[asyncio.Future] = []  # resolved by the batch being written
+        self._failure: BaseException | None = None
+        self._reset_batch()
+
+    # ---- the pending batch ----------------------------------------------------------
+    def _reset_batch(self) -> None:
+        self._dirty = False
+        # message id -> row tuple, for messages stored since the last batch
+        self._new_messages: dict[int, tuple] = {}
+        # references to those new messages made in this batch
+        self._new_refs: dict[int, int] = {}
+        self._deleted_clients: set[str] = set()
+        self._sessions: dict[str, tuple] = {}
+        self._subscriptions: dict[tuple[str, str], tuple | None] = {}
+        self._queue: dict[tuple[str, int], list | tuple] = {}
+        self._inbound: dict[tuple[str, int], bool] = {}
+        self._retained: dict[str, int | None] = {}
+
+    def _take_batch(self) -> tuple:
+        batch = (
+            self._new_messages,
+            self._new_refs,
+            self._deleted_clients,
+            self._sessions,
+            self._subscriptions,
+            self._queue,
+            self._inbound,
+            self._retained,
+        )
+        self._reset_batch()
+        return batch
+
+    def _ref(self, message_id: int) -> None:
+        if message_id in self._new_refs:
+            self._new_refs[message_id] += 1
+
+    def _unref(self, message_id: int) -> None:
+        if message_id in self._new_refs:
+            self._new_refs[message_id] -= 1
+
+    # ---- life cycle -----------------------------------------------------------------
+    async def open(self) -> None:
+        if self._conn is not None:
+            raise RuntimeError("storage already open")
+        await asyncio.to_thread(self._check_files)
+        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.lock_timeout)
+        try:
+            await conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            rows = await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            if rows[0][0].lower() != "wal":
+                raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode")
+            await conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
+            await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            await conn.execute("PRAGMA temp_store = MEMORY")
+            await self._migrate(conn)
+            await conn.execute("BEGIN IMMEDIATE")
+            for statement in _SWEEP:
+                cursor = await conn.execute(statement)
+                if cursor.rowcount > 0:
+                    log.warning("%s: removed %d inconsistent rows (%s)", self.path,
+                                cursor.rowcount, statement.split(" WHERE")[0])
+            await conn.execute("COMMIT")
+            await conn.execute("CREATE TEMP TABLE gc (id INTEGER PRIMARY KEY)")
+            rows = await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM messages")
+            self._next_id = rows[0][0]
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            if _is_corruption(exc):
+                raise self._move_aside(str(exc)) from exc
+            if _is_busy(exc):
+                raise DatabaseInUse(self._in_use_message()) from exc
+            raise
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            if self._dirty or self._task is not None:
+                await self.commit()
+        finally:
+            if self._task is not None:
+                await asyncio.gather(self._task, return_exceptions=True)
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    def commit(self) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self._failure is not None:
+            future.set_exception(self._failed())
+        elif self._conn is None:
+            future.set_exception(RuntimeError("storage is not open"))
+        elif self._dirty:
+            self._waiters.append(future)
+            if self._task is None:
+                self._task = loop.create_task(self._commit_loop())
+        elif self._task is not None:
+            # Nothing new, but earlier writes are being written right now.
+            self._inflight.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+    async def _commit_loop(self) -> None:
+        try:
+            while self._waiters:
+                self._inflight, self._waiters = self._waiters, []
+                batch = self._take_batch()
+                try:
+                    await self._write(batch)
+                except BaseException as exc:
+                    self._failure = exc
+                    log.error("%s: commit failed, storage stopped: %r", self.path, exc)
+                    error = self._failed()
+                    for future in self._inflight + self._waiters:
+                        if not future.done():
+                            future.set_exception(error)
+                    self._inflight, self._waiters = [], []
+                    if not isinstance(exc, Exception):
+                        raise
+                    return
+                inflight, self._inflight = self._inflight, []
+                for future in inflight:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._task = None
+
+    def _failed(self) -> StorageFailed:
+        error = StorageFailed(f"{self.path}: an earlier commit failed: {self._failure!r}")
+        error.__cause__ = self._failure
+        return error
+
+    async def _flush(self) -> None:
+        """Make reads see every write issued before them."""
+        if self._conn is None:
+            raise RuntimeError("storage is not open")
+        if self._dirty or self._task is not None or self._failure is not None:
+            await self.commit()
+
+    # ---- reads -----------------------------------------------------------------------
+    async def load_sessions(self) -> list[SessionRecord]:
+        await self._flush()
+        conn = self._conn
+        records: dict[str, SessionRecord] = {}
+        for client_id, expiry, level, disconnected_at in await conn.execute_fetchall(
+            "SELECT client_id, expiry_interval, protocol_level, disconnected_at"
+            " FROM sessions ORDER BY client_id"
+        ):
+            records[client_id] = SessionRecord(client_id, expiry, level, disconnected_at)
+        for client_id, topic_filter, qos, no_local, rap, rh, sub_id in await conn.execute_fetchall(
+            "SELECT client_id, topic_filter, qos, no_local, retain_as_published, retain_handling,"
+            " subscription_id FROM subscriptions ORDER BY client_id, topic_filter"
+        ):
+            record = records.get(client_id)
+            if record is not None:
+                record.subscriptions.append(
+                    SubscriptionRecord(
+                        topic_filter,
+                        SubscriptionOptions(qos, bool(no_local), bool(rap), rh),
+                        sub_id,
+                    )
+                )
+        for client_id, packet_id in await conn.execute_fetchall(
+            "SELECT client_id, packet_id FROM inbound_qos2"
+        ):
+            record = records.get(client_id)
+            if record is not None:
+                record.inbound_qos2.add(packet_id)
+        for client_id, count, size, last_seq in await conn.execute_fetchall(
+            "SELECT q.client_id, COUNT(*), SUM(LENGTH(m.payload)), MAX(q.seq)"
+            " FROM queue q JOIN messages m ON m.id = q.message_id GROUP BY q.client_id"
+        ):
+            record = records.get(client_id)
+            if record is not None:
+                record.queued_count = count
+                record.queued_bytes = size or 0
+                record.last_seq = last_seq
+        return list(records.values())
+
+    async def load_retained(self) -> list[StoredMessage]:
+        await self._flush()
+        rows = await self._conn.execute_fetchall(
+            "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at"
+            " FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY r.topic"
+        )
+        return [
+            StoredMessage(topic, payload, qos, bool(retain), decode_properties(props), expires, mid)
+            for mid, topic, payload, qos, retain, props, expires in rows
+        ]
+
+    async def read_queue(self, client_id: str, after_seq: int, limit: int) -> list[QueueEntry]:
+        if limit <= 0:
+            return []
+        await self._flush()
+        rows = await self._conn.execute_fetchall(_READ_QUEUE, (client_id, after_seq, limit))
+        return [
+            QueueEntry(
+                seq=seq,
+                message=StoredMessage(
+                    topic, payload, m_qos, bool(m_retain), decode_properties(props), expires, mid
+                ),
+                qos=qos,
+                retain=bool(retain),
+                subscription_ids=decode_ints(sub_ids),
+                state=state,
+                packet_id=packet_id,
+            )
+            for (seq, qos, retain, sub_ids, state, packet_id,
+                 mid, topic, payload, m_qos, m_retain, props, expires) in rows
+        ]
+
+    # ---- buffered writes -----------------------------------------------------------------
+    def save_session(self, record: SessionRecord) -> None:
+        self._dirty = True
+        self._sessions[record.client_id] = (
+            record.client_id,
+            record.expiry_interval,
+            record.protocol_level,
+            record.disconnected_at,
+        )
+
+    def delete_session(self, client_id: str) -> None:
+        # Everything pending for this client is superseded: the batch first
+        # deletes all its rows, then applies what is recorded after this call.
+        self._dirty = True
+        self._deleted_clients.add(client_id)
+        self._sessions.pop(client_id, None)
+        for key in [k for k in self._subscriptions if k[0] == client_id]:
+            del self._subscriptions[key]
+        for key in [k for k in self._inbound if k[0] == client_id]:
+            del self._inbound[key]
+        for key in [k for k in self._queue if k[0] == client_id]:
+            op = self._queue.pop(key)
+            if op[0] == _INSERT:
+                self._unref(op[1])
+
+    def save_subscription(self, client_id: str, sub: SubscriptionRecord) -> None:
+        self._dirty = True
+        options = sub.options
+        self._subscriptions[(client_id, sub.topic_filter)] = (
+            client_id,
+            sub.topic_filter,
+            options.qos,
+            bool(options.no_local),
+            bool(options.retain_as_published),
+            options.retain_handling,
+            sub.subscription_id,
+        )
+
+    def delete_subscription(self, client_id: str, topic_filter: str) -> None:
+        self._dirty = True
+        self._subscriptions[(client_id, topic_filter)] = None
+
+    def store_message(self, message: StoredMessage) -> int:
+        if message.message_id:
+            return message.message_id
+        properties = encode_properties(message.properties)
+        payload = message.payload
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        self._dirty = True
+        self._next_id += 1
+        message_id = self._next_id
+        self._new_messages[message_id] = (
+            message_id,
+            message.topic,
+            payload,
+            message.qos,
+            bool(message.retain),
+            properties,
+            message.expires_at,
+        )
+        self._new_refs[message_id] = 0
+        message.message_id = message_id
+        return message_id
+
+    def enqueue(self, client_id: str, entry: QueueEntry) -> None:
+        message_id = entry.message.message_id
+        if not message_id:
+            raise ValueError("enqueue: the message has not been stored (message_id 0)")
+        self._dirty = True
+        key = (client_id, entry.seq)
+        previous = self._queue.get(key)
+        # An older row with this key may exist on disk only if the key was
+        # deleted or updated in this batch (seqs are never reused otherwise).
+        replaces = False
+        if previous is not None:
+            if previous[0] == _INSERT:
+                self._unref(previous[1])
+                replaces = previous[7]
+            else:
+                replaces = True
+        self._queue[key] = [
+            _INSERT,
+            message_id,
+            entry.qos,
+            bool(entry.retain),
+            encode_ints(entry.subscription_ids),
+            entry.state,
+            entry.packet_id,
+            replaces,
+        ]
+        if message_id in self._new_refs:
+            self._new_refs[message_id] += 1
+
+    def update_entry(self, client_id: str, seq: int, state: int, packet_id: int | None) -> None:
+        self._dirty = True
+        key = (client_id, seq)
+        previous = self._queue.get(key)
+        if previous is None or previous[0] == _UPDATE:
+            self._queue[key] = (_UPDATE, state, packet_id)
+        elif previous[0] == _INSERT:  # not on disk yet: write the final state once
+            previous[5] = state
+            previous[6] = packet_id
+        # after a delete: nothing to update
+
+    def delete_entry(self, client_id: str, seq: int) -> None:
+        self._dirty = True
+        key = (client_id, seq)
+        previous = self._queue.get(key)
+        if previous is None or previous[0] == _UPDATE:
+            self._queue[key] = _DELETE_OP
+        elif previous[0] == _INSERT:  # cancel-out: never reaches the disk
+            self._unref(previous[1])
+            if previous[7]:
+                self._queue[key] = _DELETE_OP
+            else:
+                del self._queue[key]
+
+    def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
+        self._dirty = True
+        self._inbound[(client_id, packet_id)] = True
+
+    def remove_inbound_qos2(self, client_id: str, packet_id: int) -> None:
+        # A pending add is dropped (never inserted). The delete itself is kept:
+        # the id may also be on disk from an earlier batch (an add of an id
+        # already stored is legal), and deleting a missing row writes nothing.
+        self._dirty = True
+        self._inbound[(client_id, packet_id)] = False
+
+    def set_retained(self, topic: str, message: StoredMessage | None) -> None:
+        if message is not None and not message.message_id:
+            raise ValueError("set_retained: the message has not been stored (message_id 0)")
+        self._dirty = True
+        previous = self._retained.get(topic)
+        if previous is not None:
+            self._unref(previous)
+        if message is None:
+            self._retained[topic] = None
+        else:
+            self._retained[topic] = message.message_id
+            self._ref(message.message_id)
+
+    # ---- writing one batch --------------------------------------------------------------
+    async def _write(self, batch: tuple) -> None:
+        (new_messages, new_refs, deleted_clients, sessions, subscriptions,
+         queue, inbound, retained) = batch
+        messages = [row for mid, row in new_messages.items() if new_refs[mid] > 0]
+        if not (messages or deleted_clients or sessions or subscriptions or queue
+                or inbound or retained):
+            return  # everything cancelled out: no transaction at all
+        conn = self._conn
+        gc = False
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            if deleted_clients:
+                clients = [(c,) for c in deleted_clients]
+                await conn.executemany(
+                    "INSERT OR IGNORE INTO temp.gc SELECT message_id FROM queue WHERE client_id = ?",
+                    clients,
+                )
+                gc = True
+                for table in ("queue", "subscriptions", "inbound_qos2", "sessions"):
+                    await conn.executemany(f"DELETE FROM {table} WHERE client_id = ?", clients)
+            if messages:
+                await conn.executemany(
+                    "INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    messages,
+                )
+            if sessions:
+                await conn.executemany(
+                    "INSERT OR REPLACE INTO sessions"
+                    " (client_id, expiry_interval, protocol_level, disconnected_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    list(sessions.values()),
+                )
+            if subscriptions:
+                removed = [key for key, row in subscriptions.items() if row is None]
+                saved = [row for row in subscriptions.values() if row is not None]
+                if removed:
+                    await conn.executemany(
+                        "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?", removed
+                    )
+                if saved:
+                    await conn.executemany(
+                        "INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos, no_local,"
+                        " retain_as_published, retain_handling, subscription_id)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        saved,
+                    )
+            if queue:
+                deletes = []
+                updates = []
+                inserts = []
+                for key, op in queue.items():
+                    kind = op[0]
+                    if kind == _INSERT:
+                        if op[7]:
+                            deletes.append(key)
+                        inserts.append((key[0], key[1], op[1], op[2], op[3], op[4], op[5], op[6]))
+                    elif kind == _UPDATE:
+                        updates.append((op[1], op[2], key[0], key[1]))
+                    else:
+                        deletes.append(key)
+                if deletes:
+                    await conn.executemany(
+                        "INSERT OR IGNORE INTO temp.gc"
+                        " SELECT message_id FROM queue WHERE client_id = ? AND seq = ?",
+                        deletes,
+                    )
+                    gc = True
+                    await conn.executemany(
+                        "DELETE FROM queue WHERE client_id = ? AND seq = ?", deletes
+                    )
+                if updates:
+                    await conn.executemany(
+                        "UPDATE queue SET state = ?, packet_id = ? WHERE client_id = ? AND seq = ?",
+                        updates,
+                    )
+                if inserts:
+                    await conn.executemany(
+                        "INSERT OR REPLACE INTO queue (client_id, seq, message_id, qos, retain,"
+                        " subscription_ids, state, packet_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        inserts,
+                    )
+            if inbound:
+                removed = [key for key, present in inbound.items() if not present]
+                added = [key for key, present in inbound.items() if present]
+                if removed:
+                    await conn.executemany(
+                        "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?", removed
+                    )
+                if added:
+                    await conn.executemany(
+                        "INSERT OR IGNORE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)",
+                        added,
+                    )
+            if retained:
+                topics = [(topic,) for topic in retained]
+                await conn.executemany(
+                    "INSERT OR IGNORE INTO temp.gc SELECT message_id FROM retained WHERE topic = ?",
+                    topics,
+                )
+                gc = True
+                cleared = [(topic,) for topic, mid in retained.items() if mid is None]
+                kept = [(topic, mid) for topic, mid in retained.items() if mid is not None]
+                if cleared:
+                    await conn.executemany("DELETE FROM retained WHERE topic = ?", cleared)
+                if kept:
+                    await conn.executemany(
+                        "INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)", kept
+                    )
+            if gc:
+                await conn.execute(_GC)
+                await conn.execute("DELETE FROM temp.gc")
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    await conn.execute("ROLLBACK")
+                except Exception:  # the connection may be unusable; the failure is reported anyway
+                    pass
+            raise
+        self.commits_done += 1
+
+    # ---- open: checks, schema, corruption -------------------------------------------------
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        version = (await conn.execute_fetchall("PRAGMA user_version"))[0][0]
+        if version > SCHEMA_VERSION:
+            raise UnsupportedSchema(
+                f"{self.path} has schema version {version}; this broker knows up to"
+                f" {SCHEMA_VERSION}. Run a newer broker or restore an older backup."
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[target]:
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {target}")
+                await conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
+                raise
+            log.info("%s: schema version %d", self.path, target)
+
+    def _check_files(self) -> None:
+        """Check the database read-only before opening it for writing (runs in a thread).
+
+        A read-only connection never checkpoints or deletes anything, so a
+        damaged file stays exactly as found when it is moved aside.
+        """
+        wal = _sidecar(self.path, "-wal")
+        if wal.exists():
+            reason = _wal_header_problem(wal)
+            if reason is not None:
+                raise self._move_wal_aside(reason)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            check = sqlite3.connect(uri, uri=True, timeout=self.lock_timeout)
+            try:
+                rows = check.execute("PRAGMA quick_check(5)").fetchall()
+            finally:
+                check.close()
+        except sqlite3.DatabaseError as exc:
+            if _is_corruption(exc):
+                raise self._move_aside(str(exc)) from exc
+            if _is_busy(exc):
+                raise DatabaseInUse(self._in_use_message()) from exc
+            raise
+        if rows != [("ok",)]:
+            raise self._move_aside("; ".join(str(row[0]) for row in rows))
+
+    def _in_use_message(self) -> str:
+        return (
+            f"{self.path} is locked by another process: is another broker running"
+            " with the same data_dir?"
+        )
+
+    def _move_aside(self, reason: str) -> CorruptDatabase:
+        """Rename the database and its -wal/-shm to broker.db.corrupt-<time>[-wal|-shm]."""
+        target = _free_name(self.path, ".corrupt-" + time.strftime("%Y%m%dT%H%M%S"))
+        moved = []
+        for suffix in ("", "-wal", "-shm"):
+            source = _sidecar(self.path, suffix)
+            if source.exists():
+                destination = _sidecar(target, suffix)
+                os.replace(source, destination)
+                moved.append(str(destination))
+        log.error("%s is corrupt (%s); moved to %s", self.path, reason, ", ".join(moved))
+        return CorruptDatabase(
+            f"database {self.path} is corrupt ({reason}). It was moved aside to {target}"
+            f" (nothing was deleted). Restore a backup to {self.path}, or start without"
+            " it to begin with an empty store."
+        )
+
+    def _move_wal_aside(self, reason: str) -> CorruptDatabase:
+        """A write-ahead log SQLite did not write: keep it, refuse this start.
+
+        SQLite would silently discard such a log (and with it any committed
+        transactions it held); the operator must know. The database itself is
+        left in place, so the next start uses it as it is.
+        """
+        wal = _sidecar(self.path, "-wal")
+        target = _free_name(wal, ".corrupt-" + time.strftime("%Y%m%dT%H%M%S"))
+        os.replace(wal, target)
+        shm = _sidecar(self.path, "-shm")
+        if shm.exists():
+            os.replace(shm, _free_name(shm, ".corrupt-" + time.strftime("%Y%m%dT%H%M%S")))
+        log.error("%s: write-ahead log is damaged (%s); moved to %s", self.path, reason, target)
+        return CorruptDatabase(
+            f"the write-ahead log of {self.path} is damaged ({reason}). It was moved aside to"
+            f" {target} (nothing was deleted); transactions it held are not in the database."
+            f" The next start uses {self.path} as it is."
+        )
+
+    # ---- introspection for tests ---------------------------------------------------
+    async def _message_count(self) -> int:
+        """Stored messages after garbage collection."""
+        await self._flush()
+        rows = await self._conn.execute_fetchall("SELECT COUNT(*) FROM messages")
+        return rows[0][0]
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """path+suffix, or path+suffix-N if that exists (two failures in one second)."""
+    candidate = _sidecar(path, suffix)
+    n = 1
+    while candidate.exists() or _sidecar(candidate, "-wal").exists():
+        candidate = _sidecar(path, f"{suffix}-{n}")
+        n += 1
+    return candidate
+
+
+def _wal_header_problem(wal: Path) -> str | None:
+    """Why this -wal file cannot have been written by SQLite, or None if it may have been.
+
+    An empty log, or a header of zeros (a crash while the file was being
+    extended, before anything was committed to it), is normal. A torn tail
+    is normal too: SQLite's frame checksums make it fall back to the last
+    complete commit. Anything else in the header means the file was damaged.
+    """
+    with open(wal, "rb") as f:
+        header = f.read(32)
+    if not header or header.count(0) == len(header):
+        return None
+    if len(header) < 32:
+        return f"{len(header)}-byte header"
+    magic, version = struct.unpack(">II", header[:8])
+    if magic not in _WAL_MAGICS or version != 3007000:
+        return f"bad header magic {magic:#010x}"
+    # Header checksum over the first 24 bytes (SQLite's walChecksumBytes).
+    big_endian = magic & 1
+    fmt = ">6I" if big_endian else "<6I"
+    words = struct.unpack(fmt, header[:24])
+    s0 = s1 = 0
+    for i in range(0, 6, 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    if (s0, s1) != struct.unpack(">II", header[24:32]):
+        return "bad header checksum"
+    return None
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return False
+    return (code & 0xFF) in _CORRUPTION_CODES
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _BUSY_CODES
