@@ -92,9 +92,7 @@ class SubscriptionTree:
         if group is None:
             members = node.subscribers
         else:
-            members = node.groups.get(group)
-            if members is None:
-                members = node.groups[group] = {}
+            members = node.groups.setdefault(group, {})
         is_new = client_id not in members
         members[client_id] = value  # a replacement keeps its place in the order
         if is_new:
@@ -114,12 +112,7 @@ class SubscriptionTree:
                 return False
             path.append(child)
             node = child
-        if group is None:
-            members = node.subscribers
-        else:
-            members = node.groups.get(group)
-            if members is None:
-                return False
+        members = node.subscribers if group is None else node.groups.get(group, {})
         if client_id not in members:
             return False
         del members[client_id]
