@@ -1,0 +1,104 @@
+"""``python -m broker``: read the configuration (defaults, then the file, then options) and run.
+
+Without arguments it listens on 127.0.0.1:1883 and keeps its database under
+./data, like mosquitto 2 without a configuration file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from broker import __version__
+from broker.config import Config
+from broker.config_file import ConfigError, load_config
+from broker.logsetup import setup_logging
+
+PROG = "edgemq-broker"  # the console script's name
+EXIT_CONFIG_ERROR = 2  # like argparse's usage errors
+
+log = logging.getLogger("broker")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    invoked_as_module = sys.argv[0].endswith("__main__.py")
+    parser = argparse.ArgumentParser(
+        prog="python -m broker" if invoked_as_module else PROG,
+        description="An MQTT 3.1.1 and 5.0 broker for IoT and edge devices, "
+        "with persistent sessions in SQLite.",
+        epilog="Options given here override the configuration file. "
+        "Stop the broker with SIGTERM or Ctrl-C: queued messages and sessions are kept.",
+    )
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="TOML configuration file (see config/broker.toml)"
+    )
+    parser.add_argument(
+        "--bind", metavar="ADDR", help=f"address to listen on (default {defaults.bind})"
+    )
+    parser.add_argument(
+        "-p", "--port", type=_port, metavar="PORT",
+        help=f"TCP port to listen on; 0 picks a free one (default {defaults.port})",
+    )
+    parser.add_argument(
+        "--data-dir", metavar="DIR",
+        help=f"directory of the SQLite database (default {defaults.data_dir})",
+    )
+    parser.add_argument(
+        "--memory", action="store_true",
+        help="keep everything in memory (nothing is persisted; sessions are lost on stop)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, overridden by the file (``-c``), overridden by the other options."""
+    config = load_config(args.config) if args.config else Config()
+    if args.bind is not None:
+        config.bind = args.bind
+    if args.port is not None:
+        config.port = args.port
+    if args.data_dir is not None:
+        config.data_dir = args.data_dir
+    if args.memory:
+        config.backend = "memory"
+    if args.verbose:
+        config.verbose = True
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, set up logging and run the broker; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    setup_logging(config.verbose)
+    if args.config:
+        log.info("configuration loaded from %s", args.config)
+    from broker.server.app import run  # after parsing, so --help works even if the server cannot import
+
+    try:
+        return run(config)
+    except KeyboardInterrupt:  # Ctrl-C before the server installed its own handler
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
