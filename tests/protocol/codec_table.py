@@ -60,7 +60,22 @@ def split_fixed_header(raw: bytes) -> tuple[int, bytes]:
     return raw[0], raw[i + 1 :]
 
 
+def declared_length(raw: bytes) -> int | None:
+    """The Remaining Length a fixture declares, or None if its header is not a valid one."""
+    value = 0
+    for i in range(1, min(len(raw), 5)):
+        value |= (raw[i] & 0x7F) << (7 * (i - 1))
+        if not raw[i] & 0x80:
+            return value
+    return None
+
+
 def check_case(case: Case) -> None:
+    # A fixture whose length byte is off by one could fail for the wrong reason
+    # (or pass, with the leftover bytes read as the next packet): rule it out.
+    declared = declared_length(case.raw)
+    if declared is not None:
+        assert declared == len(split_fixed_header(case.raw)[1]), f"{case.name}: fixture length is wrong"
     if isinstance(case.expect, Err):
         _check_error(case)
     else:
