@@ -245,7 +245,7 @@ class Connection:
     # ---- CONNECT ------------------------------------------------------------------------------
     def refuse(self, reason_code: int, why: str) -> None:
         if self.version == MQTT_5:
-            self.transport.write(encode(Connack(False, reason_code), MQTT_5))
+            self.transport.write(encode(Connack(False, reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
         else:
             self.transport.write(encode(Connack(False, RC.connack_code_for_v3(reason_code)), self.version))
         self.close(why, None)
@@ -525,7 +525,7 @@ class Connection:
         was_connected = self.state == CONNECTED
         if reason_code is not None and was_connected and self.version == MQTT_5:
             self.ordered_output.clear()
-            self.transport.write(encode(Disconnect(reason_code), MQTT_5))
+            self.transport.write(encode(Disconnect(reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
         self.close_reason = why
         self.state = CLOSED
         self.transport.close()

@@ -85,6 +85,7 @@ class Engine:
             session.queued_count = record.queued_count
             session.queued_bytes = record.queued_bytes
             session.last_seq = record.last_seq
+            session.stored = True
             for sub in record.subscriptions:
                 self._add_subscription(session, sub.topic_filter, sub.options, sub.subscription_id)
             self.sessions[session.client_id] = session
@@ -109,6 +110,7 @@ class Engine:
 
     def save_session(self, session: Session) -> None:
         if session.persistent:
+            session.stored = True
             self.storage.save_session(
                 SessionRecord(
                     session.client_id, session.expiry_interval, session.protocol_level, session.disconnected_at
@@ -123,8 +125,9 @@ class Engine:
         session.subscriptions.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
-        self.storage.delete_session(session.client_id)
-        self.storage_dirty = True
+        if session.stored:
+            self.storage.delete_session(session.client_id)
+            self.storage_dirty = True
 
     def expire_sessions(self, now: float) -> None:
         for session in [s for s in self.sessions.values() if s.expired(now)]:

@@ -57,6 +57,7 @@ class Session:
         "queued_count",
         "queued_bytes",
         "disconnected_at",
+        "stored",
     )
 
     def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
@@ -75,6 +76,7 @@ class Session:
         self.queued_count = 0  # entries waiting to be sent (RAM or storage)
         self.queued_bytes = 0
         self.disconnected_at: float | None = None
+        self.stored = False  # has a row in storage (written once persistent, or loaded)
 
     # ---- properties ---------------------------------------------------------
     @property
