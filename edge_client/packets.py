@@ -1,0 +1,104 @@
+"""MQTT 3.1.1 packets as bytes, without I/O: what the session core sends and parses.
+
+Plain functions over bytes, so the same code runs on MicroPython and CPython and
+can be tested without a socket. Constants use micropython.const with leading
+underscores: on a device they vanish at compile time and cost no RAM.
+"""
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    from .compat import const
+
+
+_CONNECT = const(0x10)
+_SUBSCRIBE = const(0x82)
+
+
+class MQTTException(Exception):
+    """The broker refused (CONNACK code, SUBACK 0x80) or broke the protocol."""
+
+
+def to_bytes(x):
+    """Topics and payloads may be given as str (like umqtt); the wire wants bytes."""
+    if isinstance(x, str):
+        return x.encode()
+    return bytes(x)
+
+
+def field(b):
+    """A length-prefixed MQTT string or binary field."""
+    return struct.pack("!H", len(b)) + b
+
+
+def packet(first, body):
+    """Fixed header (type byte + variable-length remaining length) followed by body."""
+    n = len(body)
+    head = bytearray((first,))
+    while n > 0x7F:
+        head.append(n & 0x7F | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + body
+
+
+def connect(client_id, clean, keepalive, user, password, will):
+    """CONNECT; will is (topic, msg, retain, qos) or None."""
+    flags = 2 if clean else 0
+    tail = field(client_id)
+    if will:
+        flags |= 4 | will[3] << 3 | (0x20 if will[2] else 0)
+        tail += field(will[0]) + field(will[1])
+    if user is not None:
+        flags |= 0x80
+        tail += field(user)
+    if password is not None:
+        flags |= 0x40
+        tail += field(password)
+    return packet(_CONNECT, b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive) + tail)
+
+
+def publish(flags, pid, topic, msg):
+    """PUBLISH; flags holds the low nibble of the fixed header: DUP 8, QoS 6, RETAIN 1."""
+    body = field(topic)
+    if flags & 6:
+        body += struct.pack("!H", pid)
+    return packet(0x30 | flags & 0x0F, body + msg)
+
+
+def ack(kind, pid):
+    """PUBACK/PUBREC/PUBREL/PUBCOMP: type byte, length 2, packet id."""
+    return struct.pack("!BBH", kind, 2, pid)
+
+
+def request(kind, pid, topic, qos):
+    """SUBSCRIBE (kind 0x82, one topic filter) or UNSUBSCRIBE (kind 0xA2)."""
+    body = struct.pack("!H", pid) + field(topic)
+    if kind == _SUBSCRIBE:
+        body += bytes((qos,))
+    return packet(kind, body)
+
+
+def frame(buf):
+    """Find one complete packet at the start of buf.
+
+    Returns (first_byte, body_start, end), or None while more bytes are needed.
+    """
+    n = 0
+    shift = 0
+    i = 1
+    while True:
+        if i >= len(buf):
+            return None
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            break
+        shift += 7
+        if shift > 21:
+            raise MQTTException("bad remaining length")
+    if len(buf) < i + n:
+        return None
+    return buf[0], i, i + n
