@@ -22,6 +22,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
     try:
         storage = await open_storage(config)
     except CorruptDatabase as exc:
@@ -38,11 +43,6 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
         log.info("listening on %s:%d", host, port)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
 
     async def ticker() -> None:
         while True:
