@@ -5,8 +5,6 @@ Names load lazily so that importing the asyncio variant does not pull in the
 blocking client as well.
 """
 
-__version__ = "1.0.0"
-
 
 def __getattr__(name):
     if name == "MQTTClient":

@@ -47,8 +47,7 @@ class MQTTClient:
             port = 8883 if ssl else 1883
         self.server = server
         self.port = port
-        self.ssl = ssl
-        self.ssl_params = ssl_params
+        self.tls = (ssl, ssl_params) if ssl else None
         args = (client_id, keepalive, outbox_size, drop_oldest, max_inflight, max_packet)
         if outbox:
             from .persist import FilePersist
@@ -57,9 +56,7 @@ class MQTTClient:
         else:
             s = self.s = Session(*args)
         if user is not None:
-            s.user = to_bytes(user)
-            if password is not None:
-                s.password = to_bytes(password)
+            s.auth = (to_bytes(user), None if password is None else to_bytes(password))
         self.sock = self.poller = None
         self.want = False  # connect() was called and disconnect() was not
         self.auto = reconnect
@@ -99,8 +96,7 @@ class MQTTClient:
                 self._flush()
             except OSError:
                 pass
-        self._close()
-        self.s.lost()
+        self._lost()
 
     def ping(self):
         self.s.out += b"\xc0\x00"
@@ -171,15 +167,16 @@ class MQTTClient:
     # -- I/O ------------------------------------------------------------------
 
     def _open(self):
-        self._close()
+        if self.sock is not None:
+            self._lost()
         ai = socket.getaddrinfo(self.server, self.port, 0, socket.SOCK_STREAM)[0]
         sock = self.sock = socket.socket(ai[0], ai[1], ai[2])
         sock.settimeout(self.timeout)
         sock.connect(ai[-1])
-        if self.ssl:
+        if self.tls:
             from .tls import wrap
 
-            sock = self.sock = wrap(sock, self.ssl, self.ssl_params, self.server)
+            sock = self.sock = wrap(sock, self.tls[0], self.tls[1], self.server)
         p = self.poller = select.poll()
         p.register(sock, select.POLLIN)
         s = self.s
@@ -194,18 +191,15 @@ class MQTTClient:
         self.delay = 0
         return s.present
 
-    def _close(self):
+    def _lost(self):
+        """Drop the connection and schedule the next try: exponential backoff, equal jitter."""
         if self.sock is not None:
             try:
                 self.sock.close()
             except OSError:
                 pass
         self.sock = self.poller = None
-
-    def _lost(self):
-        """Drop the connection and schedule the next try: exponential backoff, equal jitter."""
-        self._close()
-        self.s.lost()
+        self.s.up = False  # nothing more goes to the wire until the next CONNACK
         lo, hi = self.backoff
         d = self.delay = min(hi, self.delay * 2 if self.delay else lo)
         self.retry_at = ticks_add(ticks_ms(), d // 2 + getrandbits(20) % (d // 2 + 1))
@@ -239,8 +233,6 @@ class MQTTClient:
             return
         try:
             self._read(ms)
-            if not self.s.tick(ticks_ms()):
-                raise OSError(errno.ETIMEDOUT)  # PINGRESP overdue: the link is dead
             self._flush()
         except _FAIL:
             self._lost()

@@ -43,19 +43,19 @@ def packet(first, body):
     return bytes(head) + body
 
 
-def connect(client_id, clean, keepalive, user, password, will):
-    """CONNECT; will is (topic, msg, retain, qos) or None."""
+def connect(client_id, clean, keepalive, auth, will):
+    """CONNECT; auth is (user, password or None) or None, will (topic, msg, retain, qos) or None."""
     flags = 2 if clean else 0
     tail = field(client_id)
     if will:
         flags |= 4 | will[3] << 3 | (0x20 if will[2] else 0)
         tail += field(will[0]) + field(will[1])
-    if user is not None:
+    if auth:
         flags |= 0x80
-        tail += field(user)
-    if password is not None:
-        flags |= 0x40
-        tail += field(password)
+        tail += field(auth[0])
+        if auth[1] is not None:
+            flags |= 0x40
+            tail += field(auth[1])
     return packet(_CONNECT, b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive) + tail)
 
 

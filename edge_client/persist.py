@@ -3,8 +3,8 @@
 Every change appends one record and closes the file again: no open handle, no
 unflushed buffer when the power goes. Record: kind byte and packet id, and for
 b"+" (message added) flags, topic length, payload length, topic, payload.
-Other kinds: b"~" PUBREC received, b"-" message done, b"I"/b"i" incoming QoS 2
-id pending/released. A torn last record is ignored on load. The file is
+A b"+" for an id already loaded is its PUBREC (flags with REL, no payload).
+Other kinds: b"-" message done, b"I"/b"i" incoming QoS 2 id pending/released. A torn last record is ignored on load. The file is
 rewritten compactly (temp file + rename, which littlefs and POSIX do atomically)
 after loading and when dead records pile up, and emptied when the outbox is.
 """
@@ -32,7 +32,7 @@ class FilePersist(Session):
                     if len(h) < 3:
                         break
                     kind, pid = struct.unpack("!BH", h)
-                    if kind == 0x2B:  # "+"
+                    if kind == 0x2B:  # "+": a message, or its new state after PUBREC
                         h = f.read(7)
                         if len(h) < 7:
                             break
@@ -42,44 +42,39 @@ class FilePersist(Session):
                             break
                         if flags & 6 and not flags & 0x10:
                             flags |= 8  # DUP: it may have reached the broker before the reset
-                        self.q.append([pid, flags, d[:tl], d[tl:]])
+                        e = self.find(pid)
+                        if e is None:
+                            self.q.append([pid, flags, d[:tl], d[tl:]])
+                        else:
+                            e[1] = flags
+                            e[3] = b""
+                    elif kind == 0x2D:  # "-"
+                        e = self.find(pid)
+                        if e is not None:
+                            self.q.remove(e)
                     elif kind == 0x49:  # "I"
                         self.inq.add(pid)
                     elif kind == 0x69:  # "i"
                         self.inq.discard(pid)
-                    else:
-                        e = self.find(pid)
-                        if e is not None:
-                            if kind == 0x2D:  # "-"
-                                self.q.remove(e)
-                            else:  # "~"
-                                e[1] = e[1] & 6 | 0x10
-                                e[3] = b""
-        self._compact()
+        self.log(None, None)  # rewrite compactly: drops a torn tail and dead records
 
     def log(self, kind, e):
+        """Append one record; with kind None, or when dead records pile up, rewrite
+        the live state into a temp file and rename it over the log."""
         live = len(self.q) + len(self.inq)
-        if live and self.records <= 4 * live + 16:
-            self._save(self.path, "ab", ((kind, e),))
+        if kind and live and self.records <= 4 * live + 16:
+            recs = ((kind, e),)
+            path = self.path
             self.records += 1
         else:
-            self._compact()
-
-    def _compact(self):
-        recs = []
-        for e in self.q:
-            recs.append((b"+", e))
-        for pid in self.inq:
-            recs.append((b"I", (pid,)))
-        if recs:
-            self._save(self.path + ".tmp", "wb", recs)
-            os.rename(self.path + ".tmp", self.path)
-        else:
-            self._save(self.path, "wb", ())
-        self.records = len(recs)
-
-    def _save(self, path, mode, recs):
-        with open(path, mode) as f:
+            recs = []
+            for e in self.q:
+                recs.append((b"+", e))
+            for pid in self.inq:
+                recs.append((b"I", (pid,)))
+            path = self.path + ".tmp"
+            self.records = len(recs)
+        with open(path, "ab" if path == self.path else "wb") as f:
             for kind, e in recs:
                 f.write(kind + struct.pack("!H", e[0]))
                 if kind == b"+":
@@ -87,3 +82,5 @@ class FilePersist(Session):
             if _sync:
                 f.flush()
                 _sync(f.fileno())
+        if path != self.path:
+            os.rename(path, self.path)

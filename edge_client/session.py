@@ -48,7 +48,7 @@ class Session:
         self.dropped = 0
         self.max_inflight = max_inflight
         self.max_packet = max_packet
-        self.user = self.password = self.will = self.cb = None
+        self.auth = self.will = self.cb = None  # auth: (user, password or None)
         self.info = False  # callback wants (topic, msg, retained, qos)
         self.subs = {}  # topic -> qos, restored when the broker has no session
         self.acks = {}  # pid -> SUBSCRIBE/UNSUBSCRIBE packet awaiting its ack
@@ -57,7 +57,7 @@ class Session:
         self.pid = 0
         self.up = self.present = False
         self.clean = True
-        self.out = self.rx = b""
+        self.out = self.rx = b""  # out: bytes for the wire; rx: an incomplete packet
         self.count = 0  # packets processed: lets callers wait for "one more"
         self.op = None  # type byte of the last packet processed
         self.last_tx = 0
@@ -94,40 +94,35 @@ class Session:
     # -- connection life --------------------------------------------------
 
     def start(self, clean, now):
-        """Queue CONNECT for a fresh connection."""
+        """Queue CONNECT for a fresh connection. Nothing is on this wire yet: what
+        an earlier connection sent goes again, QoS 1/2 publishes with DUP."""
         self.clean = clean
+        self.up = False
         self.rx = b""
         self.ping_at = None
         self.last_tx = now
-        self.out = P.connect(self.client_id, clean, self.keepalive, self.user, self.password, self.will)
-
-    def lost(self):
-        """The connection is gone: forget the wire, mark what was sent for resending with DUP."""
-        self.up = False
-        self.out = self.rx = b""
+        self.out = P.connect(self.client_id, clean, self.keepalive, self.auth, self.will)
         for e in self.q:
             f = e[1]
             if f & _SENT:
                 e[1] = f & ~_SENT | (_DUP if f & 6 and not f & _REL else 0)
 
     def take(self, now):
-        """Bytes the I/O layer must write now; notes the time for keepalive."""
+        """Bytes the I/O layer must write now, with a PINGREQ after keepalive/2 of
+        silence. Raises MQTTException when a PINGRESP is overdue: the link is dead."""
+        if self.up and self.keepalive:
+            ka = self.keepalive * 1000
+            if self.ping_at is not None:
+                if ticks_diff(now, self.ping_at) > ka:
+                    raise P.MQTTException("keepalive: no PINGRESP")
+            elif ticks_diff(now, self.last_tx) >= ka // 2:
+                self.out += b"\xc0\x00"
+                self.ping_at = now
         d = self.out
         if d:
             self.out = b""
             self.last_tx = now
         return d
-
-    def tick(self, now):
-        """Keepalive: PINGREQ after keepalive/2 of silence; False once PINGRESP is overdue."""
-        if self.up and self.keepalive:
-            ka = self.keepalive * 1000
-            if self.ping_at is not None:
-                return ticks_diff(now, self.ping_at) <= ka
-            if ticks_diff(now, self.last_tx) >= ka // 2:
-                self.out += b"\xc0\x00"
-                self.ping_at = now
-        return True
 
     # -- outgoing ---------------------------------------------------------
 
@@ -207,11 +202,7 @@ class Session:
             self.later.append((topic, qos))
             return None
         pid = self.new_pid()
-        if qos is None:
-            pkt = P.request(_UNSUBSCRIBE, pid, topic, 0)
-        else:
-            pkt = P.request(_SUBSCRIBE, pid, topic, qos)
-        self.acks[pid] = pkt
+        pkt = self.acks[pid] = P.request(_UNSUBSCRIBE if qos is None else _SUBSCRIBE, pid, topic, qos)
         self.out += pkt
         return pid
 
@@ -309,7 +300,7 @@ class Session:
                 # the broker owns the message now: keep only the id; PUBREL goes out below
                 e[1] = e[1] & 6 | _REL | _SENT
                 e[3] = b""
-                self.log(b"~", e)
+                self.log(b"+", e)
             self.out += P.ack(_PUBREL, pid)  # also for an unknown id, so the broker can finish
         elif kind == 0x90 or kind == 0xB0:  # SUBACK, UNSUBACK
             if self.acks.pop(pid, None) is not None:
