@@ -279,37 +279,42 @@ def _decode_connack(first: int, body: Body, version: int | None, from_client: bo
     return Connack(bool(ack_flags), code, props)
 
 
-def _decode_publish(first: int, body: Body, version: int | None, from_client: bool) -> Publish:
-    # The hot path: one memoryview slice for the topic, one copy for the payload.
-    end = len(body)
-    if end < 2:
+def _decode_publish_span(
+    first: int, buf: bytes, start: int, end: int, version: int | None, from_client: bool
+) -> Publish:
+    """Decode the PUBLISH whose body is ``buf[start:end]``: the hot path.
+
+    Working on offsets into the reader's buffer avoids slicing out a body first:
+    the topic and the payload are the only copies made.
+    """
+    if end - start < 2:
         raise MalformedPacket("PUBLISH too short for a topic length")
-    pos = 2 + ((body[0] << 8) | body[1])
+    pos = start + 2 + ((buf[start] << 8) | buf[start + 1])
     if pos > end:
         raise MalformedPacket("PUBLISH topic runs past the packet")
     try:
-        topic = str(body[2:pos], "utf-8")
+        topic = buf[start + 2 : pos].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedPacket(f"PUBLISH topic is not valid UTF-8: {exc.reason}") from None
     qos = (first >> 1) & 3
     if qos:
         if pos + 2 > end:
             raise MalformedPacket("PUBLISH packet identifier runs past the packet")
-        packet_id = (body[pos] << 8) | body[pos + 1]
+        packet_id = (buf[pos] << 8) | buf[pos + 1]
         if not packet_id:
             raise ProtocolError("PUBLISH with packet identifier 0 [MQTT-2.2.1-3]")
         pos += 2
     else:
         packet_id = None
     if version == 5:
-        props, pos = decode_properties(body, pos, end, PUBLISH_PROPS, "PUBLISH")
+        props, pos = decode_properties(buf, pos, end, PUBLISH_PROPS, "PUBLISH")
     else:
         props = {}
     if "+" in topic or "#" in topic:
         raise ProtocolError(f"PUBLISH topic {topic!r} contains a wildcard [MQTT-3.3.2-2]", TOPIC_NAME_INVALID)
     if "\x00" in topic:
         raise MalformedPacket("PUBLISH topic contains U+0000 [MQTT-1.5.4-2]")
-    payload = bytes(body[pos:])
+    payload = buf[pos:end]
     if props:
         if not topic and TOPIC_ALIAS not in props:
             raise ProtocolError("PUBLISH with an empty topic and no Topic Alias")
@@ -324,6 +329,12 @@ def _decode_publish(first: int, body: Body, version: int | None, from_client: bo
             raise ProtocolError("PUBLISH with an empty topic and no Topic Alias")
         raise ProtocolError("PUBLISH with an empty topic [MQTT-4.7.3-1]", TOPIC_NAME_INVALID)
     return Publish(topic, payload, qos, bool(first & 0x01), bool(first & 0x08), packet_id, props)
+
+
+def _decode_publish(first: int, body: Body, version: int | None, from_client: bool) -> Publish:
+    if type(body) is not bytes:
+        body = bytes(body)
+    return _decode_publish_span(first, body, 0, len(body), version, from_client)
 
 
 def _ack_decoder(cls: type, codes: frozenset, name: str) -> Callable:
@@ -597,6 +608,7 @@ class PacketReader:
         try:
             version = self.version
             client_side = self.client_side
+            from_client = not client_side
             rules = _STREAM_RULES[(version, client_side)]
             limit = self.max_packet_size
             while pos < size:
@@ -636,7 +648,10 @@ class PacketReader:
                 if stop > size:
                     need = stop - pos
                     break
-                packet = _DECODERS[first >> 4](first, view[i:stop], version, not client_side)
+                if first & 0xF0 == 0x30:
+                    packet = _decode_publish_span(first, buf, i, stop, version, from_client)
+                else:
+                    packet = _DECODERS[first >> 4](first, view[i:stop], version, from_client)
                 packets.append(packet)
                 pos = stop
                 if version is None:  # that was the CONNECT (the rules allow nothing else)
