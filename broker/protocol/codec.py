@@ -14,7 +14,7 @@ level 5 adds properties and reason codes.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, cast
 
 from .errors import MalformedPacket, MQTTError, PacketTooLarge, ProtocolError, UnsupportedProtocolVersion
 from .packets import (
@@ -97,6 +97,7 @@ _NAMES = {
 # Packets only a server sends, and packets only a client sends.
 _SERVER_ONLY = frozenset({CONNACK, SUBACK, UNSUBACK, PINGRESP})
 _CLIENT_ONLY = frozenset({CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ})
+
 
 def _flag_problem(first: int, v5: bool) -> tuple[type[MQTTError], str] | None:
     """What is wrong with this first byte on its own, or None."""
@@ -217,9 +218,9 @@ def _decode_connect(first: int, body: Body, version: int | None, from_client: bo
     has_username = flags & 0x80
     if will_flag:
         if will_qos == 3:
-            raise MalformedPacket("CONNECT with Will QoS 3 [MQTT-3.1.2-14]")
+            raise MalformedPacket("CONNECT with Will QoS 3")
     elif will_qos or will_retain:
-        raise MalformedPacket("CONNECT with Will QoS/Retain but no Will Flag [MQTT-3.1.2-11]")
+        raise MalformedPacket("CONNECT with Will QoS/Retain but no Will Flag")
     if has_password and not has_username and level < 5:
         raise MalformedPacket("CONNECT with a password but no user name [MQTT-3.1.2-22]")
     v5 = level == 5
@@ -580,7 +581,7 @@ class PacketReader:
         the reader is dead: every further feed() raises the same error.
         """
         if self._error is not None:
-            self._error.packets_before = []
+            self._error.packets_before = []  # type: ignore[attr-defined]
             raise self._error
         if not data:
             return []
@@ -655,10 +656,10 @@ class PacketReader:
                 packets.append(packet)
                 pos = stop
                 if version is None:  # that was the CONNECT (the rules allow nothing else)
-                    version = self.version = packet.protocol_level
+                    version = self.version = cast(Connect, packet).protocol_level
                     rules = _STREAM_RULES[(version, client_side)]
         except MQTTError as exc:
-            exc.packets_before = packets
+            exc.packets_before = packets  # type: ignore[attr-defined]
             self._error = exc
             self._chunks = []
             raise

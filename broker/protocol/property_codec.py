@@ -8,6 +8,8 @@ block itself, so every packet decoder gets them for free.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .errors import MalformedPacket, ProtocolError
 from .properties import (
     ASSIGNED_CLIENT_IDENTIFIER,
@@ -148,6 +150,7 @@ def decode_properties(
     if stop > end:
         raise MalformedPacket(f"{where}: property length runs past the packet")
     props: dict = {}
+    value: Any
     while pos < stop:
         pid = buf[pos]
         pos += 1
@@ -208,26 +211,26 @@ def decode_properties(
     return props, stop
 
 
-def _encode_one(pid: int, value: object) -> bytes:
+def _encode_one(pid: int, value: Any) -> bytes:
     kind = PROPERTY_TYPES.get(pid)
     if kind is None:
         raise ValueError(f"unknown property identifier 0x{pid:02X}")
     head = _PID_BYTES[pid]
     if kind == BYTE:
-        return head + bytes((value,))  # type: ignore[arg-type]
+        return head + bytes((value,))
     if kind == U16:
-        return head + pack_u16(value)  # type: ignore[arg-type]
+        return head + pack_u16(value)
     if kind == U32:
-        return head + pack_u32(value)  # type: ignore[arg-type]
+        return head + pack_u32(value)
     if kind == STRING:
-        return head + encode_str(value)  # type: ignore[arg-type]
+        return head + encode_str(value)
     if kind == BINARY:
-        return head + encode_binary(value)  # type: ignore[arg-type]
+        return head + encode_binary(value)
     if kind == VARINT:  # SUBSCRIPTION_IDENTIFIER: a list, or a lone int for convenience
         if isinstance(value, int):
             return head + encode_varint(value)
-        return b"".join(head + encode_varint(v) for v in value)  # type: ignore[attr-defined]
-    return b"".join(head + encode_str(k) + encode_str(v) for k, v in value)  # type: ignore[attr-defined]
+        return b"".join(head + encode_varint(v) for v in value)
+    return b"".join(head + encode_str(k) + encode_str(v) for k, v in value)
 
 
 _PID_BYTES = {pid: bytes((pid,)) for pid in PROPERTY_TYPES}
