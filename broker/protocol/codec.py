@@ -859,8 +859,10 @@ def encode(packet: Packet, version: int) -> bytes:
     """Encode any packet for protocol level ``version`` (3/4 = MQTT 3.1/3.1.1, 5 = MQTT 5).
 
     v5-only fields (properties, reason codes on acknowledgements) are dropped for
-    levels 3/4. Acknowledgements, DISCONNECT and AUTH use the short forms when
-    the reason code is 0 and there are no properties, as real brokers do.
+    levels 3/4, and v3.1.1 SUBACK maps every refusal onto 0x80. Acknowledgements,
+    DISCONNECT and AUTH use the short forms when the reason code is 0 and there
+    are no properties, as real brokers do. A CONNECT's protocol name and level
+    are those of ``version`` ("MQIsdp"/3, "MQTT"/4, "MQTT"/5).
     """
     if version not in (3, 4, 5):
         raise ValueError(f"unknown protocol level {version}")
