@@ -1,0 +1,157 @@
+"""edge_client end to end: each program runs under MicroPython and CPython, against
+mosquitto and our broker, over real loopback sockets, with paho-mqtt as the peer."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from edge_harness import Peer, Runtime
+
+from conftest import EdgeBroker  # type: ignore[attr-defined]  # this directory's conftest
+
+
+def client_id(runtime: Runtime, broker: EdgeBroker, name: str) -> str:
+    return f"{name}-{runtime.name[:5]}-{broker.kind[:4]}-{os.getpid()}"
+
+
+def dead_port() -> int:
+    """A port nobody listens on: the broker is 'unreachable'."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_qos_0_1_2_both_ways(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "qos")
+    host, port = edge_broker.host, edge_broker.port
+    peer = Peer(host, port, "peer-" + cid)
+    peer.subscribe(f"edge/{cid}/out/#", 2)
+    prog = runtime.start("qos_both_ways.py", host, port, cid, 3)
+    prog.expect("READY")
+    for q in (0, 1, 2):
+        peer.publish(f"edge/{cid}/in/q{q}", f"to-device-{q}", qos=q)
+    lines = prog.finish()
+    assert "SUBACK 2" in lines and "FLUSHED True" in lines and "DONE 3" in lines, prog.output()
+    assert sorted(prog.got()) == [(f"edge/{cid}/in/q{q}", q, 0, f"to-device-{q}") for q in (0, 1, 2)]
+    peer.wait_for(4)
+    got = sorted((t, q, p) for t, q, _, p in peer.settle(0.3))
+    assert got == sorted(
+        [(f"edge/{cid}/out/q{q}", q, f"payload-{q}".encode()) for q in (0, 1, 2)]
+        + [(f"edge/{cid}/out/bin", 2, bytes(range(256)))]
+    )
+    peer.close()
+
+
+def test_retained_both_ways(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "ret")
+    host, port = edge_broker.host, edge_broker.port
+    peer = Peer(host, port, "peer-" + cid)
+    peer.publish(f"edge/{cid}/retained/in", "old news", qos=1, retain=True)
+    prog = runtime.run("retained.py", host, port, cid)
+    assert prog.got() == [(f"edge/{cid}/retained/in", 1, 1, "old news")], prog.output()
+    late = Peer(host, port, "late-" + cid)
+    late.subscribe(f"edge/{cid}/retained/out", 1)
+    assert late.wait_for(1) == [(f"edge/{cid}/retained/out", 1, 1, b"kept")]
+    peer.close()
+    late.close()
+
+
+def test_last_will_on_abrupt_loss(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "will")
+    host, port = edge_broker.host, edge_broker.port
+    peer = Peer(host, port, "peer-" + cid)
+    peer.subscribe(f"edge/{cid}/will", 1)
+    prog = runtime.start("will.py", host, port, cid)
+    prog.expect("READY")
+    assert peer.settle(0.2) == []
+    prog.kill()  # no DISCONNECT: the broker must publish the will
+    assert peer.wait_for(1) == [(f"edge/{cid}/will", 1, 0, b"gone")]
+    peer.close()
+
+
+def test_persistent_session_gets_messages_sent_while_offline(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "pers")
+    host, port = edge_broker.host, edge_broker.port
+    first = runtime.run("persistent.py", host, port, cid, "subscribe")
+    assert first.lines[:2] == ["PRESENT 0", "SUBACK 2"], first.output()
+    peer = Peer(host, port, "peer-" + cid)
+    expected = []
+    for i in range(6):
+        q = 1 + i % 2
+        peer.publish(f"edge/{cid}/cmd/{i}", f"command {i}", qos=q)
+        expected.append((f"edge/{cid}/cmd/{i}", q, 0, f"command {i}"))
+    second = runtime.run("persistent.py", host, port, cid, "collect", 6)
+    assert "PRESENT 1" in second.lines, second.output()  # (messages may arrive during connect)
+    assert sorted(second.got()) == expected  # each exactly once
+    peer.close()
+
+
+def test_broker_restart_mid_stream_loses_and_duplicates_nothing_at_qos2(
+    runtime: Runtime, edge_broker: EdgeBroker
+) -> None:
+    cid = client_id(runtime, edge_broker, "strm")
+    host, port = edge_broker.host, edge_broker.port
+    n_out, n_in = 30, 10
+    sub = Peer(host, port, "sub-" + cid, clean_session=False)
+    sub.subscribe(f"edge/{cid}/out", 2)
+    pub = Peer(host, port, "pub-" + cid, clean_session=False)
+    prog = runtime.start("stream.py", host, port, cid, n_out, n_in, 40)
+    prog.expect("READY")
+    for i in range(n_in // 2):
+        pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
+    prog.expect("SENT 10")
+    edge_broker.restart()
+    pub.wait_connected()
+    sub.wait_connected()
+    for i in range(n_in // 2, n_in):
+        pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
+    prog.finish(70)
+    assert prog.lines[-1] == f"DONE 0 {n_in}", prog.output()
+    assert prog.lines[-2] != "RECONNECTS 0", prog.output()  # the restart really cut it off
+    sub.wait_for(n_out, timeout=20)
+    out = [p.decode() for _, _, _, p in sub.settle(0.5)]
+    assert sorted(out, key=lambda s: int(s.split()[1])) == [f"seq {i}" for i in range(n_out)], out
+    got = [p for _, _, _, p in prog.got()]
+    assert sorted(got, key=lambda s: int(s.split()[1])) == [f"in {i}" for i in range(n_in)], prog.output()
+    sub.close()
+    pub.close()
+
+
+def test_outbox_delivers_in_order_after_an_outage(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "outg")
+    host, port = edge_broker.host, edge_broker.port
+    sub = Peer(host, port, "sub-" + cid, clean_session=False)
+    sub.subscribe(f"edge/{cid}/readings", 1)
+    sub.close()
+    edge_broker.stop()
+    prog = runtime.start("outbox.py", host, port, cid, 20, "-", "deliver")
+    prog.expect("OFFLINE")
+    prog.expect("QUEUED 20")
+    edge_broker.start()
+    prog.finish(40)
+    assert prog.lines[-2:] == ["FLUSHED True", "DONE 0"], prog.output()
+    back = Peer(host, port, "sub-" + cid, clean_session=False)
+    msgs = back.wait_for(20)
+    assert [p.decode() for _, _, _, p in msgs] == [f"reading {i}" for i in range(20)]
+    back.close()
+
+
+def test_outbox_file_survives_a_restart_of_the_program(
+    runtime: Runtime, edge_broker: EdgeBroker, tmp_path: Path
+) -> None:
+    cid = client_id(runtime, edge_broker, "file")
+    host, port = edge_broker.host, edge_broker.port
+    path = tmp_path / "outbox.bin"
+    first = runtime.run("outbox.py", "127.0.0.1", dead_port(), cid, 15, path, "exit")
+    assert first.lines == ["OFFLINE 0", "QUEUED 15", "EXIT"], first.output()
+    assert path.stat().st_size > 15 * len("reading 00")
+    sub = Peer(host, port, "sub-" + cid)
+    sub.subscribe(f"edge/{cid}/readings", 1)
+    second = runtime.run("outbox.py", host, port, cid, 0, path, "deliver")
+    assert second.lines[-1] == "DONE 0", second.output()
+    msgs = sub.wait_for(15)
+    assert [p.decode() for _, _, _, p in msgs] == [f"reading {i}" for i in range(15)]
+    assert path.stat().st_size == 0  # emptied once everything was acknowledged
+    sub.close()
