@@ -1,0 +1,290 @@
+"""The sans-I/O core (packets + Session + FilePersist), driven byte by byte without sockets."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from edge_client import packets as P
+from edge_client.packets import MQTTException
+from edge_client.persist import FilePersist
+from edge_client.session import Session
+
+
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split bytes the session sent into (first byte, body) packets."""
+    out = []
+    while data:
+        f = P.frame(data)
+        assert f is not None, f"incomplete packet in {data!r}"
+        first, start, end = f
+        out.append((first, data[start:end]))
+        data = data[end:]
+    return out
+
+
+def connack(present: bool = False, code: int = 0) -> bytes:
+    return bytes((0x20, 2, int(present), code))
+
+
+def publish_in(topic: bytes, msg: bytes, qos: int, pid: int = 0, dup: bool = False, retain: bool = False) -> bytes:
+    return P.publish((8 if dup else 0) | qos << 1 | int(retain), pid, topic, msg)
+
+
+def connected(session: Session | None = None, clean: bool = True, present: bool = False) -> Session:
+    s = session or Session("dev")
+    s.start(clean, 0)
+    s.take(0)
+    s.feed(connack(present))
+    return s
+
+
+def test_remaining_length_boundaries_round_trip() -> None:
+    for n in (0, 127, 128, 16383, 16384, 2097151, 2097152):
+        pkt = P.packet(0x30, b"x" * n)
+        first, start, end = P.frame(pkt)  # type: ignore[misc]
+        assert (first, end - start, end) == (0x30, n, len(pkt))
+        assert P.frame(pkt[:-1] if n else pkt[:1]) is None
+
+
+def test_remaining_length_of_five_bytes_is_a_protocol_error() -> None:
+    with pytest.raises(MQTTException):
+        P.frame(b"\x30\xff\xff\xff\xff\x01")
+
+
+def test_connect_packet_matches_the_spec_layout() -> None:
+    pkt = P.connect(b"id", False, 60, (b"u", b"p"), (b"w/t", b"bye", True, 1))
+    first, body = frames(pkt)[0]
+    assert first == 0x10
+    assert body[:7] == b"\x00\x04MQTT\x04"
+    flags, keepalive = struct.unpack("!BH", body[7:10])
+    assert flags == 0x80 | 0x40 | 0x20 | 0x08 | 0x04  # user, password, will retain, will QoS 1, will
+    assert keepalive == 60
+    assert body[10:] == b"\x00\x02id\x00\x03w/t\x00\x03bye\x00\x01u\x00\x01p"
+
+
+def test_clean_connect_without_user_or_will() -> None:
+    _, body = frames(P.connect(b"", True, 0, None, None))[0]
+    assert body[7] == 0x02 and body[10:] == b"\x00\x00"
+
+
+def test_qos1_publish_stays_until_puback() -> None:
+    s = connected()
+    assert s.publish("t", "m", qos=1)
+    [(first, body)] = frames(s.take(0))
+    assert first == 0x32
+    pid = struct.unpack("!H", body[3:5])[0]
+    assert len(s.q) == 1
+    s.feed(P.ack(0x40, pid))
+    assert s.q == []
+
+
+def test_qos2_publish_flow_releases_after_pubrec_and_ends_on_pubcomp() -> None:
+    s = connected()
+    s.publish(b"t", b"payload", qos=2)
+    [(first, body)] = frames(s.take(0))
+    pid = struct.unpack("!H", body[3:5])[0]
+    s.feed(P.ack(0x50, pid))
+    assert frames(s.take(0)) == [(0x62, struct.pack("!H", pid))]
+    assert s.q[0][3] == b""  # payload dropped once the broker owns the message
+    s.feed(P.ack(0x70, pid))
+    assert s.q == []
+
+
+def test_incoming_qos2_is_delivered_once_even_when_resent() -> None:
+    s = connected()
+    seen: list[tuple[bytes, bytes]] = []
+    s.cb = lambda t, m: seen.append((t, m))
+    s.feed(publish_in(b"c", b"on", 2, pid=7))
+    s.feed(publish_in(b"c", b"on", 2, pid=7, dup=True))  # PUBREC was lost; the broker resends
+    assert seen == [(b"c", b"on")]
+    assert [f for f, _ in frames(s.take(0))] == [0x50, 0x50]
+    s.feed(P.ack(0x62, 7))
+    assert frames(s.take(0)) == [(0x70, b"\x00\x07")]
+    s.feed(publish_in(b"c", b"on again", 2, pid=7))  # after PUBREL the id is free again
+    assert seen[-1] == (b"c", b"on again")
+
+
+def test_incoming_qos1_acked_and_info_callback_gets_retain_and_qos() -> None:
+    s = connected()
+    seen = []
+    s.cb = lambda *a: seen.append(a)
+    s.info = True
+    s.feed(publish_in(b"t", b"x", 1, pid=3, retain=True))
+    assert seen == [(b"t", b"x", True, 1)]
+    assert frames(s.take(0)) == [(0x40, b"\x00\x03")]
+
+
+def test_packets_split_at_every_byte_boundary_are_reassembled() -> None:
+    s = connected()
+    seen: list[bytes] = []
+    s.cb = lambda t, m: seen.append(m)
+    data = publish_in(b"a", b"1", 0) + publish_in(b"b", b"2" * 300, 1, pid=9) + bytes((0xD0, 0))
+    for i in range(len(data)):
+        s.feed(data[i : i + 1])
+    assert seen == [b"1", b"2" * 300]
+
+
+def test_in_flight_window_keeps_order() -> None:
+    s = Session("dev", max_inflight=2)
+    connected(s)
+    for i in range(5):
+        s.publish("t", str(i), qos=1)
+    sent = frames(s.take(0))
+    assert [b[-1:] for _, b in sent] == [b"0", b"1"]
+    s.feed(P.ack(0x40, s.q[0][0]))
+    assert [b[-1:] for _, b in frames(s.take(0))] == [b"2"]
+
+
+def test_full_outbox_drops_oldest_unsent_or_refuses() -> None:
+    s = Session("dev", maxlen=3)  # offline: nothing is sent
+    for i in range(5):
+        assert s.publish("t", str(i), qos=1)
+    assert [e[3] for e in s.q] == [b"2", b"3", b"4"] and s.dropped == 2
+    r = Session("dev", maxlen=3, drop_oldest=False)
+    assert [r.publish("t", str(i), qos=1) for i in range(5)] == [True, True, True, False, False]
+    assert [e[3] for e in r.q] == [b"0", b"1", b"2"]
+
+
+def test_offline_qos0_is_queued_and_sent_on_connect() -> None:
+    s = Session("dev")
+    s.publish("t", "early", qos=0)
+    connected(s)
+    [(first, body)] = frames(s.take(0))
+    assert first == 0x30 and body.endswith(b"early") and s.q == []
+
+
+def test_reconnect_with_session_resends_with_dup_and_same_id() -> None:
+    s = connected(clean=False)
+    s.publish("t", "m", qos=2)
+    [(_, body)] = frames(s.take(0))
+    pid = body[3:5]
+    s.start(False, 0)  # connection lost, new one
+    s.take(0)
+    s.feed(connack(present=True))
+    [(first, body2)] = frames(s.take(0))
+    assert first == 0x3C and body2[3:5] == pid  # DUP | QoS 2
+
+
+def test_reconnect_resends_pubrel_not_publish_after_pubrec() -> None:
+    s = connected(clean=False)
+    s.publish("t", "m", qos=2)
+    pid = s.q[0][0]
+    s.take(0)
+    s.feed(P.ack(0x50, pid))
+    s.take(0)
+    s.start(False, 0)
+    s.take(0)
+    s.feed(connack(present=True))
+    assert frames(s.take(0)) == [(0x62, struct.pack("!H", pid))]
+
+
+def test_without_broker_session_subscriptions_are_restored() -> None:
+    s = connected()
+    s.subscription("a/#", 1)
+    s.subscription("b", 2)
+    s.subscription("b", None)
+    s.take(0)
+    s.start(True, 0)
+    s.take(0)
+    s.feed(connack(present=False))
+    [(first, body)] = frames(s.take(0))
+    assert first == 0x82 and body[2:] == b"\x00\x03a/#\x01"
+
+
+def test_with_broker_session_only_offline_requests_are_sent() -> None:
+    s = connected(clean=False)
+    s.subscription("a", 1)
+    pid = struct.unpack("!H", frames(s.take(0))[0][1][:2])[0]
+    s.feed(bytes((0x90, 3)) + struct.pack("!H", pid) + b"\x01")
+    assert s.done == {pid: 1}
+    s.start(False, 0)
+    s.take(0)
+    s.subscription("new", 0)  # made while offline
+    s.feed(connack(present=True))
+    [(first, body)] = frames(s.take(0))
+    assert first == 0x82 and body[2:] == b"\x00\x03new\x00"
+
+
+def test_keepalive_pings_at_half_interval_and_declares_the_link_dead() -> None:
+    s = Session("dev", keepalive=10)
+    connected(s)
+    assert s.take(4000) == b""
+    assert s.take(5000) == b"\xc0\x00"
+    assert s.take(14000) == b""
+    s.feed(b"\xd0\x00")
+    assert s.take(10000) == b"\xc0\x00"  # 5 s after the last packet sent
+    with pytest.raises(MQTTException):
+        s.take(20001)
+
+
+def test_connack_refusal_raises_with_the_code() -> None:
+    s = Session("dev")
+    s.start(True, 0)
+    with pytest.raises(MQTTException) as err:
+        s.feed(connack(code=5))
+    assert err.value.args[0] == 5
+
+
+def test_oversized_packet_is_refused() -> None:
+    s = connected(Session("dev", max_packet=100))
+    with pytest.raises(MQTTException):
+        s.feed(P.packet(0x30, b"x" * 200)[:150])
+
+
+def test_file_outbox_replays_queue_states_and_incoming_ids(tmp_path: Path) -> None:
+    path = str(tmp_path / "box")
+    s = FilePersist(path, "dev")
+    connected(s, clean=False)
+    for i in range(4):
+        s.publish("t", f"m{i}", qos=2 if i else 1)
+    pids = [e[0] for e in s.q]
+    s.take(0)
+    s.feed(P.ack(0x40, pids[0]))  # m0 done
+    s.feed(P.ack(0x50, pids[1]))  # m1 released: only PUBREL/PUBCOMP left
+    s.feed(publish_in(b"in", b"x", 2, pid=42))  # incoming QoS 2 awaiting PUBREL
+    again = FilePersist(path, "dev")  # the device was reset
+    assert [(e[0], e[1] & 0x16, e[3]) for e in again.q] == [
+        (pids[1], 0x14, b""),
+        (pids[2], 0x04, b"m2"),
+        (pids[3], 0x04, b"m3"),
+    ]
+    assert all(e[1] & 0x08 for e in again.q[1:])  # DUP: they may have reached the broker
+    assert again.inq == {42}
+    seen: list[bytes] = []
+    again.cb = lambda t, m: seen.append(m)
+    connected(again, clean=False, present=True)
+    sent = frames(again.take(0))
+    assert [f for f, _ in sent] == [0x62, 0x3C, 0x3C]
+    again.feed(publish_in(b"in", b"x", 2, pid=42, dup=True))
+    assert seen == []  # delivered before the reset: not again
+
+
+def test_file_outbox_ignores_a_torn_last_record_and_empties_when_done(tmp_path: Path) -> None:
+    path = tmp_path / "box"
+    s = FilePersist(str(path), "dev")
+    s.publish("t", "kept", qos=1)
+    s.publish("t", "torn", qos=1)
+    path.write_bytes(path.read_bytes()[:-3])  # power cut in the middle of the second record
+    again = FilePersist(str(path), "dev")
+    assert [e[3] for e in again.q] == [b"kept"]
+    connected(again)
+    again.take(0)
+    again.feed(P.ack(0x40, again.q[0][0]))
+    assert again.q == [] and path.stat().st_size == 0
+
+
+def test_file_outbox_compacts_dead_records(tmp_path: Path) -> None:
+    path = tmp_path / "box"
+    s = FilePersist(str(path), "dev", 100)
+    connected(s)
+    s.publish("t", "stays", qos=1)
+    s.take(0)
+    for i in range(200):
+        s.publish("t", "x" * 50, qos=1)
+        s.take(0)
+        s.feed(P.ack(0x40, s.q[-1][0]))
+    assert path.stat().st_size < 2000
+    assert [e[3] for e in FilePersist(str(path), "dev").q] == [b"stays"]
