@@ -20,6 +20,9 @@ class Config:
     # [storage]
     backend: str = "sqlite"  # "sqlite" | "memory"
     data_dir: str = "./data"  # the SQLite file is <data_dir>/broker.db
+    # "full": every acknowledged message survives kill -9 and power loss (fsync per group commit);
+    # "normal": survives kill -9, a power cut may lose the last commits; "off": no fsync at all.
+    sync: str = "full"
 
     # [limits]
     max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit
@@ -30,6 +33,7 @@ class Config:
     max_keepalive: int = 65535  # seconds; v5 clients asking more get Server Keep Alive
     max_topic_alias: int = 10  # v5 Topic Alias Maximum we accept from clients
     queue_qos0_messages: bool = False  # queue QoS 0 for offline persistent sessions
+    queue_full_policy: str = "drop_new"  # when a session's queue is full: "drop_new" | "drop_oldest"
 
     # [mqtt]
     allow_zero_length_clientid: bool = True

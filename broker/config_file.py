@@ -127,6 +127,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "storage": {
         "backend": _Key("str", choices=("sqlite", "memory")),
         "data_dir": _Key("str"),
+        "sync": _Key("str", choices=("full", "normal", "off")),
     },
     "limits": {
         "max_queued_messages": _Key("int", 0, 2**31 - 1),
@@ -137,6 +138,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_keepalive": _Key("duration", 1, 65535),
         "max_topic_alias": _Key("int", 0, 65535),
         "queue_qos0_messages": _Key("bool"),
+        "queue_full_policy": _Key("str", choices=("drop_new", "drop_oldest")),
     },
     "mqtt": {
         "allow_zero_length_clientid": _Key("bool"),

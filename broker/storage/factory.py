@@ -12,17 +12,17 @@ from broker.storage.sqlite import SqliteStorage
 DB_FILE_NAME = "broker.db"
 
 
-def create_storage(config: Config, *, sync: str = "full") -> Storage:
+def create_storage(config: Config, *, sync: str | None = None) -> Storage:
     """The backend for ``config.backend``, not opened yet ("sqlite" creates data_dir)."""
     if config.backend == "memory":
         return MemoryStorage()
     if config.backend == "sqlite":
         os.makedirs(config.data_dir, exist_ok=True)
-        return SqliteStorage(os.path.join(config.data_dir, DB_FILE_NAME), sync=sync)
+        return SqliteStorage(os.path.join(config.data_dir, DB_FILE_NAME), sync=sync or config.sync)
     raise ValueError(f"unknown storage backend {config.backend!r} (expected 'sqlite' or 'memory')")
 
 
-async def open_storage(config: Config, *, sync: str = "full") -> Storage:
+async def open_storage(config: Config, *, sync: str | None = None) -> Storage:
     """Create and open the backend; raises CorruptDatabase if the file is damaged."""
     storage = create_storage(config, sync=sync)
     await storage.open()
