@@ -20,9 +20,9 @@ from .packets import MQTTException, to_bytes
 from .session import Session
 
 try:
-    from time import ticks_add, ticks_diff, ticks_ms
+    from time import ticks_add, ticks_diff, ticks_ms  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # CPython
-    from .compat import ticks_add, ticks_diff, ticks_ms
+    from .compat import ticks_add, ticks_diff, ticks_ms  # type: ignore[no-redef,assignment,unused-ignore]
 
 _FAIL = (OSError, MQTTException, asyncio.TimeoutError)
 
@@ -53,12 +53,12 @@ class MQTTClient:
         self.port = port
         self.tls = (ssl, ssl_params) if ssl else None
         args = (client_id, keepalive, outbox_size, drop_oldest, max_inflight, max_packet)
-        if outbox:
+        if not outbox:
+            s = self.s = Session(*args)
+        else:
             from .persist import FilePersist
 
             s = self.s = FilePersist(outbox, *args)
-        else:
-            s = self.s = Session(*args)
         if user is not None:
             s.auth = (to_bytes(user), None if password is None else to_bytes(password))
         self.reader = self.writer = self.task = None
@@ -154,7 +154,9 @@ class MQTTClient:
 
             kw["ssl"] = context(self.tls[0], self.tls[1])
             kw["server_hostname"] = self.tls[1].get("server_hostname", self.server)
-        r, w = await asyncio.wait_for(asyncio.open_connection(self.server, self.port, **kw), self.timeout)
+        r, w = await asyncio.wait_for(  # type: ignore[var-annotated,unused-ignore]
+            asyncio.open_connection(self.server, self.port, **kw), self.timeout
+        )
         self.reader = r
         self.writer = w
         s = self.s

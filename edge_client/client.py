@@ -14,9 +14,9 @@ from .packets import MQTTException, to_bytes
 from .session import Session
 
 try:
-    from time import sleep_ms, ticks_add, ticks_diff, ticks_ms
+    from time import sleep_ms, ticks_add, ticks_diff, ticks_ms  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # CPython
-    from .compat import sleep_ms, ticks_add, ticks_diff, ticks_ms
+    from .compat import sleep_ms, ticks_add, ticks_diff, ticks_ms  # type: ignore[no-redef,assignment,unused-ignore]
 
 
 _AGAIN = (errno.EAGAIN, errno.ETIMEDOUT)  # "no data yet": EAGAIN on the Unix port, ETIMEDOUT on lwIP
@@ -49,12 +49,12 @@ class MQTTClient:
         self.port = port
         self.tls = (ssl, ssl_params) if ssl else None
         args = (client_id, keepalive, outbox_size, drop_oldest, max_inflight, max_packet)
-        if outbox:
+        if not outbox:
+            s = self.s = Session(*args)
+        else:
             from .persist import FilePersist
 
             s = self.s = FilePersist(outbox, *args)
-        else:
-            s = self.s = Session(*args)
         if user is not None:
             s.auth = (to_bytes(user), None if password is None else to_bytes(password))
         self.sock = self.poller = None
@@ -206,7 +206,8 @@ class MQTTClient:
 
     def _read(self, ms):
         sock = self.sock
-        if not self.poller.poll(ms):
+        p = self.poller
+        if sock is None or p is None or not p.poll(ms):
             return
         try:
             d = sock.recv(2048)
@@ -223,8 +224,9 @@ class MQTTClient:
 
     def _flush(self):
         d = self.s.take(ticks_ms())
-        if d:
-            self.sock.sendall(d)
+        sock = self.sock
+        if d and sock is not None:
+            sock.sendall(d)
 
     def _io(self, ms):
         """One round on a live connection; a broken one is dropped (and raised

@@ -9,7 +9,7 @@ import struct
 try:
     from micropython import const
 except ImportError:  # CPython
-    from .compat import const
+    from .compat import const  # type: ignore[no-redef,assignment,unused-ignore]
 
 
 _CONNECT = const(0x10)

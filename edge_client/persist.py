@@ -63,7 +63,7 @@ class FilePersist(Session):
         the live state into a temp file and rename it over the log."""
         live = len(self.q) + len(self.inq)
         if kind and live and self.records <= 4 * live + 16:
-            recs = ((kind, e),)
+            recs = [(kind, e)]
             path = self.path
             self.records += 1
         else:

@@ -22,9 +22,9 @@ from . import packets as P
 
 try:
     from micropython import const
-    from time import ticks_diff
+    from time import ticks_diff  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # CPython
-    from .compat import const, ticks_diff
+    from .compat import const, ticks_diff  # type: ignore[no-redef,assignment,unused-ignore]
 
 _DUP = const(0x08)
 _REL = const(0x10)

