@@ -239,6 +239,8 @@ class Packet:
 
     def __repr__(self) -> str:
         extra = f" topic={self.topic!r} qos={self.qos} dup={self.dup} retain={self.retain}" if self.type == PUBLISH else ""
+        if self.type == CONNACK:
+            extra = f" session_present={self.session_present}"
         return (
             f"<{self.name} id={self.packet_id} rc={self.reason_code} rcs={self.reason_codes}"
             f"{extra} props={self.properties} payload={self.payload[:40]!r}>"
@@ -526,7 +528,7 @@ class RawClient:
             self.send(ack_packet(PUBACK, pkt.packet_id, self.version))
         elif pkt.qos == 2:
             self.send(ack_packet(PUBREC, pkt.packet_id, self.version))
-            rel = self.expect(PUBREL)
+            rel = self.expect(PUBREL, skip=(PUBLISH,))  # later messages may come first
             assert rel.packet_id == pkt.packet_id
             self.send(ack_packet(PUBCOMP, pkt.packet_id, self.version))
 
