@@ -155,3 +155,34 @@ def test_outbox_file_survives_a_restart_of_the_program(
     assert [p.decode() for _, _, _, p in msgs] == [f"reading {i}" for i in range(15)]
     assert path.stat().st_size == 0  # emptied once everything was acknowledged
     sub.close()
+
+
+def test_asyncio_client_across_a_broker_restart(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "aio")
+    host, port = edge_broker.host, edge_broker.port
+    n_out, n_in = 20, 6
+    sub = Peer(host, port, "sub-" + cid, clean_session=False)
+    sub.subscribe(f"edge/{cid}/out", 2)
+    pub = Peer(host, port, "pub-" + cid, clean_session=False)
+    prog = runtime.start("aio_stream.py", host, port, cid, n_out, n_in, 40)
+    prog.expect("READY")
+    for i in range(n_in // 2):
+        pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
+    prog.expect("SENT 6")
+    edge_broker.restart()
+    pub.wait_connected()
+    sub.wait_connected()
+    for i in range(n_in // 2, n_in):
+        pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
+    prog.expect("UNSUBSCRIBED", timeout=70)
+    pub.publish(f"edge/{cid}/in", "after unsubscribe", qos=1)
+    prog.finish(30)
+    assert prog.lines[-1] == f"DONE 0 {n_in}", prog.output()
+    assert prog.lines[-2] != "RECONNECTS 0", prog.output()
+    sub.wait_for(n_out + 2, timeout=20)
+    out = sorted(p.decode() for _, _, _, p in sub.settle(0.5))
+    assert out == sorted([f"seq {i}" for i in range(n_out)] + ["seq q0", "seq q1"])
+    got = sorted(p for _, _, _, p in prog.got())
+    assert got == sorted(f"in {i}" for i in range(n_in)), prog.output()
+    sub.close()
+    pub.close()
