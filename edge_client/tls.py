@@ -18,16 +18,18 @@ def der(data):
     if b"-----BEGIN" not in data:
         return data
     out = b""
-    body = None
+    body = []
+    inside = False
     for line in data.split(b"\n"):
         line = line.strip()
         if line.startswith(b"-----BEGIN"):
             body = []
+            inside = True
         elif line.startswith(b"-----END"):
-            if body is not None:
+            if inside:
                 out += a2b_base64(b"".join(body))
-            body = None
-        elif body is not None:
+            inside = False
+        elif inside:
             body.append(line)
     return out
 
