@@ -18,19 +18,19 @@ def der(data):
     if b"-----BEGIN" not in data:
         return data
     out = b""
-    body = []
+    body = b""
     inside = False
     for line in data.split(b"\n"):
         line = line.strip()
         if line.startswith(b"-----BEGIN"):
-            body = []
+            body = b""
             inside = True
         elif line.startswith(b"-----END"):
             if inside:
-                out += a2b_base64(b"".join(body))
+                out += a2b_base64(body)
             inside = False
         elif inside:
-            body.append(line)
+            body += line
     return out
 
 
