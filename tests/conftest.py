@@ -351,6 +351,40 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 )
 
 
+EXIT_STATUS = pytest.StashKey[int]()
+LEFTOVER_THREAD_GRACE = 5.0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Never hang at exit because a test leaked a non-daemon thread (e.g. an unclosed aiosqlite connection).
+
+    Python waits for such threads forever when it shuts down, which would
+    turn one leaking test into a CI run stuck until its time limit. The
+    threads are named, and the run fails.
+    """
+    main = threading.main_thread()
+    leftovers = [t for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive()]
+    deadline = time.monotonic() + LEFTOVER_THREAD_GRACE
+    for thread in leftovers:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leftovers = [t for t in leftovers if t.is_alive()]
+    if not leftovers:
+        return
+    names = ", ".join(f"{t.name} ({type(t).__module__}.{type(t).__qualname__})" for t in leftovers)
+    sys.stdout.flush()
+    sys.stderr.write(
+        f"\nerror: tests left {len(leftovers)} non-daemon thread(s) running: {names}\n"
+        "Python would wait for them forever at exit; exiting now. Close what the test opened.\n"
+    )
+    sys.stderr.flush()
+    os._exit(config.stash.get(EXIT_STATUS, 1) or 1)
+
+
 BrokerFactory = Callable[..., BrokerProcess]
 MosquittoFactory = Callable[..., MosquittoProcess]
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import queue
+import shutil
 import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import BrokerFactory, MosquittoFactory
+from conftest import BrokerFactory, MosquittoFactory, subprocess_env
 
 
 def paho_client(client_id: str, port: int, clean: bool = True) -> tuple[mqtt.Client, queue.Queue[mqtt.MQTTMessage]]:
@@ -96,3 +100,24 @@ def test_broker_that_cannot_start_fails_the_test_with_its_output(broker_factory:
     message = str(info.value)
     assert "broker did not start (it exited before listening; exit code 2)" in message
     assert "error: /nonexistent/broker.toml: cannot read" in message
+
+
+def test_a_leaked_thread_fails_the_run_instead_of_hanging_it(tmp_path: Path) -> None:
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_leak.py").write_text(
+        "import threading\n"
+        "forever = threading.Event()\n"
+        "def test_leaks_a_thread():\n"
+        "    threading.Thread(target=forever.wait, name='leaky', daemon=False).start()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "1 passed" in result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "tests left 1 non-daemon thread(s) running: leaky" in result.stderr
