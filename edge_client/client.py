@@ -217,10 +217,15 @@ class MQTTClient:
             raise
         if not d:
             raise OSError(errno.ECONNRESET)
-        self.s.feed(d)
-        pending = getattr(sock, "pending", None)  # CPython TLS: decrypted bytes poll cannot see
-        while pending and pending():
-            self.s.feed(sock.recv(2048))
+        self.poller = None  # no nested reads while callbacks run: a callback may publish
+        try:
+            self.s.feed(d)
+            pending = getattr(sock, "pending", None)  # CPython TLS: decrypted bytes poll cannot see
+            while pending and pending():
+                self.s.feed(sock.recv(2048))
+        finally:
+            if self.sock is sock:
+                self.poller = p
 
     def _flush(self):
         d = self.s.take(ticks_ms())

@@ -142,14 +142,29 @@ class Runtime:
             env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    def start(self, script: str | Path, *args: object, extra_paths: tuple[Path, ...] = ()) -> Program:
+    def start(
+        self,
+        script: str | Path,
+        *args: object,
+        extra_paths: tuple[Path, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> Program:
         path = script if isinstance(script, Path) else PROGRAMS / script
-        prog = Program(self.argv(path) + [str(a) for a in args], self.env(extra_paths), self.workdir)
+        full_env = self.env(extra_paths)
+        full_env.update(env or {})
+        prog = Program(self.argv(path) + [str(a) for a in args], full_env, self.workdir)
         self.started.append(prog)
         return prog
 
-    def run(self, script: str | Path, *args: object, timeout: float = 30.0) -> Program:
-        prog = self.start(script, *args)
+    def run(
+        self,
+        script: str | Path,
+        *args: object,
+        timeout: float = 30.0,
+        extra_paths: tuple[Path, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> Program:
+        prog = self.start(script, *args, extra_paths=extra_paths, env=env)
         prog.finish(timeout)
         return prog
 

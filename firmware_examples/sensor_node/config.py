@@ -1,0 +1,16 @@
+# Edit these for your network and broker, then copy to the board (see README.md).
+WIFI_SSID = "my-network"
+WIFI_PASSWORD = "my-wifi-password"
+
+BROKER = "192.168.1.10"  # host name or IP address of the MQTT broker
+PORT = 1883
+USER = None  # e.g. "sensor" when the broker wants a login
+PASSWORD = None
+CLIENT_ID = None  # None: "sensor-" + the board's unique id
+
+TOPIC = "sensors/{id}/temperature"
+INTERVAL_MS = 60000  # one reading per interval
+DEEP_SLEEP = True  # sleep between readings (battery); False keeps the radio on
+FLUSH_MS = 10000  # how long to try delivering before sleeping again
+OUTBOX = "outbox.bin"  # readings wait here on flash until the broker has them
+OUTBOX_SIZE = 500  # readings kept while offline; the oldest go first beyond that

@@ -1,0 +1,84 @@
+# Sensor node: one temperature reading per interval, published at QoS 1 through the
+# edge_client outbox on flash, so no reading is lost to a Wi-Fi outage, a broker
+# restart, a reset or deep sleep. Runs on ESP32 / Pico W, and on the MicroPython
+# Unix port with simulated hardware (see board.py).
+import board
+import config
+
+from edge_client import MQTTClient
+
+try:
+    from time import sleep_ms, ticks_diff, ticks_ms
+except ImportError:  # CPython
+    from edge_client.compat import sleep_ms, ticks_diff, ticks_ms
+
+
+def load_seq(path):
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def save_seq(path, seq):
+    with open(path, "w") as f:
+        f.write(str(seq))
+
+
+def main():
+    cid = board.setting("CLIENT_ID", config.CLIENT_ID) or "sensor-" + board.unique_id()
+    host = board.setting("BROKER", config.BROKER)
+    port = int(board.setting("PORT", config.PORT))
+    interval = int(board.setting("INTERVAL_MS", config.INTERVAL_MS))
+    deep_sleep = str(board.setting("DEEP_SLEEP", config.DEEP_SLEEP)) in ("True", "1")
+    flush_ms = int(board.setting("FLUSH_MS", config.FLUSH_MS))
+    cycles = int(board.setting("CYCLES", 0))  # 0: forever (the simulation sets a limit)
+    topic = config.TOPIC.replace("{id}", cid)
+    seq_path = board.STATE_DIR + "seq.txt"
+
+    client = MQTTClient(
+        cid, host, port, config.USER, config.PASSWORD, keepalive=30, timeout=5,
+        outbox=board.STATE_DIR + config.OUTBOX, outbox_size=config.OUTBOX_SIZE,
+        backoff_ms=(500, 30000),
+    )
+    if board.wifi_connect(config.WIFI_SSID, config.WIFI_PASSWORD, 15000):
+        try:
+            client.connect()
+        except Exception as e:  # the broker may be away: readings wait in the outbox
+            print("OFFLINE", repr(e))
+    else:
+        print("NO WIFI")
+
+    n = 0
+    while True:
+        seq = load_seq(seq_path)
+        value = board.read_temperature()
+        client.publish(topic, '{"seq":%d,"t":%.1f}' % (seq, value), qos=1)  # on flash first
+        save_seq(seq_path, seq + 1)
+        print("READING", seq, "%.1f" % value)
+        n += 1
+        if deep_sleep:
+            deliver(client, flush_ms)
+            print("PENDING", client.pending())
+            client.disconnect()  # what is still pending stays in the outbox file
+            board.deep_sleep(interval)
+            return
+        t0 = ticks_ms()
+        while ticks_diff(ticks_ms(), t0) < interval:
+            client.step(100)  # acks, pings, reconnects with backoff
+        if cycles and n >= cycles:
+            break
+    deliver(client, flush_ms)
+    print("PENDING", client.pending())
+    client.disconnect()
+
+
+def deliver(client, flush_ms):
+    try:
+        client.flush(flush_ms)
+    except OSError:
+        pass  # never connected (no Wi-Fi): the readings wait on flash for the next wake
+
+
+main()
