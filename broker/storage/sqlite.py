@@ -46,6 +46,7 @@ import aiosqlite
 
 from broker.protocol.packets import SubscriptionOptions
 from broker.storage.base import (
+    QUEUED,
     CorruptDatabase,
     QueueEntry,
     SessionRecord,
@@ -138,6 +139,19 @@ _SWEEP = (
         AND NOT EXISTS (SELECT 1 FROM retained r WHERE r.message_id = messages.id)""",
 )
 
+# Garbage collection: deleting a queue row or replacing/clearing a retained slot
+# records the message id (temporary triggers: per connection, nothing on disk);
+# at the end of the batch the recorded messages nothing refers to are deleted.
+_GC_SETUP = (
+    "CREATE TEMP TABLE gc (id INTEGER PRIMARY KEY)",
+    """CREATE TEMP TRIGGER queue_gc AFTER DELETE ON main.queue
+        BEGIN INSERT OR IGNORE INTO gc VALUES (OLD.message_id); END""",
+    """CREATE TEMP TRIGGER retained_gc_delete AFTER DELETE ON main.retained
+        BEGIN INSERT OR IGNORE INTO gc VALUES (OLD.message_id); END""",
+    """CREATE TEMP TRIGGER retained_gc_update AFTER UPDATE OF message_id ON main.retained
+        BEGIN INSERT OR IGNORE INTO gc VALUES (OLD.message_id); END""",
+)
+
 _GC = """DELETE FROM messages WHERE id IN (SELECT id FROM temp.gc)
     AND NOT EXISTS (SELECT 1 FROM queue q WHERE q.message_id = messages.id)
     AND NOT EXISTS (SELECT 1 FROM retained r WHERE r.message_id = messages.id)"""
@@ -152,6 +166,7 @@ _INSERT = 0
 _UPDATE = 1
 _DELETE = 2
 _DELETE_OP = (_DELETE,)
+_NO_BOUND = 2**63 - 1
 
 _CORRUPTION_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -200,6 +215,11 @@ class SqliteStorage(Storage):
         self._queue: dict[tuple[str, int], list | tuple] = {}
         self._inbound: dict[tuple[str, int], bool] = {}
         self._retained: dict[str, int | None] = {}
+        # delete_oldest_queued calls in call order: [client_id, after_seq, seq bound]. The
+        # bound is the first seq enqueued for the client after the call: entries queued
+        # later were not there when the call was made, so they are never the target.
+        self._drop_oldest: list[list] = []
+        self._open_drops: dict[str, list[list]] = {}  # drops of a client still unbounded
 
     def _take_batch(self) -> tuple:
         batch = (
@@ -211,6 +231,7 @@ class SqliteStorage(Storage):
             self._queue,
             self._inbound,
             self._retained,
+            self._drop_oldest,
         )
         self._reset_batch()
         return batch
@@ -245,7 +266,8 @@ class SqliteStorage(Storage):
                     log.warning("%s: removed %d inconsistent rows (%s)", self.path,
                                 cursor.rowcount, statement.split(" WHERE")[0])
             await conn.execute("COMMIT")
-            await conn.execute("CREATE TEMP TABLE gc (id INTEGER PRIMARY KEY)")
+            for statement in _GC_SETUP:
+                await conn.execute(statement)
             rows = await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM messages")
             self._next_id = rows[0][0]
         except sqlite3.DatabaseError as exc:
@@ -423,6 +445,9 @@ class SqliteStorage(Storage):
             op = self._queue.pop(key)
             if op[0] == _INSERT:
                 self._unref(op[1])
+        self._open_drops.pop(client_id, None)
+        if self._drop_oldest:
+            self._drop_oldest = [d for d in self._drop_oldest if d[0] != client_id]
 
     def save_subscription(self, client_id: str, sub: SubscriptionRecord) -> None:
         self._dirty = True
@@ -492,6 +517,11 @@ class SqliteStorage(Storage):
         ]
         if message_id in self._new_refs:
             self._new_refs[message_id] += 1
+        if self._open_drops:
+            drops = self._open_drops.pop(client_id, None)
+            if drops is not None:
+                for drop in drops:
+                    drop[2] = entry.seq
 
     def update_entry(self, client_id: str, seq: int, state: int, packet_id: int | None) -> None:
         self._dirty = True
@@ -516,6 +546,20 @@ class SqliteStorage(Storage):
                 self._queue[key] = _DELETE_OP
             else:
                 del self._queue[key]
+
+    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
+        """Resolved when the batch is written, after its other queue writes.
+
+        That is exact for the way the engine drops: the call sees every write
+        issued before it; entries enqueued after it are excluded by the seq
+        bound; and entries beyond ``after_seq`` are not in the engine's RAM, so
+        it cannot update or delete them later in the same batch (reading them
+        flushes the batch first).
+        """
+        self._dirty = True
+        drop = [client_id, after_seq, _NO_BOUND]
+        self._drop_oldest.append(drop)
+        self._open_drops.setdefault(client_id, []).append(drop)
 
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self._dirty = True
@@ -543,25 +587,29 @@ class SqliteStorage(Storage):
 
     # ---- writing one batch --------------------------------------------------------------
     async def _write(self, batch: tuple) -> None:
+        """Write one batch in one transaction.
+
+        Order matters only where rows of different kinds meet: cascades of
+        deleted sessions first (later writes of this batch re-create what they
+        should), queue deletes before inserts (a reused key), drops after the
+        inserts (an entry queued earlier in this batch may be the oldest), and
+        garbage collection last.
+        """
         (new_messages, new_refs, deleted_clients, sessions, subscriptions,
-         queue, inbound, retained) = batch
+         queue, inbound, retained, drop_oldest) = batch
         messages = [row for mid, row in new_messages.items() if new_refs[mid] > 0]
         if not (messages or deleted_clients or sessions or subscriptions or queue
-                or inbound or retained):
+                or inbound or retained or drop_oldest):
             return  # everything cancelled out: no transaction at all
         conn = self._conn
-        gc = False
+        collect = False  # did anything delete a reference to a message?
         await conn.execute("BEGIN IMMEDIATE")
         try:
             if deleted_clients:
                 clients = [(c,) for c in deleted_clients]
-                await conn.executemany(
-                    "INSERT OR IGNORE INTO temp.gc SELECT message_id FROM queue WHERE client_id = ?",
-                    clients,
-                )
-                gc = True
                 for table in ("queue", "subscriptions", "inbound_qos2", "sessions"):
                     await conn.executemany(f"DELETE FROM {table} WHERE client_id = ?", clients)
+                collect = True
             if messages:
                 await conn.executemany(
                     "INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at)"
@@ -605,14 +653,9 @@ class SqliteStorage(Storage):
                         deletes.append(key)
                 if deletes:
                     await conn.executemany(
-                        "INSERT OR IGNORE INTO temp.gc"
-                        " SELECT message_id FROM queue WHERE client_id = ? AND seq = ?",
-                        deletes,
-                    )
-                    gc = True
-                    await conn.executemany(
                         "DELETE FROM queue WHERE client_id = ? AND seq = ?", deletes
                     )
+                    collect = True
                 if updates:
                     await conn.executemany(
                         "UPDATE queue SET state = ?, packet_id = ? WHERE client_id = ? AND seq = ?",
@@ -624,6 +667,14 @@ class SqliteStorage(Storage):
                         " subscription_ids, state, packet_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         inserts,
                     )
+            if drop_oldest:
+                # executemany runs them one after the other: each drops the next oldest.
+                await conn.executemany(
+                    "DELETE FROM queue WHERE client_id = ?1 AND seq = (SELECT MIN(seq) FROM queue"
+                    f" WHERE client_id = ?1 AND seq > ?2 AND seq < ?3 AND state = {QUEUED})",
+                    drop_oldest,
+                )
+                collect = True
             if inbound:
                 removed = [key for key, present in inbound.items() if not present]
                 added = [key for key, present in inbound.items() if present]
@@ -637,21 +688,19 @@ class SqliteStorage(Storage):
                         added,
                     )
             if retained:
-                topics = [(topic,) for topic in retained]
-                await conn.executemany(
-                    "INSERT OR IGNORE INTO temp.gc SELECT message_id FROM retained WHERE topic = ?",
-                    topics,
-                )
-                gc = True
                 cleared = [(topic,) for topic, mid in retained.items() if mid is None]
                 kept = [(topic, mid) for topic, mid in retained.items() if mid is not None]
                 if cleared:
                     await conn.executemany("DELETE FROM retained WHERE topic = ?", cleared)
                 if kept:
+                    # An upsert, not INSERT OR REPLACE: REPLACE would not fire the GC trigger.
                     await conn.executemany(
-                        "INSERT OR REPLACE INTO retained (topic, message_id) VALUES (?, ?)", kept
+                        "INSERT INTO retained (topic, message_id) VALUES (?, ?) ON CONFLICT (topic)"
+                        " DO UPDATE SET message_id = excluded.message_id",
+                        kept,
                     )
-            if gc:
+                collect = True
+            if collect:
                 await conn.execute(_GC)
                 await conn.execute("DELETE FROM temp.gc")
             await conn.execute("COMMIT")
