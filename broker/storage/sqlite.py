@@ -142,14 +142,16 @@ _SWEEP = (
 # Garbage collection: deleting a queue row or replacing/clearing a retained slot
 # records the message id (temporary triggers: per connection, nothing on disk);
 # at the end of the batch the recorded messages nothing refers to are deleted.
+# The table has no key on purpose: an upsert's conflict policy would override an
+# "OR IGNORE" inside the trigger, and duplicates are harmless for "id IN (...)".
 _GC_SETUP = (
-    "CREATE TEMP TABLE gc (id INTEGER PRIMARY KEY)",
+    "CREATE TEMP TABLE gc (id INTEGER NOT NULL)",
     """CREATE TEMP TRIGGER queue_gc AFTER DELETE ON main.queue
-        BEGIN INSERT OR IGNORE INTO gc VALUES (OLD.message_id); END""",
+        BEGIN INSERT INTO gc VALUES (OLD.message_id); END""",
     """CREATE TEMP TRIGGER retained_gc_delete AFTER DELETE ON main.retained
-        BEGIN INSERT OR IGNORE INTO gc VALUES (OLD.message_id); END""",
+        BEGIN INSERT INTO gc VALUES (OLD.message_id); END""",
     """CREATE TEMP TRIGGER retained_gc_update AFTER UPDATE OF message_id ON main.retained
-        BEGIN INSERT OR IGNORE INTO gc VALUES (OLD.message_id); END""",
+        BEGIN INSERT INTO gc VALUES (OLD.message_id); END""",
 )
 
 _GC = """DELETE FROM messages WHERE id IN (SELECT id FROM temp.gc)

@@ -527,6 +527,26 @@ async def test_retained_replaced_twice_in_one_batch(backend: Backend) -> None:
 
 
 @run_async
+async def test_retained_topics_sharing_a_message_replaced_together(backend: Backend) -> None:
+    async with backend.opened() as store:
+        shared = StoredMessage("r", b"shared", 1, True)
+        store.store_message(shared)
+        for topic in ("r/1", "r/2", "r/3"):
+            store.set_retained(topic, shared)
+        await store.commit()
+        replacement = StoredMessage("r", b"new", 1, True)
+        store.store_message(replacement)
+        store.set_retained("r/1", replacement)
+        store.set_retained("r/2", replacement)
+        await store.commit()
+        assert [m.payload for m in await store.load_retained()] == [b"new", b"new", b"shared"]
+        assert await store._message_count() == 2
+        store.set_retained("r/3", replacement)
+        await store.commit()
+        assert await store._message_count() == 1
+
+
+@run_async
 async def test_retained_message_shared_with_queues(backend: Backend) -> None:
     async with backend.opened() as store:
         store.save_session(session("c"))
@@ -857,3 +877,106 @@ async def test_everything_survives_a_reopen(backend: Backend) -> None:
         assert await store._message_count() == 1
         fresh = message()
         assert store.store_message(fresh) > last_id  # ids continue after the stored ones
+
+
+# ---- queue-full policy drop_oldest -------------------------------------------------------------
+
+
+@run_async
+async def test_delete_oldest_queued_skips_sent_and_loaded_entries(backend: Backend) -> None:
+    async with backend.opened() as store:
+        store.save_session(session("c"))
+        for seq in range(1, 7):
+            m = message(payload=b"%d" % seq)
+            store.store_message(m)
+            store.enqueue("c", QueueEntry(seq, m, 1))
+        store.update_entry("c", 3, SENT, 1)
+        store.update_entry("c", 4, RELEASED, 2)
+        await store.commit()
+        store.delete_oldest_queued("c", 2)  # 1 and 2 are in the engine's RAM; 3, 4 in flight
+        await store.commit()
+        assert [e.seq for e in await whole_queue(store, "c")] == [1, 2, 3, 4, 6]
+        assert await store._message_count() == 5
+        store.delete_oldest_queued("c", 0)
+        store.delete_oldest_queued("c", 0)  # two drops in one batch: the two oldest
+        await store.commit()
+        assert [e.seq for e in await whole_queue(store, "c")] == [3, 4, 6]
+        store.delete_oldest_queued("c", 6)  # nothing queued after 6
+        store.delete_oldest_queued("nobody", 0)
+        await store.commit()
+        assert [e.seq for e in await whole_queue(store, "c")] == [3, 4, 6]
+
+
+@run_async
+async def test_delete_oldest_queued_within_a_flood(backend: Backend) -> None:
+    """An offline session with a full queue: every new message drops the oldest one."""
+    async with backend.opened() as store:
+        store.save_session(session("c"))
+        for seq in range(1, 4):
+            m = message(payload=b"old%d" % seq)
+            store.store_message(m)
+            store.enqueue("c", QueueEntry(seq, m, 1))
+        await store.commit()
+        for seq in range(4, 9):  # one batch: the three stored ones go first, then new ones
+            store.delete_oldest_queued("c", 0)
+            m = message(payload=b"new%d" % seq)
+            store.store_message(m)
+            store.enqueue("c", QueueEntry(seq, m, 1))
+        await store.commit()
+        assert [e.message.payload for e in await whole_queue(store, "c")] == [
+            b"new6", b"new7", b"new8"]
+        assert await store._message_count() == 3
+
+
+@run_async
+async def test_delete_oldest_queued_never_drops_what_is_queued_after_it(backend: Backend) -> None:
+    async with backend.opened() as store:
+        store.save_session(session("c"))
+        m = message()
+        store.store_message(m)
+        store.enqueue("c", QueueEntry(1, m, 1, state=SENT, packet_id=1))
+        await store.commit()
+        store.delete_oldest_queued("c", 0)  # nothing QUEUED yet: nothing to drop
+        late = message(payload=b"late")
+        store.store_message(late)
+        store.enqueue("c", QueueEntry(2, late, 1))
+        await store.commit()
+        assert [e.seq for e in await whole_queue(store, "c")] == [1, 2]
+
+
+@run_async
+async def test_delete_oldest_queued_sees_earlier_writes_of_its_batch(backend: Backend) -> None:
+    async with backend.opened() as store:
+        store.save_session(session("c"))
+        for seq in (1, 2):
+            m = message()
+            store.store_message(m)
+            store.enqueue("c", QueueEntry(seq, m, 1))
+        await store.commit()
+        store.update_entry("c", 1, SENT, 5)  # sent in the same batch: no longer a candidate
+        m = message()
+        store.store_message(m)
+        store.enqueue("c", QueueEntry(3, m, 1))
+        store.delete_entry("c", 2)
+        store.delete_oldest_queued("c", 0)  # 1 is SENT, 2 is gone: 3 (queued in this batch)
+        await store.commit()
+        assert [(e.seq, e.state) for e in await whole_queue(store, "c")] == [(1, SENT)]
+        assert await store._message_count() == 1
+
+
+@run_async
+async def test_delete_oldest_queued_before_a_clean_start(backend: Backend) -> None:
+    async with backend.opened() as store:
+        store.save_session(session("c"))
+        m = message(payload=b"old")
+        store.store_message(m)
+        store.enqueue("c", QueueEntry(1, m, 1))
+        await store.commit()
+        store.delete_oldest_queued("c", 0)
+        store.delete_session("c")  # the drop belongs to the old session...
+        store.save_session(session("c"))
+        fresh = message(payload=b"fresh")
+        store.store_message(fresh)
+        store.enqueue("c", QueueEntry(1, fresh, 1))  # ...and must not hit the new queue
+        await store.commit()
+        assert [e.message.payload for e in await whole_queue(store, "c")] == [b"fresh"]
