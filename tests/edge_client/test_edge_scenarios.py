@@ -186,3 +186,22 @@ def test_asyncio_client_across_a_broker_restart(runtime: Runtime, edge_broker: E
     assert got == sorted(f"in {i}" for i in range(n_in)), prog.output()
     sub.close()
     pub.close()
+
+
+def test_subscriptions_are_made_again_when_the_broker_lost_the_session(
+    runtime: Runtime, edge_broker: EdgeBroker
+) -> None:
+    cid = client_id(runtime, edge_broker, "resub")
+    host, port = edge_broker.host, edge_broker.port
+    prog = runtime.start("resubscribe.py", host, port, cid, 2)
+    prog.expect("READY")
+    peer = Peer(host, port, "peer-" + cid)
+    peer.publish(f"edge/{cid}/x", "before", qos=1)
+    prog.expect("GOT")
+    edge_broker.restart()
+    peer.wait_connected()
+    # Retained: it arrives whether the client subscribes again before or after this.
+    peer.publish(f"edge/{cid}/x", "after restart", qos=1, retain=True)
+    prog.finish(40)
+    assert [p for _, _, _, p in prog.got()] == ["before", "after restart"], prog.output()
+    peer.close()

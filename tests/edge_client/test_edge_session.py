@@ -288,3 +288,21 @@ def test_file_outbox_compacts_dead_records(tmp_path: Path) -> None:
         s.feed(P.ack(0x40, s.q[-1][0]))
     assert path.stat().st_size < 2000
     assert [e[3] for e in FilePersist(str(path), "dev").q] == [b"stays"]
+
+
+def test_reconnect_delay_doubles_with_jitter_up_to_the_cap() -> None:
+    from edge_client.client import MQTTClient
+    from edge_client.compat import ticks_ms
+
+    c = MQTTClient("dev", "127.0.0.1", 1, backoff_ms=(100, 1000))
+    delays = []
+    waits = []
+    for _ in range(40):
+        before = ticks_ms()
+        c._lost()
+        after = ticks_ms()
+        delays.append(c.delay)
+        assert before + c.delay // 2 <= c.retry_at <= after + c.delay  # equal jitter
+        waits.append(c.retry_at - before)
+    assert delays[:6] == [100, 200, 400, 800, 1000, 1000] and set(delays[6:]) == {1000}
+    assert len(set(waits[6:])) > 5  # the jitter really varies
