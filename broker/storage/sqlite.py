@@ -167,7 +167,6 @@ _READ_QUEUE = """SELECT q.seq, q.qos, q.retain, q.subscription_ids, q.state, q.p
 _INSERT = 0
 _UPDATE = 1
 _DELETE = 2
-_DELETE_OP = (_DELETE,)
 _NO_BOUND = 2**63 - 1
 
 _CORRUPTION_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
@@ -214,7 +213,7 @@ class SqliteStorage(Storage):
         self._deleted_clients: set[str] = set()
         self._sessions: dict[str, tuple] = {}
         self._subscriptions: dict[tuple[str, str], tuple | None] = {}
-        self._queue: dict[tuple[str, int], list | tuple] = {}
+        self._queue: dict[tuple[str, int], list] = {}
         self._inbound: dict[tuple[str, int], bool] = {}
         self._retained: dict[str, int | None] = {}
         # delete_oldest_queued calls in call order: [client_id, after_seq, seq bound]. The
@@ -254,7 +253,7 @@ class SqliteStorage(Storage):
         conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.lock_timeout)
         try:
             await conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-            rows = await conn.execute_fetchall("PRAGMA journal_mode = WAL")
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
             if rows[0][0].lower() != "wal":
                 raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode")
             await conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
@@ -270,7 +269,7 @@ class SqliteStorage(Storage):
             await conn.execute("COMMIT")
             for statement in _GC_SETUP:
                 await conn.execute(statement)
-            rows = await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM messages")
+            rows = list(await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM messages"))
             self._next_id = rows[0][0]
         except sqlite3.DatabaseError as exc:
             await conn.close()
@@ -344,6 +343,15 @@ class SqliteStorage(Storage):
         error.__cause__ = self._failure
         return error
 
+    @property
+    def _db(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise RuntimeError("storage is not open")
+        return self._conn
+
+    async def _fetch(self, sql: str, parameters: tuple = ()) -> list:
+        return list(await self._db.execute_fetchall(sql, parameters))
+
     async def _flush(self) -> None:
         """Make reads see every write issued before them."""
         if self._conn is None:
@@ -354,14 +362,13 @@ class SqliteStorage(Storage):
     # ---- reads -----------------------------------------------------------------------
     async def load_sessions(self) -> list[SessionRecord]:
         await self._flush()
-        conn = self._conn
         records: dict[str, SessionRecord] = {}
-        for client_id, expiry, level, disconnected_at in await conn.execute_fetchall(
+        for client_id, expiry, level, disconnected_at in await self._fetch(
             "SELECT client_id, expiry_interval, protocol_level, disconnected_at"
             " FROM sessions ORDER BY client_id"
         ):
             records[client_id] = SessionRecord(client_id, expiry, level, disconnected_at)
-        for client_id, topic_filter, qos, no_local, rap, rh, sub_id in await conn.execute_fetchall(
+        for client_id, topic_filter, qos, no_local, rap, rh, sub_id in await self._fetch(
             "SELECT client_id, topic_filter, qos, no_local, retain_as_published, retain_handling,"
             " subscription_id FROM subscriptions ORDER BY client_id, topic_filter"
         ):
@@ -374,13 +381,13 @@ class SqliteStorage(Storage):
                         sub_id,
                     )
                 )
-        for client_id, packet_id in await conn.execute_fetchall(
+        for client_id, packet_id in await self._fetch(
             "SELECT client_id, packet_id FROM inbound_qos2"
         ):
             record = records.get(client_id)
             if record is not None:
                 record.inbound_qos2.add(packet_id)
-        for client_id, count, size, last_seq in await conn.execute_fetchall(
+        for client_id, count, size, last_seq in await self._fetch(
             "SELECT q.client_id, COUNT(*), SUM(LENGTH(m.payload)), MAX(q.seq)"
             " FROM queue q JOIN messages m ON m.id = q.message_id GROUP BY q.client_id"
         ):
@@ -393,7 +400,7 @@ class SqliteStorage(Storage):
 
     async def load_retained(self) -> list[StoredMessage]:
         await self._flush()
-        rows = await self._conn.execute_fetchall(
+        rows = await self._fetch(
             "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at"
             " FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY r.topic"
         )
@@ -406,7 +413,7 @@ class SqliteStorage(Storage):
         if limit <= 0:
             return []
         await self._flush()
-        rows = await self._conn.execute_fetchall(_READ_QUEUE, (client_id, after_seq, limit))
+        rows = await self._fetch(_READ_QUEUE, (client_id, after_seq, limit))
         return [
             QueueEntry(
                 seq=seq,
@@ -439,12 +446,12 @@ class SqliteStorage(Storage):
         self._dirty = True
         self._deleted_clients.add(client_id)
         self._sessions.pop(client_id, None)
-        for key in [k for k in self._subscriptions if k[0] == client_id]:
-            del self._subscriptions[key]
-        for key in [k for k in self._inbound if k[0] == client_id]:
-            del self._inbound[key]
-        for key in [k for k in self._queue if k[0] == client_id]:
-            op = self._queue.pop(key)
+        for sub_key in [k for k in self._subscriptions if k[0] == client_id]:
+            del self._subscriptions[sub_key]
+        for inbound_key in [k for k in self._inbound if k[0] == client_id]:
+            del self._inbound[inbound_key]
+        for queue_key in [k for k in self._queue if k[0] == client_id]:
+            op = self._queue.pop(queue_key)
             if op[0] == _INSERT:
                 self._unref(op[1])
         self._open_drops.pop(client_id, None)
@@ -530,7 +537,7 @@ class SqliteStorage(Storage):
         key = (client_id, seq)
         previous = self._queue.get(key)
         if previous is None or previous[0] == _UPDATE:
-            self._queue[key] = (_UPDATE, state, packet_id)
+            self._queue[key] = [_UPDATE, state, packet_id]
         elif previous[0] == _INSERT:  # not on disk yet: write the final state once
             previous[5] = state
             previous[6] = packet_id
@@ -541,11 +548,11 @@ class SqliteStorage(Storage):
         key = (client_id, seq)
         previous = self._queue.get(key)
         if previous is None or previous[0] == _UPDATE:
-            self._queue[key] = _DELETE_OP
+            self._queue[key] = [_DELETE]
         elif previous[0] == _INSERT:  # cancel-out: never reaches the disk
             self._unref(previous[1])
             if previous[7]:
-                self._queue[key] = _DELETE_OP
+                self._queue[key] = [_DELETE]
             else:
                 del self._queue[key]
 
@@ -603,7 +610,7 @@ class SqliteStorage(Storage):
         if not (messages or deleted_clients or sessions or subscriptions or queue
                 or inbound or retained or drop_oldest):
             return  # everything cancelled out: no transaction at all
-        conn = self._conn
+        conn = self._db
         collect = False  # did anything delete a reference to a message?
         await conn.execute("BEGIN IMMEDIATE")
         try:
@@ -717,7 +724,7 @@ class SqliteStorage(Storage):
 
     # ---- open: checks, schema, corruption -------------------------------------------------
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        version = (await conn.execute_fetchall("PRAGMA user_version"))[0][0]
+        version = list(await conn.execute_fetchall("PRAGMA user_version"))[0][0]
         if version > SCHEMA_VERSION:
             raise UnsupportedSchema(
                 f"{self.path} has schema version {version}; this broker knows up to"
@@ -812,7 +819,7 @@ class SqliteStorage(Storage):
     async def _message_count(self) -> int:
         """Stored messages after garbage collection."""
         await self._flush()
-        rows = await self._conn.execute_fetchall("SELECT COUNT(*) FROM messages")
+        rows = await self._fetch("SELECT COUNT(*) FROM messages")
         return rows[0][0]
 
 
