@@ -53,7 +53,8 @@ def test_suback_reason_codes_are_granted_qos(raw, uid):
 def test_paho_sees_suback_0x8f_for_invalid_filter(paho, uid):
     client = paho(uid, 5)
     client.connect()
-    assert client.subscribe(f"{uid}/a/#/b", 1) == [0x8F]
+    # paho itself refuses misplaced wildcards; a share name without a filter gets through to the broker.
+    assert client.subscribe("$share/g", 1) == [0x8F]
     assert client.client.is_connected()
 
 
