@@ -377,3 +377,29 @@ def test_paho_sees_broker_maximum_packet_size(target_factory, paho):
     client = paho("paho-mps", 5, target=target)
     result = client.connect()
     assert getattr(result.properties, "MaximumPacketSize", None) == 4096
+
+
+# --------------------------------------------------------------------------- in-flight limit
+
+
+def test_outbound_inflight_bounded_by_max_inflight_messages(target_factory, version):
+    target = target_factory(max_inflight_messages=5)
+    sub = r.RawClient(target.host, target.port, version)
+    pub = r.RawClient(target.host, target.port, version)
+    try:
+        connack = sub.connect("slow-reader")  # v5: no Receive Maximum of its own (65535)
+        if version == 5:
+            assert connack.properties.get(r.RECEIVE_MAXIMUM) == 5  # what we advertise follows the limit
+        sub.subscribe([("work", 1)])
+        pub.connect("producer")
+        for i in range(8):
+            pub.publish("work", str(i).encode(), 1)
+        window = sub.collect(0.5)
+        assert [p.payload for p in window] == [str(i).encode() for i in range(5)]
+        for pkt in window:
+            sub.ack(pkt)
+        rest = sub.collect(0.5)
+        assert [p.payload for p in rest] == [b"5", b"6", b"7"]
+    finally:
+        sub.close()
+        pub.close()
