@@ -182,7 +182,8 @@ class UnsupportedSchema(Exception):
 
 
 class StorageFailed(Exception):
-    """A commit failed earlier: buffered writes were lost, so the store refuses further work."""
+    """A commit failed (disk full, I/O error...): its writes are lost, so every later
+    commit and read fails too; the cause is in ``__cause__``. The broker should stop."""
 
 
 class SqliteStorage(Storage):
@@ -339,7 +340,10 @@ class SqliteStorage(Storage):
             self._task = None
 
     def _failed(self) -> StorageFailed:
-        error = StorageFailed(f"{self.path}: an earlier commit failed: {self._failure!r}")
+        error = StorageFailed(
+            f"{self.path}: a commit failed ({self._failure!r}); the writes it carried are lost"
+            " and the store accepts no more work"
+        )
         error.__cause__ = self._failure
         return error
 
