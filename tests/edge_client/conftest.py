@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_harness import LIBRARY, Runtime, compile_tree
+from edge_harness import LIBRARY, EdgeBroker, Runtime, compile_tree, free_port
 
 BROKERS = ["mosquitto", "ours"]
 RUNTIMES = ["micropython", "cpython"]
@@ -36,37 +35,6 @@ def runtime(request: pytest.FixtureRequest, mpy_lib: Path, tmp_path: Path) -> It
     rt = Runtime(request.param, mpy_lib, tmp_path)
     yield rt
     rt.cleanup()
-
-
-class EdgeBroker:
-    """One broker under test with a fixed host:port across restarts."""
-
-    def __init__(self, kind: str, process: Any) -> None:
-        self.kind = kind
-        self.process = process
-
-    @property
-    def host(self) -> str:
-        return str(self.process.host)
-
-    @property
-    def port(self) -> int:
-        return int(self.process.port)
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def start(self) -> None:
-        self.process.start()
-
-    def restart(self) -> None:
-        self.process.restart()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ours_importable() -> bool:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import socket
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -229,3 +231,34 @@ class Peer:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class EdgeBroker:
+    """One broker under test with a fixed host:port across restarts."""
+
+    def __init__(self, kind: str, process: Any) -> None:
+        self.kind = kind
+        self.process = process
+
+    @property
+    def host(self) -> str:
+        return str(self.process.host)
+
+    @property
+    def port(self) -> int:
+        return int(self.process.port)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def start(self) -> None:
+        self.process.start()
+
+    def restart(self) -> None:
+        self.process.restart()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -7,9 +7,7 @@ import os
 import socket
 from pathlib import Path
 
-from edge_harness import Peer, Runtime
-
-from conftest import EdgeBroker  # type: ignore[attr-defined]  # this directory's conftest
+from edge_harness import EdgeBroker, Peer, Runtime
 
 
 def client_id(runtime: Runtime, broker: EdgeBroker, name: str) -> str:

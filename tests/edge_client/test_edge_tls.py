@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from edge_harness import Runtime
+from edge_harness import Runtime, free_port
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tls_connection_with_certificate_check(
     runtime: Runtime, mosquitto_factory, certs: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from conftest import free_port  # type: ignore[attr-defined]  # this directory's conftest
-
     tls_port = free_port()
     broker = mosquitto_factory(
         config=(
@@ -52,8 +50,6 @@ def test_tls_connection_with_certificate_check(
 def test_tls_refuses_a_broker_it_cannot_verify(
     runtime: Runtime, mosquitto_factory, certs: Path, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from conftest import free_port  # type: ignore[attr-defined]
-
     tls_port = free_port()
     broker = mosquitto_factory(
         config=f"listener {tls_port} 127.0.0.1\ncertfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\n"
