@@ -17,7 +17,7 @@ from broker.__main__ import build_parser, config_from_args
 from broker.config import Config
 from broker.logsetup import setup_logging
 
-from conftest import REPO_ROOT, BrokerFactory, subprocess_env
+from brokerprocess import REPO_ROOT, BrokerFactory, subprocess_env
 
 TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d broker: ")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from conftest import BrokerFactory, MosquittoFactory, subprocess_env
+from brokerprocess import BrokerFactory, MosquittoFactory, subprocess_env
 
 
 def paho_client(client_id: str, port: int, clean: bool = True) -> tuple[mqtt.Client, queue.Queue[mqtt.MQTTMessage]]:
@@ -103,7 +103,8 @@ def test_broker_that_cannot_start_fails_the_test_with_its_output(broker_factory:
 
 
 def test_a_leaked_thread_fails_the_run_instead_of_hanging_it(tmp_path: Path) -> None:
-    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    for helper in ("conftest.py", "brokerprocess.py"):
+        shutil.copy(Path(__file__).with_name(helper), tmp_path / helper)
     (tmp_path / "test_leak.py").write_text(
         "import threading\n"
         "forever = threading.Event()\n"
