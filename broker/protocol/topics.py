@@ -70,7 +70,7 @@ def is_valid_topic_filter(topic_filter: str) -> bool:
         if not _fits(topic_filter):
             return False
         group, sep, inner = topic_filter[_SHARE_PREFIX_LEN:].partition("/")
-        if not sep or not group or "+" in group or "#" in group:
+        if not sep or not group or "+" in group or "#" in group or "\x00" in group:
             return False
         return _is_valid_plain_filter(inner)
     return _is_valid_plain_filter(topic_filter)

@@ -92,6 +92,7 @@ INVALID_FILTERS = [
     "$share/g#/a",
     "$share/g/a/#/b",
     "$share/g/a+",
+    "$share/g\x00/a",  # U+0000 is not allowed anywhere, the share name included
     "$share/" + "g" * 65530 + "/a",  # over 65535 bytes in total
 ]
 
