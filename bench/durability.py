@@ -292,7 +292,7 @@ MODES = [
     Mode("sqlite sync=normal", 'backend = "sqlite"\nsync = "normal"',
          "nothing on kill -9; last commits on power cut"),
     Mode("sqlite sync=off", 'backend = "sqlite"\nsync = "off"',
-         "kill -9: nothing; power cut: anything not yet written by the OS"),
+         "nothing on kill -9; power cut: recent commits, and the file may be corrupted"),
     Mode("memory", 'backend = "memory"', "everything, on any stop"),
 ]
 
