@@ -39,19 +39,16 @@ def test_no_will_after_disconnect(paho, uid, version):
 
 
 def test_retained_will(paho, uid, version):
+    watcher = _watch(paho, uid, version)
     dying = paho(f"{uid}-dying", version)
     dying.connect(will=(f"{uid}/will", b"last words", 1, True))
     dying.drop()
-    # Subscribe after the fact: the will was stored as a retained message.
-    later = paho(f"{uid}-later", version)
+    [live] = watcher.expect_messages(1)  # published to the current subscriber ...
+    assert live.payload == b"last words"
+    later = paho(f"{uid}-later", version)  # ... and stored as a retained message
     later.connect()
-    deadline = time.monotonic() + 5
-    while True:
-        later.subscribe(f"{uid}/will", 1)
-        if later.messages or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)  # the will may be published a moment after the close
-    [will] = later.wait_messages(1)
+    later.subscribe(f"{uid}/will", 1)
+    [will] = later.expect_messages(1)
     assert (will.payload, will.retain) == (b"last words", True)
 
 
