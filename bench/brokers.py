@@ -1,0 +1,351 @@
+"""The three brokers under test as child processes: ours, mosquitto and amqtt.
+
+Each runs on 127.0.0.1 with a port of its own, writes its log to a file in the
+run directory (a file, unlike a pipe, never blocks a busy broker), gets a high
+open-file limit (5000 idle connections need as many descriptors), and is
+stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+# Mosquitto's settings, chosen to match ours where the behaviour under load depends on them.
+MOSQUITTO_SETTINGS = (
+    "persistence false",
+    # Ours allows 20 unacknowledged outgoing QoS 1/2 messages per client (its default); so does this.
+    "max_inflight_messages 20",
+    # The load never has more than --transit messages queued per subscriber, but mosquitto 2.0.11
+    # dropped QoS 1 messages ("Outgoing messages are being dropped") with a limit of 100000 even
+    # so; with this limit it never did.
+    "max_queued_messages 10000000",
+    # asyncio (ours, amqtt) sets TCP_NODELAY on every connection; mosquitto's default is Nagle's
+    # algorithm, which stalls request/acknowledge traffic for milliseconds.
+    "set_tcp_nodelay true",
+)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for brokers that cannot be told to use port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_nofile_limit(wanted: int) -> int:
+    """Raise this process's open-file limit towards ``wanted`` (at most the hard limit); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft if soft != resource.RLIM_INFINITY else wanted
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return target
+
+
+def _child_limits(nofile: int):  # type: ignore[no-untyped-def]
+    """preexec_fn for brokers and the load generator: the same ``ulimit -n`` as the bench."""
+
+    def apply() -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = nofile if hard == resource.RLIM_INFINITY else min(nofile, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+    return apply
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS from /proc/PID/status), in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class BrokerError(RuntimeError):
+    """A broker did not start, or died."""
+
+
+class Broker:
+    """One broker process; subclasses say how to start it and how to know it is ready."""
+
+    key = "broker"
+    label = "broker"
+
+    def __init__(self, workdir: Path, nofile: int) -> None:
+        self.workdir = workdir
+        self.nofile = nofile
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{self.key}.log"
+        self.starts = 0
+
+    # --- to be provided by subclasses
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Write config files, choose a port: whatever must happen before each start."""
+
+    def env(self) -> dict[str, str] | None:
+        return None
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def settings(self) -> list[str]:
+        """How this broker is configured, for the report."""
+        raise NotImplementedError
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Default readiness: the port accepts TCP connections."""
+        while True:
+            self._check_alive("before accepting connections")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"{self.label} not accepting connections on port {self.port}\n{self.log_tail()}")
+                time.sleep(0.05)
+
+    # --- shared behaviour
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.label} not started"
+        return self.proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        assert not self.running, f"{self.label} already running"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== start {self.starts}: {shlex.join(self.command())}\n".encode())
+            log.flush()
+            self._log_offset = log.tell()
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env(),
+                preexec_fn=_child_limits(self.nofile),
+            )
+        self._wait_ready(time.monotonic() + STARTUP_TIMEOUT)
+
+    def stop(self) -> None:
+        """SIGTERM (SIGINT for amqtt), then SIGKILL if it does not exit in time."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(self.stop_signal)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    stop_signal = signal.SIGTERM
+
+    def _check_alive(self, when: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BrokerError(
+                f"{self.label} exited with code {self.proc.returncode} {when}\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+
+class OursBroker(Broker):
+    """``python -m broker`` from this checkout, default (durable SQLite) unless told otherwise."""
+
+    key = "ours"
+    label = "ours"
+
+    def __init__(self, workdir: Path, nofile: int, extra_args: list[str] | None = None) -> None:
+        super().__init__(workdir, nofile)
+        self.extra_args = list(extra_args or [])
+        self.data_dir = workdir / "ours-data"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "broker", "--port", "0", "--data-dir", str(self.data_dir), *self.extra_args]
+
+    def prepare(self) -> None:
+        # A fresh database for each start, so one round's leftovers never slow the next.
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def _wait_ready(self, deadline: float) -> None:
+        while True:
+            self._check_alive("before listening")
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_offset)
+                match = LISTENING.search(log.read().decode(errors="replace"))
+            if match:
+                host = match.group(1).strip("[]")
+                self.host = {"0.0.0.0": "127.0.0.1"}.get(host, host)
+                self.port = int(match.group(2))
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(f"ours printed no 'listening on HOST:PORT' line\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def version(self) -> str:
+        from broker import __version__
+
+        commit = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", "broker")
+        loop = "uvloop " + _dist_version("uvloop") if _dist_version("uvloop") else "asyncio loop"
+        described = f"{__version__} (commit {commit}{', broker/ modified' if dirty else ''})"
+        return f"{described}, {loop}"
+
+    def settings(self) -> list[str]:
+        mode = "`--memory` (nothing persisted)" if "--memory" in self.extra_args else "default durable mode (SQLite, QoS 1/2 acknowledged after the group commit's fsync)"
+        args = f" {shlex.join(self.extra_args)}" if self.extra_args else ""
+        return [f"`python -m broker --port 0 --data-dir DIR{args}`: {mode}, defaults otherwise (20 in-flight messages per client)"]
+
+
+class MosquittoBroker(Broker):
+    """Debian's mosquitto with persistence off (the issue's reference)."""
+
+    key = "mosquitto"
+    label = "mosquitto"
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, workdir: Path, nofile: int) -> None:
+        super().__init__(workdir, nofile)
+        self.config_path = workdir / "mosquitto.conf"
+
+    def command(self) -> list[str]:
+        return [MOSQUITTO, "-c", str(self.config_path)]
+
+    def config_lines(self) -> list[str]:
+        import pwd
+
+        user = pwd.getpwuid(os.getuid()).pw_name  # as root, mosquitto would switch to user "mosquitto"
+        return [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"user {user}",
+            "log_dest stderr",
+            *MOSQUITTO_SETTINGS,
+        ]
+
+    def prepare(self) -> None:
+        if not os.path.exists(MOSQUITTO):
+            raise BrokerError(f"{MOSQUITTO} not found: apt-get install mosquitto")
+        self.port = free_port()
+        self.config_path.write_text("\n".join(self.config_lines()) + "\n")
+
+    def version(self) -> str:
+        out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout
+        match = re.search(r"mosquitto version (\S+)", out)
+        return match.group(1) if match else "unknown"
+
+    def settings(self) -> list[str]:
+        return ["mosquitto.conf: `listener PORT 127.0.0.1`, `allow_anonymous true`, " + ", ".join(f"`{s}`" for s in MOSQUITTO_SETTINGS)]
+
+
+class AmqttBroker(Broker):
+    """amqtt from PyPI, with only the anonymous-auth plugin (no $SYS topics, no packet logging)."""
+
+    key = "amqtt"
+    label = "amqtt"
+    # amqtt's script stops cleanly on KeyboardInterrupt only.
+    stop_signal = signal.SIGINT
+
+    def __init__(self, workdir: Path, nofile: int) -> None:
+        super().__init__(workdir, nofile)
+        self.config_path = workdir / "amqtt.yaml"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(self.config_path)]
+
+    def prepare(self) -> None:
+        if not _dist_version("amqtt"):
+            raise BrokerError("amqtt is not installed: pip install amqtt")
+        self.port = free_port()
+        self.config_path.write_text(
+            "listeners:\n"
+            "  default:\n"
+            "    type: tcp\n"
+            f"    bind: 127.0.0.1:{self.port}\n"
+            "plugins:\n"
+            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+            "    allow_anonymous: true\n"
+        )
+
+    def version(self) -> str:
+        return _dist_version("amqtt") or "not installed"
+
+    def settings(self) -> list[str]:
+        return [
+            "`python -m amqtt.scripts.broker_script -c amqtt.yaml`: one TCP listener on 127.0.0.1:PORT, "
+            "plugins: only `AnonymousAuthPlugin` (`allow_anonymous: true`), so no $SYS publishing and no packet logging"
+        ]
+
+
+BROKER_KEYS = ("ours", "mosquitto", "amqtt")
+
+
+def make_broker(key: str, workdir: Path, nofile: int, ours_args: list[str]) -> Broker:
+    if key == "ours":
+        return OursBroker(workdir, nofile, ours_args)
+    if key == "mosquitto":
+        return MosquittoBroker(workdir, nofile)
+    if key == "amqtt":
+        return AmqttBroker(workdir, nofile)
+    raise ValueError(f"unknown broker {key!r} (choose from {', '.join(BROKER_KEYS)})")
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""

@@ -1,0 +1,155 @@
+"""``python -m bench``: measure ours, mosquitto and amqtt side by side and write docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench import loadgen
+from bench.brokers import BROKER_KEYS, BrokerError
+from bench.machine import machine_info
+from bench.report import Summary, generated_section, update_doc
+from bench.runner import Bench
+from bench.scenarios import Params, scenarios
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
+
+PRESETS = {
+    # A few seconds per broker: proves the harness and the brokers work, not a measurement.
+    "quick": dict(rounds=1, duration=1.0, warmup=0.3, connections=300, drain_idle=2.0, retries=0),
+    "default": {},
+    "long": dict(rounds=5, duration=10.0, warmup=2.0),
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    all_scenarios = list(scenarios(Params()))
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark our broker against mosquitto and amqtt on this machine, in one run "
+        "with alternating rounds, and write the figures into docs/benchmarks.md.",
+    )
+    parser.add_argument("--brokers", default=",".join(BROKER_KEYS),
+                        help=f"comma-separated, from {','.join(BROKER_KEYS)} (default: all)")
+    parser.add_argument("--scenarios", default=",".join(all_scenarios),
+                        help=f"comma-separated, from {','.join(all_scenarios)} (default: all)")
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true",
+                        help="smoke mode: 1 short round, 300 idle connections, no quiet-machine wait, no doc")
+    preset.add_argument("--long", action="store_true", help="5 rounds of 10 s windows")
+    parser.add_argument("--rounds", type=int, help="rounds per scenario and broker (default 3)")
+    parser.add_argument("--duration", type=float, help="seconds of measurement window per run (default 4)")
+    parser.add_argument("--warmup", type=float, help="seconds of load before the window (default 1)")
+    parser.add_argument("--connections", type=int, help="idle connections in the memory scenario (default 5000)")
+    parser.add_argument("--publishers", type=int, help="publishers in the fan-in scenarios (default 4)")
+    parser.add_argument("--fanout-subscribers", type=int, help="subscribers in the fan-out scenario (default 50)")
+    parser.add_argument("--payload", type=int, help="payload bytes per message (default 64, at least 16)")
+    parser.add_argument("--window", type=int,
+                        help="QoS 1/2: unacknowledged PUBLISHes per publisher (default 20)")
+    parser.add_argument("--transit", type=int,
+                        help="messages published but not yet received, per subscriber (default 1000)")
+    parser.add_argument("--latency-rate", type=float, help="messages per second in the latency scenarios (default 1000)")
+    parser.add_argument("--retries", type=int,
+                        help="extra attempts for a run during which other processes were busy (default 1)")
+    parser.add_argument("--quiet-threshold", type=float,
+                        help="busy cores of other processes tolerated before and during a run (default 0.3)")
+    parser.add_argument("--quiet-timeout", type=float, help="longest wait for a quiet machine (default 30 s)")
+    parser.add_argument("--no-quiet-wait", action="store_true",
+                        help="do not wait for a quiet machine, and do not repeat disturbed runs")
+    parser.add_argument("--ours-arg", action="append", default=[], metavar="ARG",
+                        help="extra argument for `python -m broker` (repeatable), e.g. --ours-arg=--memory")
+    parser.add_argument("--doc", type=Path, help=f"document to update (default {DEFAULT_DOC.relative_to(REPO_ROOT)}; "
+                        "not written in --quick mode unless given)")
+    parser.add_argument("--no-doc", action="store_true", help="do not write the document")
+    parser.add_argument("--json", type=Path, help="also write every run's figures to this JSON file")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep broker logs and configs after the run")
+    return parser.parse_args(argv)
+
+
+def build_params(args: argparse.Namespace) -> Params:
+    preset = "quick" if args.quick else "long" if args.long else "default"
+    params = replace(Params(), **PRESETS[preset])
+    overrides = {
+        name: getattr(args, name)
+        for name in ("rounds", "duration", "warmup", "connections", "publishers", "fanout_subscribers", "payload",
+                     "window", "transit", "latency_rate", "retries", "quiet_threshold", "quiet_timeout")
+        if getattr(args, name) is not None
+    }
+    params = replace(params, **overrides)
+    if params.rounds < 1 or params.duration <= 0 or params.payload < 16:
+        raise SystemExit("need --rounds >= 1, --duration > 0 and --payload >= 16")
+    return params
+
+
+def _split(text: str, allowed: list[str], what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in items if x not in allowed]
+    if unknown or not items:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def loadgen_description() -> str:
+    try:
+        version = subprocess.run(["gcc", "-dumpfullversion"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        version = "?"
+    return f"`bench/loadgen.c` (C, one thread, epoll), gcc {version} {' '.join(loadgen.CFLAGS)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    params = build_params(args)
+    all_scenarios = scenarios(params)
+    broker_keys = _split(args.brokers, list(BROKER_KEYS), "broker")
+    chosen = [all_scenarios[k] for k in _split(args.scenarios, list(all_scenarios), "scenario")]
+    quiet_wait = not (args.no_quiet_wait or args.quick)
+    if not quiet_wait:
+        params = replace(params, retries=0)
+    write_doc = not args.no_doc and (args.doc is not None or not args.quick)
+    doc_path = args.doc or DEFAULT_DOC
+    command = "python -m bench" + (" " + shlex.join(argv) if argv else "")
+
+    workdir = Path(tempfile.mkdtemp(prefix="edgemq-bench-"))
+    bench = Bench(params, broker_keys, chosen, workdir, args.ours_arg, wait_for_quiet=quiet_wait)
+    print(f"{command}\nbrokers: {', '.join(broker_keys)}; scenarios: {', '.join(s.key for s in chosen)}; "
+          f"{params.rounds} round(s); logs in {workdir}", flush=True)
+    started = time.monotonic()
+    machine = machine_info()
+    try:
+        loadgen.build()
+        info = bench.broker_info()
+        results = bench.run()
+    except (BrokerError, loadgen.LoadgenError) as exc:
+        print(f"bench failed: {exc}\n(logs kept in {workdir})", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+
+    summary = Summary(results, chosen, broker_keys)
+    section = generated_section(summary, params, command, machine, info, loadgen_description(), elapsed)
+    print("\n" + section)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(
+            {"command": command, "machine": machine, "brokers": info, "params": params.__dict__,
+             "elapsed_s": elapsed, "scenarios": summary.to_json()},
+            indent=1, ensure_ascii=False))
+    if write_doc:
+        update_doc(doc_path, section)
+        print(f"wrote {doc_path}")
+    failed = any(not r.ok for r in results)
+    if args.keep_workdir or failed:
+        print(f"broker logs and configs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

@@ -1,0 +1,220 @@
+"""Runs the rounds: every scenario against every broker, brokers alternating within a round.
+
+Throughput and latency runs share one long-running process per broker; the
+memory scenario starts a fresh one each time, so that the "before" figure is a
+broker that has not grown its heap under earlier load.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import loadgen
+from bench.brokers import Broker, BrokerError, make_broker, raise_nofile_limit
+from bench.machine import wait_quiet
+from bench.scenarios import Params, Scenario, figures
+
+MEMORY_WARMUP_CONNECTIONS = 50  # opened and closed first, so lazy imports and first-use caches are paid
+MEMORY_SETTLE_S = 2.0  # after the connections are up, before reading VmRSS
+
+
+@dataclass
+class RunResult:
+    broker: str
+    scenario: str
+    round: int
+    ok: bool
+    value: float | None = None
+    error: str = ""
+    attempts: int = 1
+    quiet_wait_s: float = 0.0
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+class Bench:
+    def __init__(
+        self,
+        params: Params,
+        broker_keys: list[str],
+        scenario_list: list[Scenario],
+        workdir: Path,
+        ours_args: list[str],
+        say: Callable[[str], None] = print,
+        wait_for_quiet: bool = True,
+    ) -> None:
+        self.params = params
+        self.broker_keys = broker_keys
+        self.scenarios = scenario_list
+        self.workdir = workdir
+        self.ours_args = ours_args
+        self.say = say
+        self.wait_for_quiet = wait_for_quiet
+        # Each process holds up to one descriptor per connection, plus its own few.
+        self.nofile = raise_nofile_limit(max(params.connections + 1024, 4096))
+        self.brokers: dict[str, Broker] = {}
+        self.results: list[RunResult] = []
+        self._tag_counter = 0
+
+    def broker_info(self) -> dict[str, dict[str, Any]]:
+        """Version and settings of each broker, for the report."""
+        info = {}
+        for key in self.broker_keys:
+            broker = make_broker(key, self.workdir / key, self.nofile, self.ours_args)
+            info[key] = {"version": broker.version(), "settings": broker.settings()}
+        return info
+
+    def run(self) -> list[RunResult]:
+        loadgen.build()
+        if self.params.connections + 64 > self.nofile:
+            self.say(f"warning: open-file limit {self.nofile} is too low for {self.params.connections} connections")
+        try:
+            if any(s.kind != "memory" for s in self.scenarios):
+                for key in self.broker_keys:
+                    self.brokers[key] = make_broker(key, self.workdir / key, self.nofile, self.ours_args)
+                    self.brokers[key].start()
+            for round_no in range(1, self.params.rounds + 1):
+                for scenario in self.scenarios:
+                    for key in self.broker_keys:
+                        result = self._run_one(round_no, scenario, key)
+                        self.results.append(result)
+                        self.say(_progress_line(result, scenario))
+        finally:
+            for broker in self.brokers.values():
+                broker.stop()
+        return self.results
+
+    # --- one measurement
+
+    def _next_tag(self, key: str, scenario: Scenario) -> str:
+        self._tag_counter += 1
+        return f"{key[:2]}{scenario.key[:4]}{self._tag_counter}"
+
+    def _quiet(self) -> float:
+        if not self.wait_for_quiet:
+            return 0.0
+        busy, waited = wait_quiet(self.params.quiet_threshold, self.params.quiet_timeout)
+        if busy > self.params.quiet_threshold:
+            self.say(f"  (machine still busy: {busy:.2f} cores after waiting {waited:.0f}s; measuring anyway)")
+        return waited
+
+    def _run_one(self, round_no: int, scenario: Scenario, key: str) -> RunResult:
+        if scenario.kind == "memory":
+            return self._run_memory(round_no, scenario, key)
+        broker = self.brokers[key]
+        result = RunResult(key, scenario.key, round_no, ok=False)
+        for attempt in range(1, self.params.retries + 2):
+            result.attempts = attempt
+            try:
+                if not broker.running:
+                    self.say(f"  ({key} is not running: restarting it)\n{broker.log_tail(10)}")
+                    broker.stop()
+                    broker.start()
+                result.quiet_wait_s += self._quiet()
+                p = self.params
+                raw = loadgen.run(
+                    broker.port,
+                    scenario.loadgen_options(p, self._next_tag(key, scenario), broker.pid),
+                    timeout=p.warmup + p.duration + p.drain_timeout + 2 * p.drain_idle + 90,
+                    nofile=self.nofile,
+                )
+            except (loadgen.LoadgenError, BrokerError) as exc:
+                result.ok, result.error, result.value = False, _one_line(str(exc)), None
+                if broker.running:
+                    break  # the broker is fine, so the failure is the broker's answer to this load
+                result.error += f" ({key} exited with code {broker.proc.returncode if broker.proc else '?'})"
+                continue  # restarted at the top of the next attempt
+            figs = figures(scenario, raw)
+            result.figures = figs
+            result.value = figs["value"]
+            result.ok = result.value is not None
+            result.error = "" if result.ok else "no figure (nothing delivered in the window)"
+            disturbed = self.wait_for_quiet and (figs["other_cores"] or 0) > self.params.quiet_threshold
+            if result.ok and not disturbed:
+                break
+            if disturbed and attempt <= self.params.retries:
+                self.say(f"  (other processes used {figs['other_cores']:.2f} cores during the run: measuring again)")
+        return result
+
+    def _run_memory(self, round_no: int, scenario: Scenario, key: str) -> RunResult:
+        result = RunResult(key, scenario.key, round_no, ok=False)
+        broker = make_broker(key, self.workdir / f"{key}-memory", self.nofile, self.ours_args)
+        idle: loadgen.IdleConnections | None = None
+        try:
+            broker.start()
+            tag = self._next_tag(key, scenario)
+            warm = loadgen.IdleConnections(broker.port, MEMORY_WARMUP_CONNECTIONS, tag + "w", self.nofile)
+            warm.open(timeout=60)
+            warm.close()
+            result.quiet_wait_s = self._quiet()
+            time.sleep(0.5)
+            before = broker.rss_kib()
+            idle = loadgen.IdleConnections(broker.port, self.params.connections, tag, self.nofile)
+            established, failed, seconds = idle.open(timeout=300)
+            time.sleep(MEMORY_SETTLE_S)
+            if not broker.running:
+                raise BrokerError(f"{key} exited while holding idle connections\n{broker.log_tail(10)}")
+            after = broker.rss_kib()
+            final = idle.close()
+            idle = None
+            if established == 0:
+                raise loadgen.LoadgenError(f"no connection established ({final.get('first_error', '')})")
+            per_conn = (after - before) / established
+            result.value = per_conn
+            result.ok = failed == 0 and final["dropped"] == 0
+            result.figures = {
+                "value": per_conn,
+                "rss_before_kib": before,
+                "rss_after_kib": after,
+                "established": established,
+                "failed": failed,
+                "dropped": final["dropped"],
+                "connect_s": seconds,
+                "connect_rate": established / seconds if seconds > 0 else None,
+                "first_error": final.get("first_error", ""),
+            }
+            if not result.ok:
+                result.error = (f"{failed} connections failed, {final['dropped']} dropped by the broker"
+                                f" ({final.get('first_error', '')})")
+        except (loadgen.LoadgenError, BrokerError, OSError) as exc:
+            result.ok, result.error = False, _one_line(str(exc))
+        finally:
+            if idle is not None:
+                idle.kill()
+            broker.stop()
+        return result
+
+
+def _one_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[0][:300] if lines else "error"
+
+
+def _progress_line(result: RunResult, scenario: Scenario) -> str:
+    head = f"[round {result.round}] {scenario.key:<13} {result.broker:<10}"
+    if not result.ok and result.value is None:
+        return f"{head} FAILED: {result.error}"
+    f = result.figures
+    if scenario.kind == "memory":
+        text = (f"{head} {f['value']:8.2f} KiB/conn  (RSS {f['rss_before_kib'] / 1024:.1f} -> "
+                f"{f['rss_after_kib'] / 1024:.1f} MiB, {f['established']} conns in {f['connect_s']:.1f}s)")
+    else:
+        if scenario.kind == "latency":
+            main = f"p50 {f['p50']:8.1f} µs  p99 {f['p99']:8.1f} µs"
+        else:
+            main = f"{f['rate']:12,.0f} {scenario.unit}"
+        cpu = ""
+        if f["broker_cores"] is not None:
+            cpu = (f"  cpu: broker {f['broker_cores']:.0%} loadgen {f['loadgen_cores']:.0%}"
+                   f" other {f['other_cores']:.0%}")
+        text = f"{head} {main}  lost {f['lost']}{cpu}"
+        if f["held_back"]:
+            text += f"  ({f['held_back']} held back until reconnect)"
+    if result.error:
+        text += f"  [{result.error}]"
+    if result.attempts > 1:
+        text += f"  (attempt {result.attempts})"
+    return text
