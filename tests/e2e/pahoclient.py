@@ -27,7 +27,7 @@ def props(packet_type: int, **values: object) -> Properties:
     p = Properties(packet_type)
     for name, value in values.items():
         if name == "UserProperty":
-            for pair in value:  # type: ignore[union-attr]
+            for pair in value:
                 p.UserProperty = pair
         else:
             setattr(p, name, value)
@@ -92,32 +92,32 @@ class PahoClient:
         c.on_publish = self._on_publish
 
     # -- callbacks (network thread) ------------------------------------------------
-    def _record(self, fn) -> None:  # type: ignore[no-untyped-def]
+    def _record(self, fn) -> None:
         with self._cond:
             fn()
             self._cond.notify_all()
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         result = ConnectResult(reason_code.value, bool(flags.session_present), properties)
         self._record(lambda: self.connacks.append(result))
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._record(lambda: self.disconnects.append((reason_code.value, properties)))
 
-    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+    def _on_message(self, client, userdata, message) -> None:
         self._record(lambda: self.messages.append(message))
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self._record(lambda: self.subacks.__setitem__(mid, [rc.value for rc in reason_codes]))
 
-    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self._record(lambda: self.unsubacks.__setitem__(mid, [rc.value for rc in reason_codes]))
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._record(lambda: self.pubacks.__setitem__(mid, reason_code.value))
 
     # -- waiting -------------------------------------------------------------------
-    def wait_for(self, predicate, timeout: float = WAIT, what: str = "condition"):  # type: ignore[no-untyped-def]
+    def wait_for(self, predicate, timeout: float = WAIT, what: str = "condition"):
         """Wait until ``predicate()`` is truthy (checked under the lock); return its value."""
         with self._cond:
             result = self._cond.wait_for(predicate, timeout)

@@ -14,14 +14,14 @@ def _client(client_id: str, **config: object) -> MQTTClient:
     return MQTTClient(client_id=client_id, config={"auto_reconnect": False, "keep_alive": 30, **config})
 
 
-async def _connected(target, client_id: str, **config: object) -> MQTTClient:  # type: ignore[no-untyped-def]
+async def _connected(target, client_id: str, **config: object) -> MQTTClient:
     client = _client(client_id, **config)
     rc = await asyncio.wait_for(client.connect(f"mqtt://{target.host}:{target.port}/"), TIMEOUT)
     assert rc == 0
     return client
 
 
-def _run(coro) -> None:  # type: ignore[no-untyped-def]
+def _run(coro) -> None:
     asyncio.run(asyncio.wait_for(coro, 30))
 
 

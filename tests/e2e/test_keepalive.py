@@ -23,7 +23,7 @@ LATEST = 1.5 + 1.5
 LATEST_MOSQUITTO = 8.0
 
 
-def latest_close(target) -> float:  # type: ignore[no-untyped-def]
+def latest_close(target) -> float:
     return LATEST if target.is_ours else LATEST_MOSQUITTO
 
 

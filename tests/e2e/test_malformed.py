@@ -109,7 +109,7 @@ def _params(version: int, check_code: bool) -> list:
     return params
 
 
-def _bystander_still_works(raw, uid: str, bystander: r.RawClient) -> None:  # type: ignore[no-untyped-def]
+def _bystander_still_works(raw, uid: str, bystander: r.RawClient) -> None:
     assert bystander.is_open()
     bystander.publish(f"{uid}/bystander", b"still fine", 1)
     pkt = bystander.expect(r.PUBLISH)

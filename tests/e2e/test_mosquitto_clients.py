@@ -41,7 +41,7 @@ class Received:
 class Sub:
     """A running mosquitto_sub: wait until subscribed, then collect its messages."""
 
-    def __init__(self, target, topics: list[str], count: int, *args: str, extra_fields: str = "") -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, target, topics: list[str], count: int, *args: str, extra_fields: str = "") -> None:
         # Line-buffered stdout: its debug lines (our SUBACK signal) are not flushed otherwise.
         cmd = [*LINE_BUFFERED, "mosquitto_sub", "-h", target.host, "-p", str(target.port), "-d", "-W", str(WAIT),
                "-C", str(count), "-F", FIELDS + extra_fields, *args]
@@ -91,7 +91,7 @@ class Sub:
 
 
 @pytest.fixture
-def mosquitto_sub(target):  # type: ignore[no-untyped-def]
+def mosquitto_sub(target):
     started: list[Sub] = []
 
     def start(topics: list[str], count: int, *args: str, extra_fields: str = "") -> Sub:
@@ -104,7 +104,7 @@ def mosquitto_sub(target):  # type: ignore[no-untyped-def]
         sub.kill()
 
 
-def mosquitto_pub(target, topic: str, *args: str) -> None:  # type: ignore[no-untyped-def]
+def mosquitto_pub(target, topic: str, *args: str) -> None:
     cmd = ["mosquitto_pub", "-h", target.host, "-p", str(target.port), "-t", topic, *args]
     done = subprocess.run(cmd, capture_output=True, timeout=WAIT)
     assert done.returncode == 0, f"{' '.join(cmd)} failed: {done.stderr.decode(errors='replace')}"

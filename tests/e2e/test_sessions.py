@@ -16,7 +16,7 @@ from . import mqttraw as r
 EXPIRY = {r.SESSION_EXPIRY_INTERVAL: 3600}
 
 
-def _connect(target, client_id, version, clean=False):  # type: ignore[no-untyped-def]
+def _connect(target, client_id, version, clean=False):
     """A raw persistent-session connection (v5: with a session expiry)."""
     client = r.RawClient(target.host, target.port, version)
     props = EXPIRY if version == 5 else None
@@ -25,7 +25,7 @@ def _connect(target, client_id, version, clean=False):  # type: ignore[no-untype
     return client, connack
 
 
-def _publish(target, topic, payloads, qos_of=lambda i: 1 + i % 2, retain=False):  # type: ignore[no-untyped-def]
+def _publish(target, topic, payloads, qos_of=lambda i: 1 + i % 2, retain=False):
     pub = r.RawClient(target.host, target.port, 5)
     pub.connect("")
     for i, payload in enumerate(payloads):
@@ -33,7 +33,7 @@ def _publish(target, topic, payloads, qos_of=lambda i: 1 + i % 2, retain=False):
     pub.disconnect()
 
 
-def _receive_all(client, count):  # type: ignore[no-untyped-def]
+def _receive_all(client, count):
     """``count`` PUBLISH packets, each acknowledged after it arrives."""
     got = []
     for _ in range(count):

@@ -11,7 +11,7 @@ from . import mqttraw as r
 COUNT = 40
 
 
-def _members(paho, uid, version, n, group="g", topic_filter=None, qos=1):  # type: ignore[no-untyped-def]
+def _members(paho, uid, version, n, group="g", topic_filter=None, qos=1):
     members = []
     for i in range(n):
         member = paho(f"{uid}-{group}-{i}", version)
@@ -22,7 +22,7 @@ def _members(paho, uid, version, n, group="g", topic_filter=None, qos=1):  # typ
     return members
 
 
-def _publish_jobs(paho, uid, version, count=COUNT, qos=1):  # type: ignore[no-untyped-def]
+def _publish_jobs(paho, uid, version, count=COUNT, qos=1):
     pub = paho(f"{uid}-pub", version)
     pub.connect()
     for i in range(count):
@@ -30,7 +30,7 @@ def _publish_jobs(paho, uid, version, count=COUNT, qos=1):  # type: ignore[no-un
     return pub
 
 
-def _wait_total(members, count, timeout=5.0):  # type: ignore[no-untyped-def]
+def _wait_total(members, count, timeout=5.0):
     deadline = time.monotonic() + timeout
     while sum(len(m.messages) for m in members) < count and time.monotonic() < deadline:
         time.sleep(0.02)

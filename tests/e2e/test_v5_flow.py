@@ -12,7 +12,7 @@ from .pahoclient import prop, publish_props
 # --------------------------------------------------------------------------- session expiry
 
 
-def _persistent(raw, client_id, expiry, clean=True, target=None):  # type: ignore[no-untyped-def]
+def _persistent(raw, client_id, expiry, clean=True, target=None):
     client = raw(5, target=target)
     connack = client.connect(client_id, clean=clean, properties={r.SESSION_EXPIRY_INTERVAL: expiry})
     assert connack.reason_code == 0

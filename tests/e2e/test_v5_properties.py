@@ -179,7 +179,7 @@ def test_retain_handling_2_never_sends_retained(paho, uid):
     assert [m.payload for m in sub.expect_messages(1)] == [b"live"]
 
 
-def _retain(paho, uid):  # type: ignore[no-untyped-def]
+def _retain(paho, uid):
     pub = paho(f"{uid}-retainer", 5)
     pub.connect()
     pub.publish(f"{uid}/r", b"kept", 1, retain=True)

@@ -14,7 +14,7 @@ from . import mqttraw as r
 from .pahoclient import props
 
 
-def _watch(paho, uid, version, topic="will"):  # type: ignore[no-untyped-def]
+def _watch(paho, uid, version, topic="will"):
     watcher = paho(f"{uid}-watch", version)
     watcher.connect()
     watcher.subscribe(f"{uid}/{topic}", 2)
