@@ -609,6 +609,10 @@ static int pump_publishers(int64_t now, int generating, int64_t t0) {
            cannot take yet, so publishers wait while too much is in transit. */
         uint64_t gen = total_generated(), rec = min_sub_received() + presumed_dropped;
         transit_budget = (int64_t)O.transit - (int64_t)(gen > rec ? gen - rec : 0);
+        /* Refill only once a quarter of the window is free: fewer, larger writes (the
+           generator must cost far less than the broker), at a small cost in queue depth. */
+        int64_t min_batch = O.rate > 0 ? 1 : (O.transit / 4 > 1 ? O.transit / 4 : 1);
+        if (transit_budget < min_batch) transit_budget = 0;
         if (transit_budget <= 0) {
             if (!window_blocked_since) window_blocked_since = now;
             else if (now - window_blocked_since > 2000000000LL && now - last_rx_ns > 2000000000LL) {
@@ -621,8 +625,10 @@ static int pump_publishers(int64_t now, int generating, int64_t t0) {
             window_blocked_since = 0;
         }
     }
-    for (int i = 0; i < O.publishers; i++) {
-        conn_t *c = &pubs[i];
+    static int first; /* rotates, so that no publisher always gets the budget first */
+    first = (first + 1) % O.publishers;
+    for (int k = 0; k < O.publishers; k++) {
+        conn_t *c = &pubs[(first + k) % O.publishers];
         if (c->closed) continue;
         if (generating && !c->write_armed && buf_pending(&c->out) < OUT_CHUNK / 2) {
             int64_t budget = (int64_t)((OUT_CHUNK - buf_pending(&c->out)) / c->tmpl_len);
