@@ -51,7 +51,9 @@ CONNECTING = 0
 CONNECTED = 1
 CLOSED = 2
 
-TOPIC_ALIAS_MIN_LENGTH = 8  # shorter topics are cheaper to send than to alias
+TOPIC_ALIAS_MIN_LENGTH = 8
+
+invalid_filter_reason = "topic filter invalid"  # shorter topics are cheaper to send than to alias
 
 _PINGRESP = b"\xd0\x00"
 
@@ -79,6 +81,7 @@ class Connection:
         "close_reason",
         "disconnected_cleanly",
         "protocol_label",
+        "problem_information",
     )
 
     def __init__(self, engine: Engine, transport: Any) -> None:
@@ -105,6 +108,7 @@ class Connection:
         self.close_reason = ""
         self.disconnected_cleanly = False
         self.protocol_label = ""
+        self.problem_information = True  # v5 Request Problem Information: reason strings on acks
         engine.connections.add(self)
 
     # ---- output ---------------------------------------------------------------------------
@@ -154,8 +158,12 @@ class Connection:
         subscription_ids: list[int],
         packet_id: int | None,
         dup: bool,
+        after_commit: bool = False,
     ) -> bool:
-        """Encode and send one PUBLISH; False if it exceeds the client's Maximum Packet Size."""
+        """Encode and send one PUBLISH; False if it exceeds the client's Maximum Packet Size.
+
+        With ``after_commit`` it goes out once the storage writes issued so far are durable.
+        """
         topic = message.topic
         if self.version == MQTT_5:
             props = dict(message.properties) if message.properties else {}
@@ -179,11 +187,18 @@ class Connection:
         if len(data) > self.max_send_packet_size:
             log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
             return False
-        self.send(data)
+        if after_commit:
+            self.send_after_commit(data)
+        else:
+            self.send(data)
         return True
 
-    def send_pubrel(self, packet_id: int, reason_code: int = 0) -> None:
-        self.send(encode(Pubrel(packet_id, reason_code), self.version))
+    def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None:
+        data = encode(Pubrel(packet_id, reason_code), self.version)
+        if after_commit:
+            self.send_after_commit(data)
+        else:
+            self.send(data)
 
     # ---- input ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -290,6 +305,7 @@ class Connection:
             self.send_quota = min(props.get(P.RECEIVE_MAXIMUM, 65535), config.max_inflight_messages)
             self.max_send_packet_size = props.get(P.MAXIMUM_PACKET_SIZE, self.max_send_packet_size)
             self.topic_alias_max_out = props.get(P.TOPIC_ALIAS_MAXIMUM, 0)
+            self.problem_information = props.get(P.REQUEST_PROBLEM_INFORMATION, 1) == 1
 
         # Take over an existing connection with the same client id.
         session = engine.sessions.get(client_id)
@@ -343,28 +359,11 @@ class Connection:
         )
         self.send_after_commit(encode(Connack(session_present, 0, ack_props), version))
         if session_present:
+            # Deliver what the session kept: in-flight messages first, then its queue, in pages.
             session.loading = True
-            asyncio.ensure_future(self._resume(session))
-
-    async def _resume(self, session: Session) -> None:
-        """Deliver what the session kept: re-send in-flight messages, then drain its queue."""
-        upto = session.last_seq
-        try:
-            inflight, queued = await self.engine.load_queue(session, upto)
-        except Exception:
-            log.exception("reading the stored queue of %s failed", session.client_id)
-            self.close("storage read failed", RC.UNSPECIFIED_ERROR)
-            return
-        if session.connection is not self:
-            return
-        arrived = session.pending
-        session.pending = type(arrived)(queued)
-        session.pending.extend(arrived)
-        session.queued_count = len(session.pending)
-        session.queued_bytes = sum(len(e.message.payload) for e in session.pending)
-        session.loading = False
-        session.resend_inflight(inflight)
-        session.pump()
+            session.backlog = True
+            session.read_after = 0
+            session.start_refill()
 
     # ---- PUBLISH and its acknowledgements ------------------------------------------------------
     def on_publish(self, packet: Publish) -> None:
@@ -426,10 +425,7 @@ class Connection:
             self.send(encode(Pubcomp(packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND), self.version))
 
     def on_pubrec(self, packet: Pubrec) -> None:
-        if self.session.on_pubrec(packet.packet_id, packet.reason_code):
-            if packet.reason_code < 0x80:
-                self.send_pubrel(packet.packet_id)
-        else:
+        if not self.session.on_pubrec(packet.packet_id, packet.reason_code):
             self.send_pubrel(packet.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND)
 
     # ---- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------------
@@ -454,10 +450,11 @@ class Connection:
             if group is None and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):
                 for message in engine.retained_for(topic_filter):
                     retained_to_send.append((message, min(qos, message.qos), subscription_id))
+        suback = encode(Suback(packet.packet_id, codes, self.ack_problem(codes, invalid_filter_reason)), self.version)
         if session.persistent:
-            self.send_after_commit(encode(Suback(packet.packet_id, codes), self.version))
+            self.send_after_commit(suback)
         else:
-            self.send(encode(Suback(packet.packet_id, codes), self.version))
+            self.send(suback)
         for message, qos, subscription_id in retained_to_send:
             session.deliver(message, qos, True, [subscription_id] if subscription_id is not None else [])
 
@@ -471,11 +468,20 @@ class Connection:
                 codes.append(RC.SUCCESS)
             else:
                 codes.append(RC.NO_SUBSCRIPTION_EXISTED)
-        ack = encode(Unsuback(packet.packet_id, codes if v5 else []), self.version)
+        ack = encode(
+            Unsuback(packet.packet_id, codes if v5 else [], self.ack_problem(codes, invalid_filter_reason)), self.version
+        )
         if self.session.persistent:
             self.send_after_commit(ack)
         else:
             self.send(ack)
+
+    def ack_problem(self, codes: list[int], reason: str) -> dict:
+        """v5 properties of an acknowledgement: a reason string when something failed and the
+        client did not turn problem information off (MQTT-3.1.2-29)."""
+        if self.version == MQTT_5 and self.problem_information and any(code >= 0x80 for code in codes):
+            return {P.REASON_STRING: reason}
+        return {}
 
     # ---- DISCONNECT and closing ----------------------------------------------------------------------
     def on_disconnect(self, packet: Disconnect) -> None:

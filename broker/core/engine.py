@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broker.config import Config
@@ -20,7 +21,7 @@ from broker.core.subscriptions import SubscriptionTree
 from broker.protocol import properties as P
 from broker.protocol.packets import Will
 from broker.protocol.topics import split_shared
-from broker.storage.base import QUEUED, SessionRecord, Storage, StoredMessage, SubscriptionRecord
+from broker.storage.base import SessionRecord, Storage, StoredMessage, SubscriptionRecord
 
 if TYPE_CHECKING:
     from broker.core.connection import Connection
@@ -35,8 +36,6 @@ FORWARDED_PROPERTIES = (
     P.CORRELATION_DATA,
     P.USER_PROPERTY,
 )
-
-QUEUE_PAGE = 1000
 
 
 def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, properties: dict) -> StoredMessage:
@@ -72,6 +71,10 @@ class Engine:
         self.dropped_messages = 0
         self._share_cursor: dict[tuple[str, str], int] = {}
         self._next_auto_id = 0
+        self.failure: BaseException | None = None
+        self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
+        # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
+        self.queue_page = max(500, 2 * config.max_inflight_messages)
 
     # ---- start-up and shutdown ----------------------------------------------------
     async def start(self) -> None:
@@ -287,21 +290,16 @@ class Engine:
         if not self.storage_dirty:
             return None
         self.storage_dirty = False
-        return self.storage.commit()
+        future = self.storage.commit()
+        future.add_done_callback(self._check_commit)
+        return future
 
-    async def load_queue(self, session: Session, upto: int) -> tuple[list, list]:
-        """Read a session's stored queue up to seq ``upto``: (in-flight entries, queued entries)."""
-        inflight: list = []
-        queued: list = []
-        after = 0
-        if self.storage_dirty:
-            self.commit()
-        while True:
-            page = await self.storage.read_queue(session.client_id, after, QUEUE_PAGE)
-            for entry in page:
-                if entry.seq > upto:
-                    return inflight, queued
-                (queued if entry.state == QUEUED else inflight).append(entry)
-            if len(page) < QUEUE_PAGE:
-                return inflight, queued
-            after = page[-1].seq
+    def _check_commit(self, future: asyncio.Future[None]) -> None:
+        if future.cancelled() or self.failure is not None:
+            return
+        exc = future.exception()
+        if exc is not None:
+            # Nothing more can be made durable: stop rather than acknowledge what we cannot keep.
+            self.failure = exc
+            log.critical("storage failed, stopping the broker: %s", exc)
+            self.on_failure()

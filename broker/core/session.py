@@ -8,12 +8,16 @@ keeps just counters, so RAM does not grow with the number of queued messages.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import deque
 from typing import TYPE_CHECKING
 
 from broker.protocol.packets import SubscriptionOptions
 from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry, StoredMessage
+
+log = logging.getLogger("broker")
 
 if TYPE_CHECKING:
     from broker.core.connection import Connection
@@ -58,6 +62,9 @@ class Session:
         "queued_bytes",
         "disconnected_at",
         "stored",
+        "backlog",
+        "read_after",
+        "refilling",
     )
 
     def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
@@ -77,6 +84,11 @@ class Session:
         self.queued_bytes = 0
         self.disconnected_at: float | None = None
         self.stored = False  # has a row in storage (written once persistent, or loaded)
+        # Persistent sessions keep at most a page of their queue in RAM: while ``backlog``
+        # is set, entries after ``read_after`` are in storage only and are read in pages.
+        self.backlog = False
+        self.read_after = 0
+        self.refilling = False
 
     # ---- properties ---------------------------------------------------------
     @property
@@ -103,13 +115,20 @@ class Session:
                 return
         config = self.engine.config
         size = len(message.payload)
-        if (config.max_queued_messages and self.queued_count >= config.max_queued_messages) or (
-            config.max_queued_bytes and self.queued_bytes + size > config.max_queued_bytes
+        if self._queue_full(size) and (
+            # Beyond the in-flight window the queue is full (an idle window takes it directly).
+            conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
-            # Beyond the in-flight window the queue is full: drop the new message, as mosquitto does.
-            if conn is None or self.pending or len(self.inflight) >= conn.send_quota:
+            if config.max_queued_bytes and size > config.max_queued_bytes:
+                self.engine.dropped_messages += 1
+                return  # could never fit
+            if config.queue_full_policy != "drop_oldest":
                 self.engine.dropped_messages += 1
                 return
+            while self._queue_full(size):
+                if not self._drop_oldest():
+                    self.engine.dropped_messages += 1
+                    return
         self.last_seq += 1
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
         self.queued_count += 1
@@ -120,10 +139,18 @@ class Session:
                 storage.store_message(message)
             storage.enqueue(self.client_id, entry)
             self.engine.storage_dirty = True
-        if conn is not None:
-            self.pending.append(entry)
-            if not self.loading:
-                self.pump()
+        if conn is None:
+            return
+        if self.backlog:
+            return  # stored; the refill reads it after what is before it
+        if self.persistent and len(self.pending) >= self.engine.queue_page:
+            # Spill: RAM keeps one page, the rest is read back from storage in order.
+            self.backlog = True
+            self.read_after = self.pending[-1].seq
+            return
+        self.pending.append(entry)
+        if not self.loading:
+            self.pump()
 
     def pump(self) -> None:
         """Send queued entries while the client's receive window has room."""
@@ -147,15 +174,48 @@ class Session:
                 self._forget(entry)
                 continue
             packet_id = self._allocate_packet_id()
-            if not conn.send_publish(entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, False):
+            persistent = self.persistent
+            if persistent:
+                self.engine.storage.update_entry(self.client_id, entry.seq, SENT, packet_id)
+                self.engine.storage_dirty = True
+            # QoS 2 to a persistent session: the packet id must be on disk before the client
+            # sees it, or a crash could make us send the message again under a new id.
+            if not conn.send_publish(
+                entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, False,
+                persistent and entry.qos == 2,
+            ):
                 self._forget(entry)  # too large for the client: discarded as if delivered
                 continue
             entry.state = SENT
             entry.packet_id = packet_id
             inflight[packet_id] = entry
-            if self.persistent:
-                self.engine.storage.update_entry(self.client_id, entry.seq, SENT, packet_id)
-                self.engine.storage_dirty = True
+        if self.backlog and not self.refilling and len(pending) < self.engine.queue_page // 2:
+            self.start_refill()
+
+    def _queue_full(self, size: int) -> bool:
+        config = self.engine.config
+        return bool(
+            (config.max_queued_messages and self.queued_count >= config.max_queued_messages)
+            or (config.max_queued_bytes and self.queued_bytes + size > config.max_queued_bytes)
+        )
+
+    def _drop_oldest(self) -> bool:
+        """Make room by dropping the oldest message not yet sent; False if there is none."""
+        if self.pending:
+            entry = self.pending.popleft()
+            self.queued_count -= 1
+            self.queued_bytes -= len(entry.message.payload)
+            self._forget(entry)
+        elif self.persistent and self.queued_count > 0:
+            # The oldest is in storage only; its size is not in RAM: count an average one.
+            self.queued_bytes -= self.queued_bytes // self.queued_count
+            self.queued_count -= 1
+            self.engine.storage.delete_oldest_queued(self.client_id, self.read_after)
+            self.engine.storage_dirty = True
+        else:
+            return False
+        self.engine.dropped_messages += 1
+        return True
 
     def _forget(self, entry: QueueEntry) -> None:
         if self.persistent:
@@ -195,6 +255,11 @@ class Session:
             if self.persistent:
                 self.engine.storage.update_entry(self.client_id, entry.seq, RELEASED, packet_id)
                 self.engine.storage_dirty = True
+        conn = self.connection
+        if conn is not None:
+            # Released must be durable before PUBREL goes out: after a crash we must resend
+            # PUBREL, never the PUBLISH the client has already passed on.
+            conn.send_pubrel(packet_id, 0, self.persistent)
         return True
 
     def on_pubcomp(self, packet_id: int) -> None:
@@ -222,9 +287,60 @@ class Session:
             self.queued_bytes += sum(len(e.message.payload) for e in self.inflight.values())
         self.pending.clear()
         self.inflight.clear()
+        self.backlog = self.persistent
+        self.read_after = 0
+
+    # ---- reading the stored queue ----------------------------------------------------
+    def start_refill(self) -> None:
+        self.refilling = True
+        asyncio.ensure_future(self._refill())
+
+    async def _refill(self) -> None:
+        """Read the next page of the stored queue into RAM (on reconnect: with in-flight ones)."""
+        conn = self.connection
+        engine = self.engine
+        page_size = engine.queue_page
+        try:
+            while True:
+                issued_upto = self.last_seq
+                if engine.storage_dirty:
+                    engine.commit()
+                page = await engine.storage.read_queue(self.client_id, self.read_after, page_size)
+                if self.connection is not conn or conn is None:
+                    return
+                resend = []
+                for entry in page:
+                    if entry.seq > self.read_after:
+                        self.read_after = entry.seq
+                    if entry.state == QUEUED:
+                        self.pending.append(entry)
+                    else:
+                        resend.append(entry)
+                if resend:
+                    self.queued_count -= len(resend)
+                    self.queued_bytes -= sum(len(e.message.payload) for e in resend)
+                    self.resend_inflight(resend)
+                if len(page) >= page_size:
+                    break  # more later, when this page has drained
+                if self.last_seq > issued_upto:
+                    continue  # messages arrived while reading: they are stored after this page
+                self.backlog = False
+                break
+        except Exception:
+            log.exception("reading the stored queue of %s failed", self.client_id)
+            if conn is not None and self.connection is conn:
+                conn.close("storage read failed", 0x80)
+            return
+        finally:
+            self.refilling = False
+        self.loading = False
+        self.pump()
 
     def resend_inflight(self, entries: list[QueueEntry]) -> None:
-        """After a reconnect: re-send unacknowledged PUBLISH (DUP) and PUBREL, in order."""
+        """After a reconnect: re-send unacknowledged PUBLISH (DUP) and PUBREL, in order.
+
+        Their state is already durable (it was read from storage), so no commit is awaited.
+        """
         conn = self.connection
         assert conn is not None
         for entry in entries:

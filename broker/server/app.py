@@ -12,6 +12,7 @@ from broker.core.engine import Engine
 from broker.server.transport import MQTTProtocol
 from broker.storage.base import CorruptDatabase
 from broker.storage.factory import open_storage
+from broker.storage.sqlite import DatabaseInUse, UnsupportedSchema
 
 log = logging.getLogger("broker")
 
@@ -29,10 +30,11 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             pass
     try:
         storage = await open_storage(config)
-    except CorruptDatabase as exc:
-        log.error("%s", exc)
+    except (CorruptDatabase, DatabaseInUse, UnsupportedSchema) as exc:
+        log.error("cannot open storage: %s", exc)
         return 1
     engine = Engine(config, storage)
+    engine.on_failure = stop.set
     await engine.start()
     try:
         server = await loop.create_server(lambda: MQTTProtocol(engine), config.bind, config.port, reuse_address=True)
@@ -57,8 +59,16 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     log.info("shutting down")
     tick_task.cancel()
     server.close()
-    await engine.shutdown()
+    try:
+        await engine.shutdown()
+    except Exception as exc:
+        if engine.failure is None:
+            engine.failure = exc
+            log.critical("final commit failed: %s", exc)
     await server.wait_closed()
+    if engine.failure is not None:
+        log.error("stopped after a storage failure: %s", engine.failure)
+        return 1
     log.info("stopped")
     return 0
 

@@ -15,7 +15,11 @@ Design (why it looks like this):
   and reads a session's queue in pages (``read_queue``) when it drains it.
 * A message fanned out to many sessions is stored once (``store_message``
   returns its id); queue entries refer to it. A backend drops a message when
-  no queue entry and no retained slot refers to it any more.
+  no queue entry and no retained slot refers to it any more — checked at the
+  end of each batch, so a stored message must be referenced (``enqueue`` or
+  ``set_retained``) in the same step, before yielding to the event loop.
+* A failed commit stops the store: every later commit and read raises. The
+  broker then stops rather than acknowledge anything it cannot keep.
 """
 
 from __future__ import annotations
@@ -153,6 +157,10 @@ class Storage(ABC):
     @abstractmethod
     def delete_entry(self, client_id: str, seq: int) -> None:
         """Remove an acknowledged (or dropped/expired) entry."""
+
+    @abstractmethod
+    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
+        """Drop the QUEUED entry with the smallest seq > after_seq (queue-full policy drop_oldest)."""
 
     @abstractmethod
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None: ...
