@@ -82,6 +82,8 @@ class Connection:
         "disconnected_cleanly",
         "protocol_label",
         "problem_information",
+        "out",
+        "closing",
     )
 
     def __init__(self, engine: Engine, transport: Any) -> None:
@@ -109,32 +111,64 @@ class Connection:
         self.disconnected_cleanly = False
         self.protocol_label = ""
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
+        self.out: list[bytes] = []  # written at the end of this event-loop iteration
+        self.closing = False
         engine.connections.add(self)
 
     # ---- output ---------------------------------------------------------------------------
+    # Packets are collected and written once per event-loop iteration (one syscall for many
+    # packets). Packets that must wait for a storage commit (acknowledgements of QoS 1/2,
+    # QoS 2 to persistent sessions) hold back everything after them, so order is kept.
+    def _buffer(self, data: bytes) -> None:
+        out = self.out
+        out.append(data)
+        if len(out) == 1:
+            self.engine.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self.out
+        if not out:
+            return
+        try:
+            if self.state != CLOSED or self.closing:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+        finally:
+            out.clear()
+
     def send(self, data: bytes) -> None:
         if self.state == CLOSED:
             return
         if self.ordered_output:
             self.ordered_output.append([None, data])
         else:
-            self.transport.write(data)
+            self._buffer(data)
 
     def send_after_commit(self, data: bytes) -> None:
         """Send ``data`` once every storage write issued so far is durable."""
-        future = self.engine.commit()
-        if future is None and not self.ordered_output:
-            self.transport.write(data)
+        if self.state == CLOSED:
             return
-        entry = [future, data]
-        self.ordered_output.append(entry)
-        if future is not None:
-            future.add_done_callback(self._flush_ordered_output)
+        future = self.engine.commit()
+        queue = self.ordered_output
+        if future is None:
+            if queue:
+                queue.append([None, data])
+            else:
+                self._buffer(data)
+            return
+        if queue and queue[-1][0] is future:
+            queue[-1].append(data)  # same commit as the previous one: one callback for both
+            return
+        queue.append([future, data])
+        future.add_done_callback(self._flush_ordered_output)
 
     def _flush_ordered_output(self, _future: asyncio.Future | None = None) -> None:
         queue = self.ordered_output
         while queue:
-            future, data = queue[0]
+            entry = queue[0]
+            future = entry[0]
             if future is not None:
                 if not future.done():
                     return
@@ -145,7 +179,8 @@ class Connection:
                     return
             queue.popleft()
             if self.state != CLOSED:
-                self.transport.write(data)
+                for data in entry[1:]:
+                    self._buffer(data)
 
     def send_packet(self, packet: Packet) -> None:
         self.send(encode(packet, self.version))
@@ -210,7 +245,7 @@ class Connection:
         except UnsupportedProtocolVersion as exc:
             log.info("client from %s: unsupported protocol level %d", self.peer, exc.protocol_level)
             code = RC.V3_UNACCEPTABLE_PROTOCOL_VERSION if exc.protocol_level < 5 else RC.UNSUPPORTED_PROTOCOL_VERSION
-            self.transport.write(encode(Connack(False, code), 4 if exc.protocol_level < 5 else 5))
+            self._buffer(encode(Connack(False, code), 4 if exc.protocol_level < 5 else 5))
             self.close(f"unsupported protocol level {exc.protocol_level}", None)
             return
         except MQTTError as exc:
@@ -260,9 +295,9 @@ class Connection:
     # ---- CONNECT ------------------------------------------------------------------------------
     def refuse(self, reason_code: int, why: str) -> None:
         if self.version == MQTT_5:
-            self.transport.write(encode(Connack(False, reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
+            self._buffer(encode(Connack(False, reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
         else:
-            self.transport.write(encode(Connack(False, RC.connack_code_for_v3(reason_code)), self.version))
+            self._buffer(encode(Connack(False, RC.connack_code_for_v3(reason_code)), self.version))
         self.close(why, None)
 
     def on_connect(self, packet: Connect) -> None:
@@ -508,7 +543,7 @@ class Connection:
         if self.state == CONNECTING:
             if self.version == MQTT_5 or self.reader.version == MQTT_5:
                 self.version = MQTT_5
-                self.transport.write(encode(Connack(False, reason_code), MQTT_5))
+                self._buffer(encode(Connack(False, reason_code), MQTT_5))
             self.close(why, None)
         else:
             self.close(why, reason_code)
@@ -531,9 +566,12 @@ class Connection:
         was_connected = self.state == CONNECTED
         if reason_code is not None and was_connected and self.version == MQTT_5:
             self.ordered_output.clear()
-            self.transport.write(encode(Disconnect(reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
+            self._buffer(encode(Disconnect(reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
         self.close_reason = why
         self.state = CLOSED
+        self.closing = True
+        self._flush()
+        self.closing = False
         self.transport.close()
         self._end(publish_will)
 

@@ -72,6 +72,9 @@ class Engine:
         self._share_cursor: dict[tuple[str, str], int] = {}
         self._next_auto_id = 0
         self.failure: BaseException | None = None
+        self.loop = asyncio.get_event_loop()
+        self._next_commit: asyncio.Future[None] | None = None
+        self._running_commit: asyncio.Future[None] | None = None
         self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
         # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
         self.queue_page = max(500, 2 * config.max_inflight_messages)
@@ -104,7 +107,9 @@ class Engine:
         """Close every connection (v5: DISCONNECT 0x8B) and make the state durable."""
         for conn in list(self.connections):
             conn.shutdown()
-        await self.storage.close()
+        await self.storage.close()  # commits everything buffered
+        if self._next_commit is not None and not self._next_commit.done():
+            self._next_commit.set_result(None)
 
     # ---- sessions -----------------------------------------------------------------
     def new_client_id(self) -> str:
@@ -286,13 +291,43 @@ class Engine:
             self.commit()
 
     def commit(self) -> asyncio.Future[None] | None:
-        """Start a group commit of what routing buffered; None when nothing is buffered."""
-        if not self.storage_dirty:
-            return None
+        """The future of the group commit that covers every write buffered so far.
+
+        None when nothing is buffered or being committed. All calls within one event-loop
+        iteration share one future; the storage commit starts at the end of the iteration.
+        """
+        if self.storage_dirty:
+            future = self._next_commit
+            if future is None:
+                future = self._next_commit = self.loop.create_future()
+                self.loop.call_soon(self._start_commit)
+            return future
+        future = self._running_commit
+        if future is not None and not future.done():
+            return future
+        return None
+
+    def _start_commit(self) -> None:
+        future = self._next_commit
+        if future is None or future.done():
+            return  # shutdown committed it already
+        self._next_commit = None
         self.storage_dirty = False
-        future = self.storage.commit()
+        self._running_commit = future
+        stored = self.storage.commit()
+
+        def done(result: asyncio.Future[None]) -> None:
+            if future.done():
+                return
+            if result.cancelled():
+                future.cancel()
+            elif result.exception() is not None:
+                future.set_exception(result.exception())
+            else:
+                future.set_result(None)
+
+        stored.add_done_callback(done)
         future.add_done_callback(self._check_commit)
-        return future
 
     def _check_commit(self, future: asyncio.Future[None]) -> None:
         if future.cancelled() or self.failure is not None:

@@ -37,6 +37,10 @@ class FakeTransport:
         assert not self.closed, "write after close"
         self.written += data
 
+    def writelines(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self.write(data)
+
     def close(self) -> None:
         self.closed = True
 
@@ -63,7 +67,8 @@ class Client:
 
 
 async def settle() -> None:
-    for _ in range(5):
+    """Let commits, queue reads and the end-of-iteration writes run."""
+    for _ in range(20):
         await asyncio.sleep(0)
 
 
