@@ -73,6 +73,145 @@ SUBSCRIBERS = [
 ]
 
 
+class Storm:
+    """Publishers and persistent subscribers around one broker that is stopped again and again."""
+
+    def __init__(self, broker, seed: int, plans: list[SubscriberPlan], publishers: int, config_topics: str,
+                 budget: int, pace: float, how: str) -> None:
+        self.broker = broker
+        self.rng = random.Random(seed)
+        self.how = how
+        self.budget = budget
+        self.pace = pace
+        self.activity = Activity()
+        self.subscribers = [
+            Subscriber(p.name, p.version, p.filters, p.receive_maximum, activity=self.activity) for p in plans
+        ]
+        self.roles = {p.name: p.role for p in plans}
+        self.publishers = [
+            Publisher(
+                f"p{i}",
+                MQTT_5 if i % 2 else MQTT_3_1_1,
+                [(f"{config_topics}/p{i}/q1", 1), (f"{config_topics}/p{i}/q2", 2)],
+                random.Random(self.rng.randrange(1 << 32)),
+                window=self.rng.choice([5, 10, 20]),
+                reuse_lowest_packet_id=i < 2,
+                activity=self.activity,
+            )
+            for i in range(publishers)
+        ]
+        self.history: list[str] = []
+        self.busy_kills = 0  # kills that hit flows in progress: the test is vacuous without them
+
+    async def setup(self) -> None:
+        """Every subscriber connects once and subscribes (SUBACK = durable), then goes away."""
+        broker = self.broker
+        for sub in self.subscribers:
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(sub.run(broker.host, broker.port, stop))
+            deadline = time.monotonic() + 5
+            while not sub.subscribed and time.monotonic() < deadline and not task.done():
+                await asyncio.sleep(0.01)
+            stop.set()
+            await task
+            assert sub.subscribed, f"{sub.client_id} could not subscribe: {sub.violations}"
+
+    async def prefill(self, per_publisher: int) -> None:
+        """Publish while no subscriber is online: long queues for every session."""
+        broker = self.broker
+        stop = asyncio.Event()
+        tasks = [asyncio.ensure_future(p.run(broker.host, broker.port, per_publisher, 0, stop))
+                 for p in self.publishers]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            p.seq >= per_publisher and p.done for p in self.publishers
+        ):
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        self.history.append(f"prefill: {sum(len(p.acknowledged) for p in self.publishers)} acknowledged")
+
+    async def cycle(self, number: int, kill_delay: tuple[float, float]) -> None:
+        broker, rng = self.broker, self.rng
+        if not broker.running:
+            broker.start()
+        stop = asyncio.Event()
+        online = [
+            s for s in self.subscribers
+            if self.roles[s.client_id] == "online"
+            or (self.roles[s.client_id] == "flaky" and rng.random() < 0.6)
+        ]
+        tasks = [asyncio.ensure_future(_later(rng.uniform(0, 0.2), s.run(broker.host, broker.port, stop)))
+                 for s in online]
+        tasks += [asyncio.ensure_future(p.run(broker.host, broker.port, self.budget, self.pace, stop))
+                  for p in self.publishers]
+        delay = rng.uniform(*kill_delay)
+        acked_before = sum(len(p.acknowledged) for p in self.publishers)
+        delivered_before = sum(len(s.deliveries) for s in self.subscribers)
+        await asyncio.sleep(delay)
+        in_flight = sum(len(p.outstanding) for p in self.publishers)
+        awaiting = sum(len(s.awaiting_pubrel) for s in self.subscribers)
+        self.busy_kills += bool(in_flight or awaiting)
+        if self.how == "kill":
+            broker.kill()
+        else:
+            broker.stop()
+        try:
+            await asyncio.wait_for(asyncio.gather(*tasks), 15)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"clients still running 15 s after the stop in cycle {number}") from None
+        acked = sum(len(p.acknowledged) for p in self.publishers) - acked_before
+        delivered = sum(len(s.deliveries) for s in self.subscribers) - delivered_before
+        self.history.append(
+            f"cycle {number}: {'killed' if self.how == 'kill' else 'stopped'} after {delay:.3f}s, "
+            f"online {[s.client_id for s in online]}, {acked} newly acknowledged, {delivered} delivered, "
+            f"{in_flight} publisher messages in flight and {awaiting} subscriber ids awaiting PUBREL at the stop"
+        )
+
+    async def final_drain(self) -> None:
+        broker = self.broker
+        broker.start()
+        stop = asyncio.Event()
+        tasks = [asyncio.ensure_future(s.run(broker.host, broker.port, stop)) for s in self.subscribers]
+        tasks += [asyncio.ensure_future(p.run(broker.host, broker.port, 0, 0, stop)) for p in self.publishers]
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            if all(p.done for p in self.publishers):
+                if _all_delivered(self.subscribers, self.publishers) and not any(
+                    s.awaiting_pubrel for s in self.subscribers
+                ):
+                    break
+                if self.activity.idle_for() > QUIET_TIMEOUT:
+                    break
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+
+    def verify(self, seed: int, cycles: int, elapsed: float) -> None:
+        code = self.broker.stop()
+        report, problems = _check(self.subscribers, self.publishers, self.roles)
+        print("\n".join(self.history))
+        print(report)
+        print(f"kill9 seed={seed}; {cycles} cycles in {elapsed:.1f}s")
+        assert code == 0, f"broker exit code {code} after SIGTERM"
+        assert self.busy_kills >= cycles // 3, (
+            f"only {self.busy_kills} of {cycles} stops hit a flow in progress: too thin to test anything"
+        )
+        tracebacks = self.broker.log(all_runs=True).count("Traceback")
+        if tracebacks:
+            problems.append(f"the broker logged {tracebacks} tracebacks")
+        assert not problems, (
+            f"seed {seed}: {len(problems)} problems\n" + "\n".join(problems[:60])
+            + ("\n..." if len(problems) > 60 else "") + "\n" + "\n".join(self.history)
+        )
+
+
+def _seed() -> int:
+    seed = int(os.environ.get("KILL9_SEED", random.SystemRandom().randrange(1 << 32)))
+    print(f"\nkill9 seed={seed} (replay: KILL9_SEED={seed})")
+    return seed
+
+
 @pytest.mark.parametrize(
     "how, cycles",
     [
@@ -83,118 +222,45 @@ SUBSCRIBERS = [
     ],
 )
 def test_acknowledged_messages_survive_restarts(broker_factory, how, cycles):
-    seed = int(os.environ.get("KILL9_SEED", random.SystemRandom().randrange(1 << 32)))
-    print(f"\nkill9 seed={seed} (replay: KILL9_SEED={seed})")
-    rng = random.Random(seed)
-    broker = broker_factory(config=CONFIG)
-    activity = Activity()
-    subscribers = [
-        Subscriber(p.name, p.version, p.filters, p.receive_maximum, activity=activity) for p in SUBSCRIBERS
-    ]
-    roles = {p.name: p.role for p in SUBSCRIBERS}
-    publishers = [
-        Publisher(
-            f"p{i}",
-            MQTT_5 if i % 2 else MQTT_3_1_1,
-            [(f"fault/p{i}/q1", 1), (f"fault/p{i}/q2", 2)],
-            random.Random(rng.randrange(1 << 32)),
-            window=rng.choice([5, 10, 20]),
-            reuse_lowest_packet_id=i < 2,
-            activity=activity,
-        )
-        for i in range(PUBLISHERS)
-    ]
-    history: list[str] = []
-    busy_kills = 0  # kills that hit flows in progress: the test is vacuous without them
-
-    async def setup() -> None:
-        """Every subscriber connects once and subscribes (SUBACK = durable), then goes away."""
-        for sub in subscribers:
-            stop = asyncio.Event()
-            task = asyncio.ensure_future(sub.run(broker.host, broker.port, stop))
-            deadline = time.monotonic() + 5
-            while not sub.subscribed and time.monotonic() < deadline and not task.done():
-                await asyncio.sleep(0.01)
-            stop.set()
-            await task
-            assert sub.subscribed, f"{sub.client_id} could not subscribe: {sub.violations}"
-
-    async def cycle(number: int) -> None:
-        if not broker.running:
-            broker.start()
-        stop = asyncio.Event()
-        online = [
-            s for s in subscribers
-            if roles[s.client_id] == "online" or (roles[s.client_id] == "flaky" and rng.random() < 0.6)
-        ]
-        tasks = [asyncio.ensure_future(_later(rng.uniform(0, 0.2), s.run(broker.host, broker.port, stop)))
-                 for s in online]
-        tasks += [asyncio.ensure_future(p.run(broker.host, broker.port, BUDGET_PER_PUBLISHER, PACE, stop))
-                  for p in publishers]
-        delay = rng.uniform(*KILL_DELAY)
-        acked_before = sum(len(p.acknowledged) for p in publishers)
-        await asyncio.sleep(delay)
-        in_flight = sum(len(p.outstanding) for p in publishers)
-        awaiting = sum(len(s.awaiting_pubrel) for s in subscribers)
-        nonlocal busy_kills
-        busy_kills += bool(in_flight or awaiting)
-        if how == "kill":
-            broker.kill()
-        else:
-            broker.stop()
-        try:
-            await asyncio.wait_for(asyncio.gather(*tasks), 15)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"clients still running 15 s after kill -9 in cycle {number}") from None
-        acked = sum(len(p.acknowledged) for p in publishers) - acked_before
-        history.append(
-            f"cycle {number}: {'killed' if how == 'kill' else 'stopped'} after {delay:.3f}s, online {[s.client_id for s in online]}, "
-            f"{acked} newly acknowledged, {in_flight} publisher messages in flight and "
-            f"{awaiting} subscriber ids awaiting PUBREL at the kill"
-        )
-
-    async def final_drain() -> None:
-        broker.start()
-        stop = asyncio.Event()
-        tasks = [asyncio.ensure_future(s.run(broker.host, broker.port, stop)) for s in subscribers]
-        tasks += [asyncio.ensure_future(p.run(broker.host, broker.port, 0, 0, stop)) for p in publishers]
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            if all(p.done for p in publishers):
-                if _all_delivered(subscribers, publishers) and not any(s.awaiting_pubrel for s in subscribers):
-                    break
-                if activity.idle_for() > QUIET_TIMEOUT:
-                    break
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 15)
+    seed = _seed()
+    storm = Storm(broker_factory(config=CONFIG), seed, SUBSCRIBERS, PUBLISHERS, "fault",
+                  BUDGET_PER_PUBLISHER, PACE, how)
 
     async def main() -> None:
-        await setup()
+        await storm.setup()
         for number in range(1, cycles + 1):
-            await cycle(number)
-        await final_drain()
+            await storm.cycle(number, KILL_DELAY)
+        await storm.final_drain()
 
     started = time.monotonic()
     asyncio.run(main())
-    code = broker.stop()
-    elapsed = time.monotonic() - started
+    storm.verify(seed, cycles, time.monotonic() - started)
 
-    report, problems = _check(subscribers, publishers, roles)
-    print("\n".join(history))
-    print(report)
-    print(f"kill9 seed={seed}; {cycles} cycles in {elapsed:.1f}s")
-    assert code == 0, f"broker exit code {code} after SIGTERM"
-    assert busy_kills >= cycles // 3, (
-        f"only {busy_kills} of {cycles} stops hit a flow in progress: the storm is too thin to test anything"
-    )
-    tracebacks = broker.log(all_runs=True).count("Traceback")
-    if tracebacks:
-        problems.append(f"the broker logged {tracebacks} tracebacks")
-    assert not problems, (
-        f"seed {seed}: {len(problems)} problems\n" + "\n".join(problems[:60])
-        + ("\n..." if len(problems) > 60 else "") + "\n" + "\n".join(history)
-    )
+
+DRAINERS = [
+    SubscriberPlan("d-v3-qos2", MQTT_3_1_1, [("drain/#", 2)], "online"),
+    SubscriberPlan("d-v5-qos2", MQTT_5, [("drain/#", 2)], "online", receive_maximum=10),
+    SubscriberPlan("d-v5-qos1", MQTT_5, [("drain/#", 1)], "online", receive_maximum=20),
+]
+
+
+def test_kill9_while_long_queues_drain(broker_factory):
+    """Queues longer than the page the broker keeps in RAM, drained on reconnect while new
+    messages keep arriving, killed again and again mid-drain."""
+    seed = _seed()
+    cycles = max(3, CYCLES // 2)
+    storm = Storm(broker_factory(config=CONFIG), seed, DRAINERS, 2, "drain", 60, PACE, "kill")
+
+    async def main() -> None:
+        await storm.setup()
+        await storm.prefill(2000)
+        for number in range(1, cycles + 1):
+            await storm.cycle(number, (0.02, 0.4))
+        await storm.final_drain()
+
+    started = time.monotonic()
+    asyncio.run(main())
+    storm.verify(seed, cycles, time.monotonic() - started)
 
 
 async def _later(delay: float, coro):
