@@ -600,6 +600,10 @@ class SqliteStorage(Storage):
 
     # ---- writing one batch --------------------------------------------------------------
     async def _write(self, batch: tuple) -> None:
+        """Write one batch in one transaction, in a single call to the database thread."""
+        await self._db._execute(self._write_sync, batch)  # one thread hop, not one per statement
+
+    def _write_sync(self, batch: tuple) -> None:
         """Write one batch in one transaction.
 
         Order matters only where rows of different kinds meet: cascades of
@@ -614,23 +618,23 @@ class SqliteStorage(Storage):
         if not (messages or deleted_clients or sessions or subscriptions or queue
                 or inbound or retained or drop_oldest):
             return  # everything cancelled out: no transaction at all
-        conn = self._db
+        conn = self._db._conn  # the sqlite3 connection; we run on aiosqlite's thread
         collect = False  # did anything delete a reference to a message?
-        await conn.execute("BEGIN IMMEDIATE")
+        conn.execute("BEGIN IMMEDIATE")
         try:
             if deleted_clients:
                 clients = [(c,) for c in deleted_clients]
                 for table in ("queue", "subscriptions", "inbound_qos2", "sessions"):
-                    await conn.executemany(f"DELETE FROM {table} WHERE client_id = ?", clients)
+                    conn.executemany(f"DELETE FROM {table} WHERE client_id = ?", clients)
                 collect = True
             if messages:
-                await conn.executemany(
+                conn.executemany(
                     "INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     messages,
                 )
             if sessions:
-                await conn.executemany(
+                conn.executemany(
                     "INSERT OR REPLACE INTO sessions"
                     " (client_id, expiry_interval, protocol_level, disconnected_at)"
                     " VALUES (?, ?, ?, ?)",
@@ -640,11 +644,11 @@ class SqliteStorage(Storage):
                 removed = [key for key, row in subscriptions.items() if row is None]
                 saved = [row for row in subscriptions.values() if row is not None]
                 if removed:
-                    await conn.executemany(
+                    conn.executemany(
                         "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?", removed
                     )
                 if saved:
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos, no_local,"
                         " retain_as_published, retain_handling, subscription_id)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -665,24 +669,24 @@ class SqliteStorage(Storage):
                     else:
                         deletes.append(key)
                 if deletes:
-                    await conn.executemany(
+                    conn.executemany(
                         "DELETE FROM queue WHERE client_id = ? AND seq = ?", deletes
                     )
                     collect = True
                 if updates:
-                    await conn.executemany(
+                    conn.executemany(
                         "UPDATE queue SET state = ?, packet_id = ? WHERE client_id = ? AND seq = ?",
                         updates,
                     )
                 if inserts:
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT OR REPLACE INTO queue (client_id, seq, message_id, qos, retain,"
                         " subscription_ids, state, packet_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         inserts,
                     )
             if drop_oldest:
                 # executemany runs them one after the other: each drops the next oldest.
-                await conn.executemany(
+                conn.executemany(
                     "DELETE FROM queue WHERE client_id = ?1 AND seq = (SELECT MIN(seq) FROM queue"
                     f" WHERE client_id = ?1 AND seq > ?2 AND seq < ?3 AND state = {QUEUED})",
                     drop_oldest,
@@ -692,11 +696,11 @@ class SqliteStorage(Storage):
                 removed = [key for key, present in inbound.items() if not present]
                 added = [key for key, present in inbound.items() if present]
                 if removed:
-                    await conn.executemany(
+                    conn.executemany(
                         "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?", removed
                     )
                 if added:
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT OR IGNORE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)",
                         added,
                     )
@@ -704,23 +708,23 @@ class SqliteStorage(Storage):
                 cleared = [(topic,) for topic, mid in retained.items() if mid is None]
                 kept = [(topic, mid) for topic, mid in retained.items() if mid is not None]
                 if cleared:
-                    await conn.executemany("DELETE FROM retained WHERE topic = ?", cleared)
+                    conn.executemany("DELETE FROM retained WHERE topic = ?", cleared)
                 if kept:
                     # An upsert, not INSERT OR REPLACE: REPLACE would not fire the GC trigger.
-                    await conn.executemany(
+                    conn.executemany(
                         "INSERT INTO retained (topic, message_id) VALUES (?, ?) ON CONFLICT (topic)"
                         " DO UPDATE SET message_id = excluded.message_id",
                         kept,
                     )
                 collect = True
             if collect:
-                await conn.execute(_GC)
-                await conn.execute("DELETE FROM temp.gc")
-            await conn.execute("COMMIT")
+                conn.execute(_GC)
+                conn.execute("DELETE FROM temp.gc")
+            conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 try:
-                    await conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                 except Exception:  # the connection may be unusable; the failure is reported anyway
                     pass
             raise
