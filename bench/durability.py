@@ -272,7 +272,7 @@ class Receiver:
                     if self.first_at is None:
                         self.first_at = time.monotonic()
                     self.count += 1
-                    if packet.qos:
+                    if packet.qos and packet.packet_id is not None:
                         acks.append(encode(Puback(packet.packet_id), V311))
             if acks:
                 self.client.writer.write(b"".join(acks))

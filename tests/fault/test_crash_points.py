@@ -46,6 +46,7 @@ async def offline_subscriber(broker, version: int, qos: int) -> Subscriber:
     sub = Subscriber("sub", version, [("c/t", qos)])
     assert await sub.connect(broker.host, broker.port)
     await pump(sub, until=lambda _: sub.subscribed, quiet=5)
+    assert sub.link is not None
     await sub.link.disconnect()
     return sub
 
@@ -67,6 +68,7 @@ async def pump(sub: Subscriber, until=None, quiet: float = 1.0):
 async def reconnect_and_drain(broker, sub: Subscriber) -> None:
     assert await sub.connect(broker.host, broker.port)
     await pump(sub)
+    assert sub.link is not None
     await sub.link.disconnect()
 
 

@@ -172,7 +172,9 @@ class Storm:
         broker = self.broker
         broker.start()
         stop = asyncio.Event()
-        tasks = [asyncio.ensure_future(s.run(broker.host, broker.port, stop)) for s in self.subscribers]
+        tasks: list[asyncio.Future] = [
+            asyncio.ensure_future(s.run(broker.host, broker.port, stop)) for s in self.subscribers
+        ]
         tasks += [asyncio.ensure_future(p.run(broker.host, broker.port, 0, 0, stop)) for p in self.publishers]
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while time.monotonic() < deadline:
