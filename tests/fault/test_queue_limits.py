@@ -237,6 +237,40 @@ def test_bytes_limit_with_a_larger_message(broker_factory, policy):
     asyncio.run(main())
 
 
+BYTE_CASES = {
+    # name: (sizes already queued, size of the new message); the limit is 1000 bytes
+    "large-oldest": ([500, 50, 50, 50, 50, 50], 400),  # dropping the 500 is enough
+    "small-oldest": ([10] * 9 + [900], 50),  # four 10s must go: 950 + 50 = 1000
+}
+
+
+@pytest.mark.parametrize("case", list(BYTE_CASES))
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bytes_limit_is_exact_with_mixed_sizes(broker_factory, policy, case):
+    """The byte count must be exact, not estimated: an estimate drops messages that fit
+    (large oldest) or lets the queue grow past its limit (small oldest)."""
+    sizes, new_size = BYTE_CASES[case]
+    broker = broker_factory(config=limits(policy, max_queued_bytes=1000))
+
+    async def main():
+        await subscribe_and_leave(broker, "sub", MQTT_5, "q/t", qos=1)
+        old = [f"a{i}".encode().ljust(size, b".") for i, size in enumerate(sizes)]
+        new = b"new".ljust(new_size, b"!")
+        await publish(broker, "pub", MQTT_5, [("q/t", p, 1) for p in old + [new]])
+        _, got = await receive_all(broker, "sub", MQTT_5)
+        if policy == "drop_new":
+            expected = old
+        else:
+            keep = len(old)
+            while sum(map(len, old[len(old) - keep:])) + new_size > 1000:
+                keep -= 1
+            expected = old[len(old) - keep:] + [new]
+        assert [p[:3] for p in payloads(got)] == [p[:3] for p in expected]
+        assert sum(len(p.payload) for p in got) <= 1000
+
+    asyncio.run(main())
+
+
 # ------------------------------------------------------------------- limits across restarts
 
 
