@@ -47,8 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="smoke mode: 1 short round, 300 idle connections, no quiet-machine wait, no doc")
     preset.add_argument("--long", action="store_true", help="5 rounds of 10 s windows")
     parser.add_argument("--rounds", type=int, help="rounds per scenario and broker (default 3)")
-    parser.add_argument("--duration", type=float, help="seconds of measurement window per run (default 4)")
-    parser.add_argument("--warmup", type=float, help="seconds of load before the window (default 1)")
+    parser.add_argument("--duration", type=float, help="seconds of measurement window per run (default 3)")
+    parser.add_argument("--warmup", type=float, help="seconds of load before the window (default 0.5)")
     parser.add_argument("--connections", type=int, help="idle connections in the memory scenario (default 5000)")
     parser.add_argument("--publishers", type=int, help="publishers in the fan-in scenarios (default 4)")
     parser.add_argument("--fanout-subscribers", type=int, help="subscribers in the fan-out scenario (default 50)")
@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="extra attempts for a run during which other processes were busy (default 1)")
     parser.add_argument("--quiet-threshold", type=float,
                         help="busy cores of other processes tolerated before and during a run (default 0.3)")
-    parser.add_argument("--quiet-timeout", type=float, help="longest wait for a quiet machine (default 30 s)")
+    parser.add_argument("--quiet-timeout", type=float, help="longest wait for a quiet machine (default 10 s)")
     parser.add_argument("--no-quiet-wait", action="store_true",
                         help="do not wait for a quiet machine, and do not repeat disturbed runs")
     parser.add_argument("--ours-arg", action="append", default=[], metavar="ARG",

@@ -62,7 +62,7 @@ def busy_cores(interval: float) -> float:
     return (busy_cpu_seconds() - before) / (time.monotonic() - t0)
 
 
-def wait_quiet(threshold: float, timeout: float, interval: float = 0.5) -> tuple[float, float]:
+def wait_quiet(threshold: float, timeout: float, interval: float = 0.3) -> tuple[float, float]:
     """Wait until the machine is below ``threshold`` busy cores; returns (busy cores, seconds waited)."""
     start = time.monotonic()
     while True:

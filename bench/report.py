@@ -144,8 +144,8 @@ def results_tables(summary: Summary, params: Params) -> list[str]:
     lines = [
         f"### Figures (medians of {params.rounds} round{'s' if params.rounds > 1 else ''})",
         "",
-        "Throughput: messages received by the subscribers per second (fan-out: deliveries to all 50 "
-        "subscribers per second); higher is better. Latency and memory: lower is better, so there a "
+        "Throughput: messages received by the subscribers per second (fan-out: deliveries to all "
+        f"{params.fanout_subscribers} subscribers per second); higher is better. Latency and memory: lower is better, so there a "
         "ratio below 1 means ours is ahead.",
         "",
     ]
@@ -221,6 +221,17 @@ def cpu_table(summary: Summary) -> list[str]:
                    if s.kind == "throughput" else "")
             )
         rows.append(row)
+    shares = [summary.cell(s.key, b) for s in summary.scenarios if s.kind != "memory" for b in summary.brokers]
+    total = [c.median("loadgen_cores") for c in shares if c.good]
+    user = [c.median("loadgen_user_cores") for c in shares if c.good]
+    share_line = []
+    if total:
+        share_line = [
+            "",
+            f"The load generator's share stayed between {_pct(min(total))} and {_pct(max(total))} of one core; "
+            f"its own user-space code never took more than {_pct(max(user))}: the rest is the kernel's "
+            "loopback TCP work per segment, which grows when a broker writes many small segments.",
+        ]
     return [
         "### CPU during the measurement window (medians)",
         "",
@@ -230,7 +241,7 @@ def cpu_table(summary: Summary) -> list[str]:
         "process makes the send or receive call, so part of each side's system time is the "
         "other side's receive path.",
         "",
-    ] + _table(["Scenario"] + [LABELS[b] for b in summary.brokers], rows, "l" + "l" * len(summary.brokers))
+    ] + _table(["Scenario"] + [LABELS[b] for b in summary.brokers], rows, "l" + "l" * len(summary.brokers)) + share_line
 
 
 def _us(value: float | None) -> str:

@@ -19,7 +19,7 @@ from bench.machine import wait_quiet
 from bench.scenarios import Params, Scenario, figures
 
 MEMORY_WARMUP_CONNECTIONS = 50  # opened and closed first, so lazy imports and first-use caches are paid
-MEMORY_SETTLE_S = 2.0  # after the connections are up, before reading VmRSS
+MEMORY_SETTLE_S = 1.0  # after the connections are up, before reading VmRSS
 
 
 @dataclass
