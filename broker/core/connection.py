@@ -455,7 +455,11 @@ class Connection:
             if session.persistent:
                 self.engine.storage.remove_inbound_qos2(self.client_id, packet_id)
                 self.engine.storage_dirty = True
-            self.send(encode(Pubcomp(packet_id), self.version))
+                # The client may reuse the id after PUBCOMP: the removal must be on disk first,
+                # or after a crash a new message with this id would be taken for a re-send.
+                self.send_after_commit(encode(Pubcomp(packet_id), self.version))
+            else:
+                self.send(encode(Pubcomp(packet_id), self.version))
         else:
             self.send(encode(Pubcomp(packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND), self.version))
 

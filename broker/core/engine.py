@@ -74,6 +74,7 @@ class Engine:
         self.failure: BaseException | None = None
         self.loop = asyncio.get_event_loop()
         self._next_commit: asyncio.Future[None] | None = None
+        self._purging = False
         self._running_commit: asyncio.Future[None] | None = None
         self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
         # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
@@ -92,6 +93,9 @@ class Engine:
             session.queued_bytes = record.queued_bytes
             session.last_seq = record.last_seq
             session.stored = True
+            session.backlog = True
+            if record.queued_count:
+                session.earliest_expiry = now  # unknown: the first tick scans the queue once
             for sub in record.subscriptions:
                 self._add_subscription(session, sub.topic_filter, sub.options, sub.subscription_id)
             self.sessions[session.client_id] = session
@@ -287,7 +291,34 @@ class Engine:
         if self.pending_wills:
             self.publish_due_wills(now)
         self.expire_sessions(now)
+        if not self._purging:
+            due = [
+                s
+                for s in self.sessions.values()
+                if s.earliest_expiry is not None and s.earliest_expiry <= now and (s.connection is None or s.backlog)
+            ]
+            if due:
+                self._purging = True
+                asyncio.ensure_future(self._purge_expired(due))
         if self.storage_dirty:
+            self.commit()
+
+    async def _purge_expired(self, sessions: list[Session]) -> None:
+        """Remove expired messages from stored queues, one session at a time."""
+        try:
+            for session in sessions:
+                if self.sessions.get(session.client_id) is session and not session.io_busy:
+                    session.io_busy = True
+                    conn = session.connection
+                    try:
+                        await session.purge_expired()
+                    finally:
+                        if session.connection is conn:
+                            session.io_busy = False
+        except Exception:
+            log.exception("purging expired messages failed")
+        finally:
+            self._purging = False
             self.commit()
 
     def commit(self) -> asyncio.Future[None] | None:

@@ -64,7 +64,9 @@ class Session:
         "stored",
         "backlog",
         "read_after",
-        "refilling",
+        "io_busy",
+        "earliest_expiry",
+        "expiry_seen",
     )
 
     def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
@@ -88,7 +90,10 @@ class Session:
         # is set, entries after ``read_after`` are in storage only and are read in pages.
         self.backlog = False
         self.read_after = 0
-        self.refilling = False
+        self.io_busy = False  # a refill, trim or purge is reading the stored queue
+        # Earliest expiry among entries held in storage only (None: none expire; may be early).
+        self.earliest_expiry: float | None = None
+        self.expiry_seen: float | None = None  # earliest expiry stored while a purge scans
 
     # ---- properties ---------------------------------------------------------
     @property
@@ -115,6 +120,7 @@ class Session:
                 return
         config = self.engine.config
         size = len(message.payload)
+        trim = False
         if self._queue_full(size) and (
             # Beyond the in-flight window the queue is full (an idle window takes it directly).
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
@@ -122,13 +128,16 @@ class Session:
             if config.max_queued_bytes and size > config.max_queued_bytes:
                 self.engine.dropped_messages += 1
                 return  # could never fit
-            if config.queue_full_policy != "drop_oldest":
+            if self.pending:
+                self._drop_expired_pending()
+            if config.queue_full_policy == "drop_oldest":
+                while self.pending and self._queue_full(size):
+                    self._drop_pending_head()
+                # Still full: the oldest are in storage. Take this one and trim exactly there.
+                trim = self._queue_full(size) and self.persistent
+            if self._queue_full(size) and not trim:
                 self.engine.dropped_messages += 1
                 return
-            while self._queue_full(size):
-                if not self._drop_oldest():
-                    self.engine.dropped_messages += 1
-                    return
         self.last_seq += 1
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
         self.queued_count += 1
@@ -139,14 +148,20 @@ class Session:
                 storage.store_message(message)
             storage.enqueue(self.client_id, entry)
             self.engine.storage_dirty = True
-        if conn is None:
-            return
-        if self.backlog:
-            return  # stored; the refill reads it after what is before it
-        if self.persistent and len(self.pending) >= self.engine.queue_page:
-            # Spill: RAM keeps one page, the rest is read back from storage in order.
-            self.backlog = True
-            self.read_after = self.pending[-1].seq
+            if trim:
+                self.start_io(self._trim(), True)
+        if conn is None or self.backlog or (self.persistent and len(self.pending) >= self.engine.queue_page):
+            if not self.backlog and conn is not None:
+                # Spill: RAM keeps one page, the rest is read back from storage in order.
+                self.backlog = True
+                self.read_after = self.pending[-1].seq
+            # Held in storage only: remember when the first of those expires.
+            expires_at = message.expires_at
+            if expires_at is not None:
+                if self.earliest_expiry is None or expires_at < self.earliest_expiry:
+                    self.earliest_expiry = expires_at
+                if self.expiry_seen is None or expires_at < self.expiry_seen:
+                    self.expiry_seen = expires_at
             return
         self.pending.append(entry)
         if not self.loading:
@@ -189,7 +204,7 @@ class Session:
             entry.state = SENT
             entry.packet_id = packet_id
             inflight[packet_id] = entry
-        if self.backlog and not self.refilling and len(pending) < self.engine.queue_page // 2:
+        if self.backlog and not self.io_busy and len(pending) < self.engine.queue_page // 2:
             self.start_refill()
 
     def _queue_full(self, size: int) -> bool:
@@ -199,23 +214,32 @@ class Session:
             or (config.max_queued_bytes and self.queued_bytes + size > config.max_queued_bytes)
         )
 
-    def _drop_oldest(self) -> bool:
-        """Make room by dropping the oldest message not yet sent; False if there is none."""
-        if self.pending:
-            entry = self.pending.popleft()
-            self.queued_count -= 1
-            self.queued_bytes -= len(entry.message.payload)
-            self._forget(entry)
-        elif self.persistent and self.queued_count > 0:
-            # The oldest is in storage only; its size is not in RAM: count an average one.
-            self.queued_bytes -= self.queued_bytes // self.queued_count
-            self.queued_count -= 1
-            self.engine.storage.delete_oldest_queued(self.client_id, self.read_after)
-            self.engine.storage_dirty = True
-        else:
-            return False
+    def _over_limits(self) -> bool:
+        config = self.engine.config
+        return bool(
+            (config.max_queued_messages and self.queued_count > config.max_queued_messages)
+            or (config.max_queued_bytes and self.queued_bytes > config.max_queued_bytes)
+        )
+
+    def _drop_pending_head(self) -> None:
+        entry = self.pending.popleft()
+        self.queued_count -= 1
+        self.queued_bytes -= len(entry.message.payload)
+        self._forget(entry)
         self.engine.dropped_messages += 1
-        return True
+
+    def _drop_expired_pending(self) -> None:
+        now = time.time()
+        kept: deque[QueueEntry] = deque()
+        for entry in self.pending:
+            expires_at = entry.message.expires_at
+            if expires_at is not None and expires_at <= now:
+                self.queued_count -= 1
+                self.queued_bytes -= len(entry.message.payload)
+                self._forget(entry)
+            else:
+                kept.append(entry)
+        self.pending = kept
 
     def _forget(self, entry: QueueEntry) -> None:
         if self.persistent:
@@ -274,6 +298,7 @@ class Session:
     def attach(self, conn: Connection) -> None:
         self.connection = conn
         self.disconnected_at = None
+        self.io_busy = False  # a reader of the previous connection gives up when it sees this one
 
     def detach(self) -> None:
         """The connection is gone; what was in RAM is in storage (persistent) or dropped."""
@@ -285,56 +310,133 @@ class Session:
             # in-flight entries count as queued again, since they will be resent.
             self.queued_count += len(self.inflight)
             self.queued_bytes += sum(len(e.message.payload) for e in self.inflight.values())
+        for entry in self.pending:
+            expires_at = entry.message.expires_at
+            if expires_at is not None and (self.earliest_expiry is None or expires_at < self.earliest_expiry):
+                self.earliest_expiry = expires_at
         self.pending.clear()
         self.inflight.clear()
         self.backlog = self.persistent
         self.read_after = 0
+        self.io_busy = False
 
     # ---- reading the stored queue ----------------------------------------------------
+    # Refill, trim and purge each read the stored queue after ``read_after``; only one runs
+    # at a time (``io_busy``), so none of them sees an entry another has just moved or dropped.
     def start_refill(self) -> None:
-        self.refilling = True
-        asyncio.ensure_future(self._refill())
+        self.start_io(self._refill())
 
-    async def _refill(self) -> None:
-        """Read the next page of the stored queue into RAM (on reconnect: with in-flight ones)."""
+    def start_io(self, work, is_trim: bool = False) -> bool:
+        """Run one storage reader now, unless another one is running (then False)."""
+        if self.io_busy:
+            work.close()
+            return False
+        self.io_busy = True
+        asyncio.ensure_future(self._run_io(work, is_trim))
+        return True
+
+    async def _run_io(self, work, is_trim: bool) -> None:
         conn = self.connection
-        engine = self.engine
-        page_size = engine.queue_page
         try:
-            while True:
-                issued_upto = self.last_seq
-                if engine.storage_dirty:
-                    engine.commit()
-                page = await engine.storage.read_queue(self.client_id, self.read_after, page_size)
-                if self.connection is not conn or conn is None:
-                    return
-                resend = []
-                for entry in page:
-                    if entry.seq > self.read_after:
-                        self.read_after = entry.seq
-                    if entry.state == QUEUED:
-                        self.pending.append(entry)
-                    else:
-                        resend.append(entry)
-                if resend:
-                    self.queued_count -= len(resend)
-                    self.queued_bytes -= sum(len(e.message.payload) for e in resend)
-                    self.resend_inflight(resend)
-                if len(page) >= page_size:
-                    break  # more later, when this page has drained
-                if self.last_seq > issued_upto:
-                    continue  # messages arrived while reading: they are stored after this page
-                self.backlog = False
-                break
+            await work
         except Exception:
             log.exception("reading the stored queue of %s failed", self.client_id)
             if conn is not None and self.connection is conn:
                 conn.close("storage read failed", 0x80)
             return
         finally:
-            self.refilling = False
-        self.loading = False
-        self.pump()
+            if self.connection is conn:
+                self.io_busy = False  # (attach() hands the flag to a new connection's reader)
+        if self.connection is not conn:
+            return
+        if self.engine.config.queue_full_policy == "drop_oldest" and self._over_limits():
+            # A trim was refused or cut short while this reader ran: the oldest may be in RAM now.
+            while self.pending and self._over_limits():
+                self._drop_pending_head()
+            if not is_trim and self.persistent and self._over_limits():
+                self.start_io(self._trim(), True)
+                return
+        if conn is not None:
+            self.loading = False
+            self.pump()
+
+    async def _trim(self) -> None:
+        """Drop the oldest stored entries until the queue is within its limits (drop_oldest)."""
+        conn = self.connection
+        storage = self.engine.storage
+        after = self.read_after
+        while self._over_limits():
+            page = await storage.read_queue(self.client_id, after, 32)
+            if self.connection is not conn or not page:
+                return
+            for entry in page:
+                after = entry.seq
+                if entry.state != QUEUED or not self._over_limits():
+                    continue
+                self.queued_count -= 1
+                self.queued_bytes -= len(entry.message.payload)
+                storage.delete_entry(self.client_id, entry.seq)
+                self.engine.storage_dirty = True
+                self.engine.dropped_messages += 1
+
+    async def purge_expired(self) -> None:
+        """Delete stored entries whose message expired (they must not take queue room)."""
+        conn = self.connection
+        storage = self.engine.storage
+        now = time.time()
+        after = self.read_after
+        earliest = None
+        self.expiry_seen = None
+        while True:
+            page = await storage.read_queue(self.client_id, after, 500)
+            if self.connection is not conn:
+                return
+            for entry in page:
+                after = entry.seq
+                expires_at = entry.message.expires_at
+                if entry.state != QUEUED or expires_at is None:
+                    continue
+                if expires_at <= now:
+                    self.queued_count -= 1
+                    self.queued_bytes -= len(entry.message.payload)
+                    storage.delete_entry(self.client_id, entry.seq)
+                    self.engine.storage_dirty = True
+                elif earliest is None or expires_at < earliest:
+                    earliest = expires_at
+            if len(page) < 500:
+                break
+        seen = self.expiry_seen
+        self.earliest_expiry = earliest if seen is None or (earliest is not None and earliest < seen) else seen
+
+    async def _refill(self) -> None:
+        """Read the next page of the stored queue into RAM (on reconnect: with in-flight ones)."""
+        conn = self.connection
+        engine = self.engine
+        page_size = engine.queue_page
+        while True:
+            issued_upto = self.last_seq
+            page = await engine.storage.read_queue(self.client_id, self.read_after, page_size)
+            if self.connection is not conn or conn is None:
+                return
+            resend = []
+            for entry in page:
+                if entry.seq > self.read_after:
+                    self.read_after = entry.seq
+                if entry.state == QUEUED:
+                    self.pending.append(entry)
+                else:
+                    resend.append(entry)
+            if resend:
+                self.queued_count -= len(resend)
+                self.queued_bytes -= sum(len(e.message.payload) for e in resend)
+                self.resend_inflight(resend)
+            if len(page) >= page_size:
+                return  # more later, when this page has drained
+            if self.last_seq > issued_upto:
+                continue  # messages arrived while reading: they are stored after this page
+            self.backlog = False
+            self.earliest_expiry = None  # everything is in RAM now
+            return
 
     def resend_inflight(self, entries: list[QueueEntry]) -> None:
         """After a reconnect: re-send unacknowledged PUBLISH (DUP) and PUBREL, in order.
