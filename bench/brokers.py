@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def raise_nofile_limit(wanted: int) -> int:
     return target
 
 
-def _child_limits(nofile: int):  # type: ignore[no-untyped-def]
+def _child_limits(nofile: int) -> Callable[[], None]:
     """preexec_fn for brokers and the load generator: the same ``ulimit -n`` as the bench."""
 
     def apply() -> None:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench import loadgen
 from bench.brokers import BROKER_KEYS, BrokerError
@@ -23,7 +24,7 @@ from bench.scenarios import Params, scenarios
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     # A few seconds per broker: proves the harness and the brokers work, not a measurement.
     "quick": dict(rounds=1, duration=1.0, warmup=0.3, connections=300, drain_idle=2.0, retries=0),
     "default": {},

@@ -7,7 +7,7 @@ document (the prose about method and findings) is kept as it is.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,10 +222,10 @@ def cpu_table(summary: Summary) -> list[str]:
             )
         rows.append(row)
     shares = [summary.cell(s.key, b) for s in summary.scenarios if s.kind != "memory" for b in summary.brokers]
-    total = [c.median("loadgen_cores") for c in shares if c.good]
-    user = [c.median("loadgen_user_cores") for c in shares if c.good]
+    total = [v for c in shares if (v := c.median("loadgen_cores")) is not None]
+    user = [v for c in shares if (v := c.median("loadgen_user_cores")) is not None]
     share_line = []
-    if total:
+    if total and user:
         share_line = [
             "",
             f"The load generator's share stayed between {_pct(min(total))} and {_pct(max(total))} of one core; "
@@ -252,12 +252,13 @@ def memory_table(summary: Summary) -> list[str]:
     if not any(s.kind == "memory" for s in summary.scenarios):
         return []
     rows = []
-    for label, name, fmt in (
+    figures: list[tuple[str, str, Callable[[float], str]]] = [
         ("VmRSS before (MiB)", "rss_before_kib", lambda v: f"{v / 1024:.1f}"),
         ("VmRSS with the connections (MiB)", "rss_after_kib", lambda v: f"{v / 1024:.1f}"),
         ("Per connection (KiB)", "value", lambda v: f"{v:.2f}"),
         ("Connections set up per second", "connect_rate", lambda v: f"{v:,.0f}"),
-    ):
+    ]
+    for label, name, fmt in figures:
         row = [label]
         for b in summary.brokers:
             v = summary.cell("memory", b).median(name)
