@@ -217,6 +217,10 @@ class Connection:
                     self.aliases_out[topic] = alias
                     props[P.TOPIC_ALIAS] = alias
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, props, MQTT_5)
+        elif qos == 0 and not retain:
+            data = message.wire_v4_qos0
+            if data is None:
+                data = message.wire_v4_qos0 = encode_publish(topic, message.payload, 0, False, False, None, None, 4)
         else:
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, None, self.version)
         if len(data) > self.max_send_packet_size:
@@ -392,7 +396,9 @@ class Connection:
             keepalive,
             f", u'{packet.username}'" if packet.username else "",
         )
-        self.send_after_commit(encode(Connack(session_present, 0, ack_props), version))
+        # Not held for the commit of the session row: after a crash the client would only see
+        # session present 0 and subscribe again. A DISCONNECT never comes before the CONNACK.
+        self.send(encode(Connack(session_present, 0, ack_props), version))
         if session_present:
             # Deliver what the session kept: in-flight messages first, then its queue, in pages.
             session.loading = True

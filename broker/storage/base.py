@@ -49,6 +49,8 @@ class StoredMessage:
     properties: dict = field(default_factory=dict)  # v5 properties to forward
     expires_at: float | None = None  # wall-clock time.time(); None = never
     message_id: int = 0  # assigned by Storage.store_message (0 = not stored)
+    # The v3.1.1 QoS 0 PUBLISH (retain 0) encoded once for every subscriber (fan-out).
+    wire_v4_qos0: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
