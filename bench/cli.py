@@ -136,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     elapsed = time.monotonic() - started
 
+    remarks = []
+    if "ours" in info:
+        now = bench.broker_info()["ours"]["version"]
+        if now != info["ours"]["version"]:
+            # The long-running broker kept the code it started with; fresh ones (memory) did not.
+            remarks.append(f"ours: the checkout changed during the run (at the end: {now})")
     summary = Summary(results, chosen, broker_keys)
-    section = generated_section(summary, params, command, machine, info, loadgen_description(), elapsed)
+    section = generated_section(summary, params, command, machine, info, loadgen_description(), elapsed, remarks)
     print("\n" + section)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

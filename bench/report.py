@@ -269,8 +269,8 @@ def memory_table(summary: Summary) -> list[str]:
     )
 
 
-def notes(summary: Summary) -> list[str]:
-    out = []
+def notes(summary: Summary, remarks: list[str]) -> list[str]:
+    out = [f"- {remark}" for remark in remarks]
     for s in summary.scenarios:
         for b in summary.brokers:
             cell = summary.cell(s.key, b)
@@ -293,6 +293,7 @@ def generated_section(
     broker_info: dict[str, dict[str, Any]],
     loadgen_desc: str,
     elapsed_s: float,
+    remarks: list[str] | None = None,
 ) -> str:
     lines = [
         "## Results",
@@ -324,7 +325,7 @@ def generated_section(
         lines.append(f"- {s.title}: {s.describe(params)}")
     lines.append("")
     for block in (results_tables(summary, params), targets_table(summary), delivery_table(summary),
-                  cpu_table(summary), memory_table(summary), notes(summary)):
+                  cpu_table(summary), memory_table(summary), notes(summary, remarks or [])):
         if block:
             lines += block + [""]
     return "\n".join(lines).rstrip() + "\n"
