@@ -40,6 +40,8 @@ FORWARDED_PROPERTIES = (
 
 def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, properties: dict) -> StoredMessage:
     """Build the stored form of an incoming PUBLISH or will (expiry made absolute)."""
+    if not properties:
+        return StoredMessage(topic, payload, qos, retain, {}, None)
     forwarded = {k: v for k, v in properties.items() if k in FORWARDED_PROPERTIES} if properties else {}
     expires_at = None
     if properties:
@@ -201,10 +203,27 @@ class Engine:
                 self.storage.set_retained(message.topic, None)
                 self.storage_dirty = True
         match = self.tree.match(message.topic)
+        normal = match.normal
+        if len(normal) == 1 and not match.shared:
+            # The common case of one subscriber: no merging of overlapping subscriptions.
+            client_id, sub = normal[0]
+            options = sub.options
+            if options.no_local and client_id == sender_id:
+                return 0
+            session = self.sessions.get(client_id)
+            if session is not None:
+                granted = options.qos
+                session.deliver(
+                    message,
+                    granted if granted < message.qos else message.qos,
+                    message.retain and options.retain_as_published,
+                    [sub.subscription_id] if sub.subscription_id is not None else [],
+                )
+            return 1
         matched = 0
         # One copy per client: highest granted QoS, every subscription identifier.
         targets: dict[str, list] = {}
-        for client_id, sub in match.normal:
+        for client_id, sub in normal:
             options = sub.options
             if options.no_local and client_id == sender_id:
                 continue

@@ -48,7 +48,8 @@ class Session:
     __slots__ = (
         "engine",
         "client_id",
-        "expiry_interval",
+        "_expiry_interval",
+        "persistent",
         "protocol_level",
         "subscriptions",
         "connection",
@@ -72,6 +73,8 @@ class Session:
     def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
         self.engine = engine
         self.client_id = client_id
+        self._expiry_interval = 0
+        self.persistent = False  # kept in step with expiry_interval (read on every message)
         self.expiry_interval = expiry_interval  # seconds; 0 = ends with the connection
         self.protocol_level = protocol_level
         self.subscriptions: dict[str, Subscription] = {}
@@ -97,8 +100,13 @@ class Session:
 
     # ---- properties ---------------------------------------------------------
     @property
-    def persistent(self) -> bool:
-        return self.expiry_interval > 0
+    def expiry_interval(self) -> int:
+        return self._expiry_interval
+
+    @expiry_interval.setter
+    def expiry_interval(self, seconds: int) -> None:
+        self._expiry_interval = seconds
+        self.persistent = seconds > 0
 
     def expired(self, now: float) -> bool:
         """True when an offline session's expiry interval has elapsed."""
