@@ -39,5 +39,7 @@ class Config:
     allow_zero_length_clientid: bool = True
     retain_available: bool = True
 
+    sys_interval: int = 10  # seconds between $SYS/broker/... updates; 0 = no $SYS topics
+
     # [log]
     verbose: bool = False

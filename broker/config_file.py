@@ -143,6 +143,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "mqtt": {
         "allow_zero_length_clientid": _Key("bool"),
         "retain_available": _Key("bool"),
+        "sys_interval": _Key("duration", 0, 86400),
     },
     "log": {
         "verbose": _Key("bool"),

@@ -226,6 +226,7 @@ class Connection:
         if len(data) > self.max_send_packet_size:
             log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
             return False
+        self.engine.stats.publish_sent += 1
         if after_commit:
             self.send_after_commit(data)
         else:
@@ -424,11 +425,15 @@ class Connection:
                         return self.protocol_violation(f"unknown topic alias {alias}", RC.PROTOCOL_ERROR)
         if not is_valid_topic_name(topic):
             return self.protocol_violation(f"invalid topic name {topic!r}", RC.TOPIC_NAME_INVALID)
+        engine.stats.publish_received += 1
+        # $SYS holds the broker's own statistics: acknowledged but not routed, as with mosquitto.
+        routed = not topic.startswith("$SYS")
         qos = packet.qos
         if packet.retain and not engine.config.retain_available:
             return self.protocol_violation("retain not supported", RC.RETAIN_NOT_SUPPORTED)
         if qos == 0:
-            engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), self.client_id)
+            if routed:
+                engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), self.client_id)
             return
         packet_id = packet.packet_id
         session = self.session
@@ -439,7 +444,11 @@ class Connection:
         self.inbound_unacked += 1
         if self.inbound_unacked > engine.config.max_inflight_messages and self.version == MQTT_5:
             return self.protocol_violation("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
-        matched = engine.route(message_from_publish(topic, packet.payload, qos, packet.retain, props), self.client_id)
+        matched = (
+            engine.route(message_from_publish(topic, packet.payload, qos, packet.retain, props), self.client_id)
+            if routed
+            else 0
+        )
         reason = RC.SUCCESS if matched or self.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
         if qos == 1:
             self.inbound_unacked -= 1

@@ -18,6 +18,7 @@ from broker.config import Config
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.subscriptions import SubscriptionTree
+from broker.core.systopics import SysTopics
 from broker.protocol import properties as P
 from broker.protocol.packets import Will
 from broker.protocol.topics import split_shared
@@ -51,6 +52,16 @@ def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, pro
     return StoredMessage(topic, payload, qos, retain, forwarded, expires_at)
 
 
+class Stats:
+    """Counters for ``$SYS``: one attribute increment on the hot path each."""
+
+    __slots__ = ("publish_received", "publish_sent")
+
+    def __init__(self) -> None:
+        self.publish_received = 0
+        self.publish_sent = 0
+
+
 class PendingWill:
     __slots__ = ("due", "message", "client_id")
 
@@ -71,6 +82,8 @@ class Engine:
         self.connections: set[Connection] = set()
         self.storage_dirty = False
         self.dropped_messages = 0
+        self.stats = Stats()
+        self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}
         self._next_auto_id = 0
         self.failure: BaseException | None = None
@@ -188,7 +201,7 @@ class Engine:
         self.storage_dirty = True
 
     # ---- routing --------------------------------------------------------------------
-    def route(self, message: StoredMessage, sender_id: str | None) -> int:
+    def route(self, message: StoredMessage, sender_id: str | None, persist_retained: bool = True) -> int:
         """Deliver a published message to every matching session; returns how many matched.
 
         Updates the retained store when the message carries the retain flag.
@@ -196,10 +209,11 @@ class Engine:
         if message.retain:
             if message.payload:
                 self.retained.set(message)
-                self.storage.store_message(message)
-                self.storage.set_retained(message.topic, message)
-                self.storage_dirty = True
-            elif self.retained.clear(message.topic):
+                if persist_retained:
+                    self.storage.store_message(message)
+                    self.storage.set_retained(message.topic, message)
+                    self.storage_dirty = True
+            elif self.retained.clear(message.topic) and persist_retained:
                 self.storage.set_retained(message.topic, None)
                 self.storage_dirty = True
         match = self.tree.match(message.topic)
@@ -310,6 +324,7 @@ class Engine:
         if self.pending_wills:
             self.publish_due_wills(now)
         self.expire_sessions(now)
+        self.sys_topics.publish(now)
         if not self._purging:
             due = [
                 s

@@ -1,0 +1,80 @@
+"""$SYS/broker/... statistics over a real socket, with paho, like mosquitto's."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+
+def _collect(port: int, topic_filter: str, client_id: str) -> tuple[mqtt.Client, dict[str, tuple[bytes, bool]]]:
+    got: dict[str, tuple[bytes, bool]] = {}
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.on_message = lambda c, u, m: got.__setitem__(m.topic, (m.payload, m.retain))
+    client.on_subscribe = lambda *a: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic_filter, 0)
+    client.loop_start()
+    assert subscribed.wait(5)
+    return client, got
+
+
+def _wait_for(got: dict, topic: str, expected: bytes, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        value = got.get(topic)
+        if value is not None and value[0] == expected:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{topic}: expected {expected!r}, have {got.get(topic)!r}")
+
+
+def test_sys_topics_report_clients_and_messages(broker_factory) -> None:
+    broker = broker_factory(config="[mqtt]\nsys_interval = 1\n")
+    watcher, got = _collect(broker.port, "$SYS/#", "watcher")
+    try:
+        _wait_for(got, "$SYS/broker/clients/connected", b"1", time.monotonic() + 5)
+        assert got["$SYS/broker/version"][0].startswith(b"edgemq version ")
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub")
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        for i in range(3):
+            publisher.publish("plain/topic", b"x", qos=1).wait_for_publish(5)
+        _wait_for(got, "$SYS/broker/clients/connected", b"2", time.monotonic() + 5)
+        _wait_for(got, "$SYS/broker/publish/messages/received", b"3", time.monotonic() + 5)
+        publisher.loop_stop()
+        publisher.disconnect()
+        _wait_for(got, "$SYS/broker/clients/connected", b"1", time.monotonic() + 5)
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+
+
+def test_sys_values_are_retained_and_clients_cannot_publish_there(broker_factory) -> None:
+    broker = broker_factory(config="[mqtt]\nsys_interval = 1\n")
+    time.sleep(1.5)  # one update has been published (retained)
+    intruder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="intruder")
+    intruder.connect("127.0.0.1", broker.port)
+    intruder.loop_start()
+    intruder.publish("$SYS/broker/version", b"fake", qos=1, retain=True).wait_for_publish(5)
+    intruder.loop_stop()
+    intruder.disconnect()
+    late, got = _collect(broker.port, "$SYS/broker/version", "late")
+    deadline = time.monotonic() + 5
+    while "$SYS/broker/version" not in got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    payload, retain = got["$SYS/broker/version"]
+    assert retain, "a new subscriber gets the retained value"
+    assert payload.startswith(b"edgemq version "), payload
+    late.loop_stop()
+    late.disconnect()
+
+
+def test_sys_topics_off_when_interval_is_zero(broker_factory) -> None:
+    broker = broker_factory(config="[mqtt]\nsys_interval = 0\n")
+    watcher, got = _collect(broker.port, "$SYS/#", "watcher")
+    time.sleep(1.5)
+    watcher.loop_stop()
+    watcher.disconnect()
+    assert got == {}
