@@ -53,6 +53,9 @@ CLOSED = 2
 
 TOPIC_ALIAS_MIN_LENGTH = 8
 
+# Bytes waiting in a connection's socket buffer beyond which QoS 0 messages to it are dropped.
+SLOW_CONSUMER_BYTES = 1 << 20
+
 invalid_filter_reason = "topic filter invalid"  # shorter topics are cheaper to send than to alias
 
 _PINGRESP = b"\xd0\x00"
@@ -199,6 +202,11 @@ class Connection:
 
         With ``after_commit`` it goes out once the storage writes issued so far are durable.
         """
+        if qos == 0 and self.transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES:
+            # A client that does not read must not make the broker buffer without bound:
+            # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
+            self.engine.dropped_messages += 1
+            return True
         topic = message.topic
         if self.version == MQTT_5:
             props = dict(message.properties) if message.properties else {}
@@ -452,7 +460,10 @@ class Connection:
         reason = RC.SUCCESS if matched or self.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
         if qos == 1:
             self.inbound_unacked -= 1
-            self.send_after_commit(encode(Puback(packet_id, reason), self.version))
+            if reason == 0:  # the common case, without building a packet object
+                self.send_after_commit(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+            else:
+                self.send_after_commit(encode(Puback(packet_id, reason), self.version))
         else:
             session.inbound_qos2.add(packet_id)
             if session.persistent:

@@ -129,7 +129,11 @@ class Session:
         config = self.engine.config
         size = len(message.payload)
         trim = False
-        if self._queue_full(size) and (
+        max_count = config.max_queued_messages
+        max_bytes = config.max_queued_bytes
+        if (
+            (max_count and self.queued_count >= max_count) or (max_bytes and self.queued_bytes + size > max_bytes)
+        ) and (
             # Beyond the in-flight window the queue is full (an idle window takes it directly).
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
@@ -181,6 +185,10 @@ class Session:
         if conn is None or self.loading:
             return
         pending = self.pending
+        if not pending:
+            if self.backlog and not self.io_busy:
+                self.start_refill()
+            return
         inflight = self.inflight
         quota = conn.send_quota
         now = time.time()

@@ -1,4 +1,4 @@
-"""$SYS/broker/... statistics over a real socket, with paho, like mosquitto's."""
+"""$SYS/broker/... statistics, and what a client that stops reading costs, over real sockets with paho."""
 
 from __future__ import annotations
 
@@ -78,3 +78,40 @@ def test_sys_topics_off_when_interval_is_zero(broker_factory) -> None:
     watcher.loop_stop()
     watcher.disconnect()
     assert got == {}
+
+
+def test_qos0_to_a_client_that_does_not_read_is_dropped_not_buffered(broker_factory) -> None:
+    """A stuck subscriber must not make the broker buffer without bound (QoS 0 may be lost)."""
+    import socket
+
+    broker = broker_factory(config="[mqtt]\nsys_interval = 1\n")
+    stuck = socket.create_connection(("127.0.0.1", broker.port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # CONNECT (3.1.1, clean, keepalive 0, id "stuck") and SUBSCRIBE flood/# QoS 0; then never read.
+    stuck.sendall(b"\x10\x11\x00\x04MQTT\x04\x02\x00\x00\x00\x05stuck")
+    stuck.sendall(b"\x82\x0c\x00\x01\x00\x07flood/#\x00")
+    time.sleep(0.3)
+    watcher, got = _collect(broker.port, "$SYS/broker/publish/messages/dropped", "watcher")
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder")
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    payload = b"x" * 65536
+    try:
+        for _ in range(200):  # 13 MB for a client that reads nothing
+            publisher.publish("flood/t", payload, qos=0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            value = got.get("$SYS/broker/publish/messages/dropped")
+            if value is not None and int(value[0]) > 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"nothing dropped: {got}")
+        rss_kib = int(open(f"/proc/{broker.pid}/status").read().split("VmRSS:")[1].split()[0])
+        assert rss_kib < 120_000, f"broker RSS {rss_kib} KiB: it buffered for the stuck client"
+    finally:
+        publisher.loop_stop()
+        publisher.disconnect()
+        watcher.loop_stop()
+        watcher.disconnect()
+        stuck.close()
