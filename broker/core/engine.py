@@ -116,7 +116,10 @@ class Engine:
             self.sessions[session.client_id] = session
         for message in await self.storage.load_retained():
             self.retained.set(message)
+        for client_id, message, due in await self.storage.load_wills():
+            self.pending_wills[client_id] = PendingWill(due, message, client_id)
         self.expire_sessions(now)
+        self.publish_due_wills(now)
         if self.storage_dirty:
             await self.storage.commit()
             self.storage_dirty = False
@@ -159,9 +162,9 @@ class Engine:
     def expire_sessions(self, now: float) -> None:
         for session in [s for s in self.sessions.values() if s.expired(now)]:
             log.info("session %s expired", session.client_id)
-            will = self.pending_wills.pop(session.client_id, None)
+            will = self.pending_wills.get(session.client_id)
             if will is not None:
-                self.route(will.message, None)
+                self._publish_will(will)  # the session ends before the will's delay
             self.discard_session(session)
 
     # ---- subscriptions --------------------------------------------------------------
@@ -305,15 +308,26 @@ class Engine:
         if delay <= 0:
             self.route(message, None)
         else:
-            self.pending_wills[client_id] = PendingWill(time.time() + delay, message, client_id)
+            due = time.time() + delay
+            self.pending_wills[client_id] = PendingWill(due, message, client_id)
+            # Kept in storage: a restart within the delay must not lose it.
+            self.storage.save_will(client_id, message, due)
+            self.storage_dirty = True
 
     def cancel_will(self, client_id: str) -> None:
-        self.pending_wills.pop(client_id, None)
+        if self.pending_wills.pop(client_id, None) is not None:
+            self.storage.delete_will(client_id)
+            self.storage_dirty = True
+
+    def _publish_will(self, will: PendingWill) -> None:
+        del self.pending_wills[will.client_id]
+        self.storage.delete_will(will.client_id)
+        self.storage_dirty = True
+        self.route(will.message, None)
 
     def publish_due_wills(self, now: float) -> None:
         for will in [w for w in self.pending_wills.values() if w.due <= now]:
-            del self.pending_wills[will.client_id]
-            self.route(will.message, None)
+            self._publish_will(will)
 
     # ---- housekeeping ---------------------------------------------------------------------
     def tick(self, now: float) -> None:

@@ -170,6 +170,19 @@ class Storage(ABC):
     @abstractmethod
     def remove_inbound_qos2(self, client_id: str, packet_id: int) -> None: ...
 
+    # ---- delayed wills (MQTT 5 Will Delay Interval) -----------------------------------------
+    @abstractmethod
+    async def load_wills(self) -> list[tuple[str, StoredMessage, float]]:
+        """Every pending will: (client_id, message, wall-clock time it is due)."""
+
+    @abstractmethod
+    def save_will(self, client_id: str, message: StoredMessage, due: float) -> None:
+        """Keep a will whose publication is delayed (a self-contained copy; no message_id)."""
+
+    @abstractmethod
+    def delete_will(self, client_id: str) -> None:
+        """The will was published or cancelled (a reconnect within the delay)."""
+
     @abstractmethod
     def set_retained(self, topic: str, message: StoredMessage | None) -> None:
         """Set (message already stored) or clear (None) the retained message of a topic."""

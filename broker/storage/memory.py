@@ -56,6 +56,7 @@ class MemoryStorage(Storage):
         self._messages: dict[int, tuple] = {}
         self._refs: dict[int, int] = {}
         self._retained: dict[str, int] = {}
+        self._wills: dict[str, tuple] = {}  # client_id -> will row and the time it is due
         self._gc_candidates: set[int] = set()
         self._next_id = 0
 
@@ -104,6 +105,28 @@ class MemoryStorage(Storage):
                 record.last_seq = last
             records.append(record)
         return records
+
+    async def load_wills(self) -> list[tuple[str, StoredMessage, float]]:
+        return [
+            (client_id, StoredMessage(topic, payload, qos, retain, decode_properties(props), expires), due)
+            for client_id, (topic, payload, qos, retain, props, expires, due) in sorted(self._wills.items())
+        ]
+
+    def save_will(self, client_id: str, message: StoredMessage, due: float) -> None:
+        self._dirty = True
+        self._wills[client_id] = (
+            message.topic,
+            bytes(message.payload),
+            message.qos,
+            bool(message.retain),
+            encode_properties(message.properties),
+            message.expires_at,
+            due,
+        )
+
+    def delete_will(self, client_id: str) -> None:
+        self._dirty = True
+        self._wills.pop(client_id, None)
 
     async def load_retained(self) -> list[StoredMessage]:
         result = []

@@ -63,7 +63,7 @@ from broker.storage.serialization import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
@@ -123,6 +123,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             message_id INTEGER NOT NULL
         ) WITHOUT ROWID""",
         "CREATE INDEX retained_by_message ON retained (message_id)",
+    ),
+    # 2: delayed wills (MQTT 5 Will Delay Interval) survive a restart. A will is a
+    # self-contained row: it refers to no message, so garbage collection ignores it.
+    2: (
+        """CREATE TABLE wills (
+            client_id TEXT NOT NULL PRIMARY KEY,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            qos INTEGER NOT NULL,
+            retain INTEGER NOT NULL,
+            properties BLOB,
+            expires_at REAL,
+            due REAL NOT NULL
+        ) WITHOUT ROWID""",
     ),
 }
 
@@ -217,6 +231,7 @@ class SqliteStorage(Storage):
         self._queue: dict[tuple[str, int], list] = {}
         self._inbound: dict[tuple[str, int], bool] = {}
         self._retained: dict[str, int | None] = {}
+        self._wills: dict[str, tuple | None] = {}  # client_id -> will row, or None to delete
         # delete_oldest_queued calls in call order: [client_id, after_seq, seq bound]. The
         # bound is the first seq enqueued for the client after the call: entries queued
         # later were not there when the call was made, so they are never the target.
@@ -234,6 +249,7 @@ class SqliteStorage(Storage):
             self._inbound,
             self._retained,
             self._drop_oldest,
+            self._wills,
         )
         self._reset_batch()
         return batch
@@ -401,6 +417,34 @@ class SqliteStorage(Storage):
                 record.queued_bytes = size or 0
                 record.last_seq = last_seq
         return list(records.values())
+
+    async def load_wills(self) -> list[tuple[str, StoredMessage, float]]:
+        await self._flush()
+        rows = await self._fetch(
+            "SELECT client_id, topic, payload, qos, retain, properties, expires_at, due"
+            " FROM wills ORDER BY client_id"
+        )
+        return [
+            (client_id, StoredMessage(topic, payload, qos, bool(retain), decode_properties(props), expires), due)
+            for client_id, topic, payload, qos, retain, props, expires, due in rows
+        ]
+
+    def save_will(self, client_id: str, message: StoredMessage, due: float) -> None:
+        self._dirty = True
+        payload = message.payload
+        self._wills[client_id] = (
+            message.topic,
+            payload if type(payload) is bytes else bytes(payload),
+            message.qos,
+            int(bool(message.retain)),
+            encode_properties(message.properties),
+            message.expires_at,
+            due,
+        )
+
+    def delete_will(self, client_id: str) -> None:
+        self._dirty = True
+        self._wills[client_id] = None
 
     async def load_retained(self) -> list[StoredMessage]:
         await self._flush()
@@ -613,10 +657,10 @@ class SqliteStorage(Storage):
         garbage collection last.
         """
         (new_messages, new_refs, deleted_clients, sessions, subscriptions,
-         queue, inbound, retained, drop_oldest) = batch
+         queue, inbound, retained, drop_oldest, wills) = batch
         messages = [row for mid, row in new_messages.items() if new_refs[mid] > 0]
         if not (messages or deleted_clients or sessions or subscriptions or queue
-                or inbound or retained or drop_oldest):
+                or inbound or retained or drop_oldest or wills):
             return  # everything cancelled out: no transaction at all
         conn = self._db._conn  # the sqlite3 connection; we run on aiosqlite's thread
         collect = False  # did anything delete a reference to a message?
@@ -717,6 +761,15 @@ class SqliteStorage(Storage):
                         kept,
                     )
                 collect = True
+            if wills:
+                conn.executemany(
+                    "DELETE FROM wills WHERE client_id = ?", [(c,) for c, row in wills.items() if row is None]
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO wills (client_id, topic, payload, qos, retain, properties,"
+                    " expires_at, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(c, *row) for c, row in wills.items() if row is not None],
+                )
             if collect:
                 conn.execute(_GC)
                 conn.execute("DELETE FROM temp.gc")

@@ -8,6 +8,7 @@ restart of the broker; the queue of an offline session is bounded.
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -265,3 +266,29 @@ def test_online_queue_beyond_inflight_window_bounded(target_factory, uid):
     # 2 in flight + 5 queued; the rest was dropped.
     assert [int(p.payload) for p in got] == list(range(7))
     client.close()
+
+
+@pytest.mark.ours_only("mosquitto 2.0.11 does not keep a pending delayed will across its restart")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "kill-9"])
+def test_delayed_will_survives_broker_restart(target_factory, uid, sig):
+    """A v5 will whose delay is still running when the broker stops is published after the restart."""
+    target = target_factory()
+    watcher, _ = _connect(target, f"{uid}-watch", 5)
+    watcher.subscribe([(f"{uid}/will", 1)])
+    dying = r.RawClient(target.host, target.port, 5)
+    will = {"topic": f"{uid}/will", "payload": b"gone for good", "properties": {r.WILL_DELAY_INTERVAL: 3}}
+    assert dying.connect(f"{uid}-dying", properties=EXPIRY, will=will).reason_code == 0
+    dying.close()  # abnormal: the will is now pending for 3 s
+    time.sleep(0.8)  # the pending will has been committed (the broker ticks every 0.5 s)
+    if sig == signal.SIGKILL:
+        target.kill()
+        target.start()
+    else:
+        target.restart(sig)
+    stopped_at = time.monotonic()
+    watcher, connack = _connect(target, f"{uid}-watch", 5)
+    assert connack.session_present
+    [pkt] = _receive_all(watcher, 1)
+    assert pkt.payload == b"gone for good"
+    # Due about 3 s after the disconnect, not at once on start-up and not forgotten.
+    assert time.monotonic() - stopped_at > 1.0

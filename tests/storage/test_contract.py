@@ -980,3 +980,56 @@ async def test_delete_oldest_queued_before_a_clean_start(backend: Backend) -> No
         store.enqueue("c", QueueEntry(1, fresh, 1))  # ...and must not hit the new queue
         await store.commit()
         assert [e.message.payload for e in await whole_queue(store, "c")] == [b"fresh"]
+
+
+# ---- delayed wills ---------------------------------------------------------------------------
+
+
+def will_message(topic: str = "dev/1/status") -> StoredMessage:
+    return StoredMessage(
+        topic=topic,
+        payload=b"offline",
+        qos=1,
+        retain=True,
+        properties={P.CONTENT_TYPE: "text/plain", P.USER_PROPERTY: [("reason", "lost")]},
+        expires_at=1_900_000_000.5,
+    )
+
+
+@run_async
+async def test_wills_are_saved_replaced_and_deleted(backend: Backend) -> None:
+    async with backend.opened() as store:
+        assert await store.load_wills() == []
+        store.save_will("a", will_message("a/status"), 100.0)
+        store.save_will("b", will_message("b/status"), 200.0)
+        store.save_will("a", will_message("a/other"), 150.0)  # a new will replaces the old one
+        await store.commit()
+        wills = await store.load_wills()
+        assert [(c, m.topic, d) for c, m, d in wills] == [("a", "a/other", 150.0), ("b", "b/status", 200.0)]
+        _, loaded, _ = wills[1]
+        assert loaded == will_message("b/status")  # payload, QoS, retain, properties, expiry
+        store.delete_will("a")
+        store.delete_will("nobody")  # deleting what is not there is harmless
+        await store.commit()
+        assert [c for c, _, _ in await store.load_wills()] == ["b"]
+
+
+@run_async
+async def test_a_will_saved_and_deleted_in_one_batch_is_gone(backend: Backend) -> None:
+    async with backend.opened() as store:
+        store.save_will("a", will_message(), 100.0)
+        store.delete_will("a")
+        await store.commit()
+        assert await store.load_wills() == []
+
+
+@run_async
+async def test_wills_survive_a_reopen_and_hold_no_message_reference(backend: Backend) -> None:
+    requires_persistence(backend)
+    async with backend.opened() as store:
+        store.save_will("a", will_message(), 123.25)
+        await store.commit()
+        assert await store._message_count() == 0  # self-contained: nothing for GC to keep
+    async with backend.opened() as store:
+        [(client_id, loaded, due)] = await store.load_wills()
+        assert (client_id, loaded, due) == ("a", will_message(), 123.25)
