@@ -27,7 +27,7 @@ class BrokerFormatter(logging.Formatter):
         return super().format(record)
 
 
-class _BrokerHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _BrokerHandler(logging.StreamHandler):
     """Marks the handler this module installed, so a second setup replaces it."""
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from broker.core.engine import Engine, message_from_publish
 from broker.core.session import Session
@@ -98,6 +98,8 @@ class Connection:
         self.state = CONNECTING
         self.version = 4
         self.client_id = ""
+        # Set by on_connect, cleared by _end. Packets after CONNECT are handled only while the
+        # state is CONNECTED, so the per-packet handlers cast it to Session instead of testing.
         self.session: Session | None = None
         self.keepalive = 0
         self.last_received = time.monotonic()
@@ -226,9 +228,10 @@ class Connection:
                     props[P.TOPIC_ALIAS] = alias
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, props, MQTT_5)
         elif qos == 0 and not retain:
-            data = message.wire_v4_qos0
-            if data is None:
-                data = message.wire_v4_qos0 = encode_publish(topic, message.payload, 0, False, False, None, None, 4)
+            cached = message.wire_v4_qos0
+            if cached is None:
+                cached = message.wire_v4_qos0 = encode_publish(topic, message.payload, 0, False, False, None, None, 4)
+            data = cached
         else:
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, None, self.version)
         if len(data) > self.max_send_packet_size:
@@ -276,27 +279,30 @@ class Connection:
     def handle(self, packet: Packet) -> None:
         try:
             if self.state == CONNECTING:
-                self.on_connect(packet)  # the codec only lets a CONNECT through first
+                self.on_connect(cast(Connect, packet))  # the codec only lets a CONNECT through first
                 return
+            # One type() call, then identity tests. mypy narrows only an inline `type(packet) is X`,
+            # not `kind is X`, hence the casts (no run-time check). After CONNECT and until the
+            # state is CLOSED (data_received stops there) the session is set.
             kind = type(packet)
             if kind is Publish:
-                self.on_publish(packet)
+                self.on_publish(cast(Publish, packet))
             elif kind is Puback:
-                self.session.on_puback(packet.packet_id)
+                cast(Session, self.session).on_puback(cast(Puback, packet).packet_id)
             elif kind is Pubrec:
-                self.on_pubrec(packet)
+                self.on_pubrec(cast(Pubrec, packet))
             elif kind is Pubrel:
-                self.on_pubrel(packet)
+                self.on_pubrel(cast(Pubrel, packet))
             elif kind is Pubcomp:
-                self.session.on_pubcomp(packet.packet_id)
+                cast(Session, self.session).on_pubcomp(cast(Pubcomp, packet).packet_id)
             elif kind is Subscribe:
-                self.on_subscribe(packet)
+                self.on_subscribe(cast(Subscribe, packet))
             elif kind is Unsubscribe:
-                self.on_unsubscribe(packet)
+                self.on_unsubscribe(cast(Unsubscribe, packet))
             elif kind is Pingreq:
                 self.send(_PINGRESP)
             elif kind is Disconnect:
-                self.on_disconnect(packet)
+                self.on_disconnect(cast(Disconnect, packet))
             elif kind is Auth:
                 # No enhanced authentication method was agreed in CONNECT.
                 self.protocol_violation("AUTH without an authentication method", RC.PROTOCOL_ERROR)
@@ -428,9 +434,10 @@ class Connection:
                 if topic:
                     self.aliases_in[alias] = topic
                 else:
-                    topic = self.aliases_in.get(alias)
-                    if topic is None:
+                    aliased = self.aliases_in.get(alias)
+                    if aliased is None:
                         return self.protocol_violation(f"unknown topic alias {alias}", RC.PROTOCOL_ERROR)
+                    topic = aliased
         if not is_valid_topic_name(topic):
             return self.protocol_violation(f"invalid topic name {topic!r}", RC.TOPIC_NAME_INVALID)
         engine.stats.publish_received += 1
@@ -443,8 +450,8 @@ class Connection:
             if routed:
                 engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), self.client_id)
             return
-        packet_id = packet.packet_id
-        session = self.session
+        packet_id = cast(int, packet.packet_id)  # the codec requires a non-zero id when qos > 0
+        session = cast(Session, self.session)
         if qos == 2 and packet_id in session.inbound_qos2:
             # Re-sent before PUBREL: already routed once, acknowledge again only.
             self.send_after_commit(encode(Pubrec(packet_id), self.version))
@@ -472,7 +479,7 @@ class Connection:
             self.send_after_commit(encode(Pubrec(packet_id, reason), self.version))
 
     def on_pubrel(self, packet: Pubrel) -> None:
-        session = self.session
+        session = cast(Session, self.session)
         packet_id = packet.packet_id
         if packet_id in session.inbound_qos2:
             session.inbound_qos2.discard(packet_id)
@@ -490,13 +497,13 @@ class Connection:
             self.send(encode(Pubcomp(packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND), self.version))
 
     def on_pubrec(self, packet: Pubrec) -> None:
-        if not self.session.on_pubrec(packet.packet_id, packet.reason_code):
+        if not cast(Session, self.session).on_pubrec(packet.packet_id, packet.reason_code):
             self.send_pubrel(packet.packet_id, RC.PACKET_IDENTIFIER_NOT_FOUND)
 
     # ---- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------------
     def on_subscribe(self, packet: Subscribe) -> None:
         engine = self.engine
-        session = self.session
+        session = cast(Session, self.session)
         v5 = self.version == MQTT_5
         sub_ids = packet.properties.get(P.SUBSCRIPTION_IDENTIFIER) if v5 else None
         subscription_id = sub_ids[0] if sub_ids else None
@@ -524,19 +531,20 @@ class Connection:
             session.deliver(message, qos, True, [subscription_id] if subscription_id is not None else [])
 
     def on_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = cast(Session, self.session)
         codes = []
         v5 = self.version == MQTT_5
         for topic_filter in packet.topic_filters:
             if not is_valid_topic_filter(topic_filter):
                 codes.append(RC.TOPIC_FILTER_INVALID)
-            elif self.engine.unsubscribe(self.session, topic_filter):
+            elif self.engine.unsubscribe(session, topic_filter):
                 codes.append(RC.SUCCESS)
             else:
                 codes.append(RC.NO_SUBSCRIPTION_EXISTED)
         ack = encode(
             Unsuback(packet.packet_id, codes if v5 else [], self.ack_problem(codes, invalid_filter_reason)), self.version
         )
-        if self.session.persistent:
+        if session.persistent:
             self.send_after_commit(ack)
         else:
             self.send(ack)
@@ -550,7 +558,7 @@ class Connection:
 
     # ---- DISCONNECT and closing ----------------------------------------------------------------------
     def on_disconnect(self, packet: Disconnect) -> None:
-        session = self.session
+        session = cast(Session, self.session)
         if self.version == MQTT_5:
             new_expiry = packet.properties.get(P.SESSION_EXPIRY_INTERVAL)
             if new_expiry is not None:

@@ -76,7 +76,7 @@ class Engine:
         self.config = config
         self.storage = storage
         self.sessions: dict[str, Session] = {}
-        self.tree = SubscriptionTree()
+        self.tree: SubscriptionTree[Subscription] = SubscriptionTree()
         self.retained = RetainedStore()
         self.pending_wills: dict[str, PendingWill] = {}
         self.connections: set[Connection] = set()
@@ -262,18 +262,20 @@ class Engine:
             if session is not None:
                 session.deliver(message, granted if granted < qos else qos, retain and rap, sub_ids)
         for group, topic_filter, members in match.shared:
-            sub = self._pick_share_member(group, topic_filter, members)
-            if sub is None:
+            member = self._pick_share_member(group, topic_filter, members)
+            if member is None:
                 continue
             matched += 1
-            session = sessions.get(sub.client_id)
+            session = sessions.get(member.client_id)
             if session is not None:
-                granted = sub.options.qos
-                sub_ids = [sub.subscription_id] if sub.subscription_id is not None else []
-                session.deliver(message, granted if granted < qos else qos, retain and sub.options.retain_as_published, sub_ids)
+                granted = member.options.qos
+                sub_ids = [member.subscription_id] if member.subscription_id is not None else []
+                session.deliver(
+                    message, granted if granted < qos else qos, retain and member.options.retain_as_published, sub_ids
+                )
         return matched
 
-    def _pick_share_member(self, group: str, topic_filter: str, members: dict) -> Subscription | None:
+    def _pick_share_member(self, group: str, topic_filter: str, members: dict[str, Subscription]) -> Subscription | None:
         """Round robin over members, preferring online ones with room in their receive window."""
         subs = list(members.values())
         if not subs:
@@ -400,8 +402,8 @@ class Engine:
                 return
             if result.cancelled():
                 future.cancel()
-            elif result.exception() is not None:
-                future.set_exception(result.exception())
+            elif (error := result.exception()) is not None:
+                future.set_exception(error)
             else:
                 future.set_result(None)
 

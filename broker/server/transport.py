@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from broker.core.connection import Connection
 from broker.core.engine import Engine
@@ -27,7 +28,8 @@ class MQTTProtocol(asyncio.Protocol):
         self.connection = Connection(self.engine, transport)
 
     def data_received(self, data: bytes) -> None:
-        self.connection.data_received(data)
+        # asyncio calls this only between connection_made and connection_lost: it is set.
+        cast(Connection, self.connection).data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.connection is not None:
