@@ -87,7 +87,7 @@ class Engine:
         self._share_cursor: dict[tuple[str, str], int] = {}
         self._next_auto_id = 0
         self.failure: BaseException | None = None
-        self.loop = asyncio.get_event_loop()
+        self.loop = asyncio.get_running_loop()  # the engine lives on the loop that serves it
         self._next_commit: asyncio.Future[None] | None = None
         self._purging = False
         self._running_commit: asyncio.Future[None] | None = None
