@@ -238,18 +238,12 @@ class Connection:
             log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
             return False
         self.engine.stats.publish_sent += 1
-        if after_commit:
-            self.send_after_commit(data)
-        else:
-            self.send(data)
+        (self.send_after_commit if after_commit else self.send)(data)
         return True
 
     def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None:
         data = encode(Pubrel(packet_id, reason_code), self.version)
-        if after_commit:
-            self.send_after_commit(data)
-        else:
-            self.send(data)
+        (self.send_after_commit if after_commit else self.send)(data)
 
     # ---- input ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:

@@ -129,11 +129,7 @@ class Session:
         config = self.engine.config
         size = len(message.payload)
         trim = False
-        max_count = config.max_queued_messages
-        max_bytes = config.max_queued_bytes
-        if (
-            (max_count and self.queued_count >= max_count) or (max_bytes and self.queued_bytes + size > max_bytes)
-        ) and (
+        if self._queue_full(size) and (
             # Beyond the in-flight window the queue is full (an idle window takes it directly).
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
