@@ -86,25 +86,35 @@ def test_persistent_session_gets_messages_sent_while_offline(runtime: Runtime, e
     peer.close()
 
 
-def test_broker_restart_mid_stream_loses_and_duplicates_nothing_at_qos2(
-    runtime: Runtime, edge_broker: EdgeBroker
-) -> None:
-    cid = client_id(runtime, edge_broker, "strm")
+def _stream_across_a_broker_restart(
+    runtime: Runtime, edge_broker: EdgeBroker, tag: str, program: str, n_out: int, n_in: int, restart_at: int
+):
+    """Start a streaming program, send it half of ``n_in`` QoS 2 messages, restart the broker
+    once it has sent message ``restart_at`` of its ``n_out``, then send the other half.
+    Returns (cid, sub, pub, prog)."""
+    cid = client_id(runtime, edge_broker, tag)
     host, port = edge_broker.host, edge_broker.port
-    n_out, n_in = 30, 10
     sub = Peer(host, port, "sub-" + cid, clean_session=False)
     sub.subscribe(f"edge/{cid}/out", 2)
     pub = Peer(host, port, "pub-" + cid, clean_session=False)
-    prog = runtime.start("stream.py", host, port, cid, n_out, n_in, 40)
+    prog = runtime.start(program, host, port, cid, n_out, n_in, 40)
     prog.expect("READY")
     for i in range(n_in // 2):
         pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
-    prog.expect("SENT 10")
+    prog.expect(f"SENT {restart_at}")
     edge_broker.restart()
     pub.wait_connected()
     sub.wait_connected()
     for i in range(n_in // 2, n_in):
         pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
+    return cid, sub, pub, prog
+
+
+def test_broker_restart_mid_stream_loses_and_duplicates_nothing_at_qos2(
+    runtime: Runtime, edge_broker: EdgeBroker
+) -> None:
+    n_out, n_in = 30, 10
+    cid, sub, pub, prog = _stream_across_a_broker_restart(runtime, edge_broker, "strm", "stream.py", n_out, n_in, 10)
     prog.finish(70)
     assert prog.lines[-1] == f"DONE 0 {n_in}", prog.output()
     assert prog.lines[-2] != "RECONNECTS 0", prog.output()  # the restart really cut it off
@@ -156,22 +166,8 @@ def test_outbox_file_survives_a_restart_of_the_program(
 
 
 def test_asyncio_client_across_a_broker_restart(runtime: Runtime, edge_broker: EdgeBroker) -> None:
-    cid = client_id(runtime, edge_broker, "aio")
-    host, port = edge_broker.host, edge_broker.port
     n_out, n_in = 20, 6
-    sub = Peer(host, port, "sub-" + cid, clean_session=False)
-    sub.subscribe(f"edge/{cid}/out", 2)
-    pub = Peer(host, port, "pub-" + cid, clean_session=False)
-    prog = runtime.start("aio_stream.py", host, port, cid, n_out, n_in, 40)
-    prog.expect("READY")
-    for i in range(n_in // 2):
-        pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
-    prog.expect("SENT 6")
-    edge_broker.restart()
-    pub.wait_connected()
-    sub.wait_connected()
-    for i in range(n_in // 2, n_in):
-        pub.publish(f"edge/{cid}/in", f"in {i}", qos=2)
+    cid, sub, pub, prog = _stream_across_a_broker_restart(runtime, edge_broker, "aio", "aio_stream.py", n_out, n_in, 6)
     prog.expect("UNSUBSCRIBED", timeout=70)
     pub.publish(f"edge/{cid}/in", "after unsubscribe", qos=1)
     prog.finish(30)
