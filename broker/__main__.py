@@ -81,8 +81,26 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
+# Operator commands, ``python -m broker NAME ...``: each module has ``main(argv) -> int``.
+# They are imported only when used, so the broker itself loads none of them.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, one line of help)
+}
+
+
+def run_subcommand(name: str, argv: Sequence[str]) -> int:
+    import importlib
+
+    module_name, _ = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    return int(module.main(list(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, set up logging and run the broker; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return run_subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

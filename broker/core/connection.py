@@ -12,10 +12,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from broker.core.engine import Engine, message_from_publish
 from broker.core.session import Session
+from broker.core.transport import Transport
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
 from broker.protocol.codec import PacketReader, encode, encode_publish
@@ -89,11 +90,10 @@ class Connection:
         "closing",
     )
 
-    def __init__(self, engine: Engine, transport: Any) -> None:
+    def __init__(self, engine: Engine, transport: Transport) -> None:
         self.engine = engine
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        self.peer = transport.peer
         self.reader = PacketReader(engine.config.max_packet_size)
         self.state = CONNECTING
         self.version = 4
@@ -204,7 +204,7 @@ class Connection:
 
         With ``after_commit`` it goes out once the storage writes issued so far are durable.
         """
-        if qos == 0 and self.transport.get_write_buffer_size() > SLOW_CONSUMER_BYTES:
+        if qos == 0 and self.transport.write_buffer_size() > SLOW_CONSUMER_BYTES:
             # A client that does not read must not make the broker buffer without bound:
             # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
             self.engine.dropped_messages += 1
@@ -256,7 +256,7 @@ class Connection:
             log.info("client from %s: unsupported protocol level %d", self.peer, exc.protocol_level)
             code = RC.V3_UNACCEPTABLE_PROTOCOL_VERSION if exc.protocol_level < 5 else RC.UNSUPPORTED_PROTOCOL_VERSION
             self._buffer(encode(Connack(False, code), 4 if exc.protocol_level < 5 else 5))
-            self.close(f"unsupported protocol level {exc.protocol_level}", None)
+            self.close(f"unsupported protocol level {exc.protocol_level}", None, linger=True)
             return
         except MQTTError as exc:
             for packet in getattr(exc, "packets_before", ()):
@@ -311,7 +311,7 @@ class Connection:
             self._buffer(encode(Connack(False, reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
         else:
             self._buffer(encode(Connack(False, RC.connack_code_for_v3(reason_code)), self.version))
-        self.close(why, None)
+        self.close(why, None, linger=True)
 
     def on_connect(self, packet: Connect) -> None:
         engine = self.engine
@@ -576,7 +576,7 @@ class Connection:
             if self.version == MQTT_5 or self.reader.version == MQTT_5:
                 self.version = MQTT_5
                 self._buffer(encode(Connack(False, reason_code), MQTT_5))
-            self.close(why, None)
+            self.close(why, None, linger=True)
         else:
             self.close(why, reason_code)
 
@@ -591,20 +591,25 @@ class Connection:
         if self.keepalive and now - self.last_received > self.keepalive * 1.5:
             self.close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
 
-    def close(self, why: str, reason_code: int | None, publish_will: bool = True) -> None:
-        """Close the connection; send a v5 DISCONNECT first when reason_code is given."""
+    def close(self, why: str, reason_code: int | None, publish_will: bool = True, linger: bool = False) -> None:
+        """Close the connection; send a v5 DISCONNECT first when reason_code is given.
+
+        ``linger``: a final packet (a refusing CONNACK) was sent; the transport keeps
+        reading for a while so that the client can read it (a DISCONNECT implies it).
+        """
         if self.state == CLOSED:
             return
         was_connected = self.state == CONNECTED
         if reason_code is not None and was_connected and self.version == MQTT_5:
             self.ordered_output.clear()
             self._buffer(encode(Disconnect(reason_code, {P.REASON_STRING: why[:200]}), MQTT_5))
+            linger = True
         self.close_reason = why
         self.state = CLOSED
         self.closing = True
         self._flush()
         self.closing = False
-        self.transport.close()
+        self.transport.close(linger)
         self._end(publish_will)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 from broker.config import Config
 from broker.core.engine import Engine
@@ -17,6 +18,20 @@ from broker.storage.sqlite import DatabaseInUse, UnsupportedSchema
 log = logging.getLogger("broker")
 
 TICK_SECONDS = 0.5
+
+# What SIGHUP re-reads (password and ACL files, certificates, ...): each is called with the
+# running configuration, logs what it changed, and keeps the old state if the new one is bad.
+Reloader = Callable[[Config], None]
+
+
+def reload(config: Config, reloaders: list[Reloader]) -> None:
+    """SIGHUP, as with mosquitto: re-read what can change without dropping connections."""
+    log.info("reloading (SIGHUP)")
+    for reloader in reloaders:
+        try:
+            reloader(config)
+        except Exception:
+            log.exception("reload failed; the previous state is kept")
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
@@ -34,6 +49,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         log.error("cannot open storage: %s", exc)
         return 1
     engine = Engine(config, storage)
+    reloaders: list[Reloader] = []
     engine.on_failure = stop.set
     await engine.start()
     try:
@@ -55,6 +71,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
                 log.exception("housekeeping failed")
 
     tick_task = asyncio.ensure_future(ticker())
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload(config, reloaders))
+    except (NotImplementedError, RuntimeError):
+        pass
     await stop.wait()
     log.info("shutting down")
     tick_task.cancel()

@@ -1,37 +1,151 @@
-"""asyncio Protocol that hands bytes to a core ``Connection``: no per-message coroutines."""
+"""The asyncio edge of a stream listener (TCP, TLS, Unix socket): bytes in, bytes out.
+
+``MQTTProtocol`` is the asyncio Protocol; ``StreamTransport`` is what the core's
+``Connection`` writes to (the ``broker.core.transport.Transport`` interface). No
+per-message coroutines: asyncio calls ``data_received`` and the core answers
+synchronously.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import socket
+from typing import Any, cast
 
 from broker.core.connection import Connection
 from broker.core.engine import Engine
+from broker.core.transport import DEFAULT_LISTENER, ListenerInfo
+
+# After a final DISCONNECT or refusing CONNACK the client gets this long, and may send this
+# much, before the socket is closed: enough for it to read the reason instead of a reset.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 256 * 1024
+
+
+def describe_peer(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+    sockname = transport.get_extra_info("sockname")
+    if isinstance(sockname, str) and sockname:
+        return f"unix:{sockname}"
+    return "unknown"
+
+
+class StreamTransport:
+    """``Transport`` over an asyncio stream transport, with a lingering close."""
+
+    __slots__ = ("_transport", "listener", "peer", "_linger_left", "_linger_timer")
+
+    def __init__(self, transport: asyncio.Transport, listener: ListenerInfo) -> None:
+        self._transport = transport
+        self.listener = listener
+        self.peer = describe_peer(transport)
+        self._linger_left: int | None = None  # bytes still accepted and discarded while lingering
+        self._linger_timer: asyncio.TimerHandle | None = None
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self._transport.writelines(chunks)
+
+    def write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def peer_certificate(self) -> dict[str, Any] | None:
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        cert = ssl_object.getpeercert()
+        return cast("dict[str, Any] | None", cert or None)
+
+    def close(self, linger: bool = False) -> None:
+        transport = self._transport
+        if transport.is_closing() or self._linger_left is not None:
+            return
+        if not linger:
+            transport.close()
+            return
+        # Shut down our side once the output is flushed, keep reading (and discarding) for a
+        # while: closing a socket with unread input makes the kernel send a reset, and the
+        # client's kernel then throws away the DISCONNECT it has not read yet.
+        self._linger_left = LINGER_BYTES
+        try:
+            transport.resume_reading()
+        except RuntimeError:
+            pass
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.end_linger)
+
+    @property
+    def lingering(self) -> bool:
+        return self._linger_left is not None
+
+    def discard(self, size: int) -> None:
+        """Input received while lingering: dropped, and the linger ends past its byte budget."""
+        left = cast(int, self._linger_left) - size
+        self._linger_left = left
+        if left < 0:
+            self.end_linger()
+
+    def end_linger(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
+        if not self._transport.is_closing():
+            self._transport.close()
+
+    def connection_lost(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
 
 
 class MQTTProtocol(asyncio.Protocol):
-    __slots__ = ("engine", "connection")
+    __slots__ = ("engine", "listener", "stream", "connection")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, listener: ListenerInfo = DEFAULT_LISTENER) -> None:
         self.engine = engine
+        self.listener = listener
+        self.stream: StreamTransport | None = None
         self.connection: Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
-        if sock is not None:
-            import socket
-
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.connection = Connection(self.engine, transport)
+        self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
+        self.connection = Connection(self.engine, self.stream)
 
     def data_received(self, data: bytes) -> None:
-        # asyncio calls this only between connection_made and connection_lost: it is set.
+        # asyncio calls this only between connection_made and connection_lost: both are set.
+        stream = cast(StreamTransport, self.stream)
+        if stream.lingering:
+            stream.discard(len(data))
+            return
         cast(Connection, self.connection).data_received(data)
 
+    def eof_received(self) -> bool | None:
+        stream = self.stream
+        if stream is not None and stream.lingering:
+            stream.end_linger()
+        return None  # close the transport
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.stream is not None:
+            self.stream.connection_lost()
         if self.connection is not None:
             self.connection.connection_lost(exc)
             self.connection = None
