@@ -139,6 +139,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_topic_alias": _Key("int", 0, 65535),
         "queue_qos0_messages": _Key("bool"),
         "queue_full_policy": _Key("str", choices=("drop_new", "drop_oldest")),
+        "max_topic_levels": _Key("int", 0, 32768),
+        "max_topic_length": _Key("size", 1, 65535),
     },
     "mqtt": {
         "allow_zero_length_clientid": _Key("bool"),

@@ -39,7 +39,7 @@ from broker.protocol.packets import (
     Unsuback,
     Unsubscribe,
 )
-from broker.protocol.topics import is_valid_topic_filter, is_valid_topic_name, split_shared
+from broker.protocol.topics import is_valid_topic_filter, split_shared
 from broker.storage.base import NEVER_EXPIRES, StoredMessage
 
 if TYPE_CHECKING:
@@ -432,8 +432,9 @@ class Connection:
                     if aliased is None:
                         return self.protocol_violation(f"unknown topic alias {alias}", RC.PROTOCOL_ERROR)
                     topic = aliased
-        if not is_valid_topic_name(topic):
-            return self.protocol_violation(f"invalid topic name {topic!r}", RC.TOPIC_NAME_INVALID)
+        problem = engine.topic_limits.name_problem(topic)
+        if problem is not None:
+            return self.protocol_violation(f"{problem}: {topic[:200]!r}", RC.TOPIC_NAME_INVALID)
         engine.stats.publish_received += 1
         # $SYS holds the broker's own statistics: acknowledged but not routed, as with mosquitto.
         routed = not topic.startswith("$SYS")
@@ -504,7 +505,7 @@ class Connection:
         codes: list[int] = []
         retained_to_send: list[tuple[StoredMessage, int, int | None]] = []
         for topic_filter, options in packet.subscriptions:
-            if not is_valid_topic_filter(topic_filter):
+            if engine.topic_limits.filter_problem(topic_filter) is not None:
                 codes.append(RC.TOPIC_FILTER_INVALID if v5 else RC.V3_SUBACK_FAILURE)
                 continue
             group, _ = split_shared(topic_filter)

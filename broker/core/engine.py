@@ -19,6 +19,7 @@ from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
+from broker.core.topic_limits import TopicLimits
 from broker.protocol import properties as P
 from broker.protocol.packets import Will
 from broker.protocol.topics import split_shared
@@ -77,6 +78,7 @@ class Engine:
         self.storage = storage
         self.sessions: dict[str, Session] = {}
         self.tree: SubscriptionTree[Subscription] = SubscriptionTree()
+        self.topic_limits = TopicLimits(config.max_topic_levels, config.max_topic_length)
         self.retained = RetainedStore()
         self.pending_wills: dict[str, PendingWill] = {}
         self.connections: set[Connection] = set()
@@ -112,6 +114,10 @@ class Engine:
             if record.queued_count:
                 session.earliest_expiry = now  # unknown: the first tick scans the queue once
             for sub in record.subscriptions:
+                problem = self.topic_limits.filter_problem(sub.topic_filter)
+                if problem is not None:  # stored before a limit was lowered: never fatal
+                    log.warning("skipping a stored subscription of %s: %s", record.client_id, problem)
+                    continue
                 self._add_subscription(session, sub.topic_filter, sub.options, sub.subscription_id)
             self.sessions[session.client_id] = session
         for message in await self.storage.load_retained():

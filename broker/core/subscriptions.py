@@ -50,15 +50,20 @@ class Match(Generic[V]):
 
 
 class _Node(Generic[V]):
-    """One topic level; holds the subscriptions whose filter ends here."""
+    """One topic level; holds the subscriptions whose filter ends here.
+
+    A node keeps no copy of its prefix: a filter of n levels costs n nodes, not
+    n squared characters (issue 15). Only a node with shared groups remembers its
+    whole filter, once, because a shared match reports it.
+    """
 
     __slots__ = ("children", "subscribers", "groups", "filter")
 
-    def __init__(self, topic_filter: str) -> None:
+    def __init__(self) -> None:
         self.children: dict[str, _Node[V]] = {}
         self.subscribers: dict[str, V] = {}  # client_id -> value
         self.groups: dict[str, dict[str, V]] = {}  # group -> {client_id: value}
-        self.filter = topic_filter  # the plain filter this node stands for
+        self.filter = ""  # the plain filter this node stands for; set only while it has groups
 
     def is_empty(self) -> bool:
         return not (self.children or self.subscribers or self.groups)
@@ -70,7 +75,7 @@ class SubscriptionTree(Generic[V]):
     __slots__ = ("_root", "_count", "_cache")
 
     def __init__(self) -> None:
-        self._root: _Node[V] = _Node("")
+        self._root: _Node[V] = _Node()
         self._count = 0
         self._cache: dict[str, Match[V]] = {}
 
@@ -92,13 +97,14 @@ class SubscriptionTree(Generic[V]):
         for level in plain.split("/"):
             child = node.children.get(level)
             if child is None:
-                child = _Node(level if node is self._root else f"{node.filter}/{level}")
+                child = _Node()
                 node.children[level] = child
             node = child
         if group is None:
             members = node.subscribers
         else:
             members = node.groups.setdefault(group, {})
+            node.filter = plain
         is_new = client_id not in members
         members[client_id] = value  # a replacement keeps its place in the order
         if is_new:
@@ -124,6 +130,8 @@ class SubscriptionTree(Generic[V]):
         del members[client_id]
         if group is not None and not members:
             del node.groups[group]
+            if not node.groups:
+                node.filter = ""
         self._count -= 1
         # Prune from the leaf upwards while nodes hold nothing.
         for depth in range(len(levels), 0, -1):

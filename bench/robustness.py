@@ -1,0 +1,244 @@
+"""Issue 15's attacks, measured the same way on ours and on mosquitto.
+
+    python -m bench.robustness                       # every item, ours (this checkout) and mosquitto
+    python -m bench.robustness --item 1 --item 4     # some items
+    python -m bench.robustness --ours-src /tmp/old   # "before": ours from another checkout
+
+Each item starts a fresh broker, runs a canary (a QoS 1 message every 100 ms,
+``bench/canary.py``) next to the attack, and prints one JSON line per broker:
+the canary's largest gap and PUBACK wait, the broker's memory growth, and the
+item's own figures. Figures for the report in docs/robustness.md come from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.brokers import Broker, MosquittoBroker, OursBroker, raise_nofile_limit, rss_kib
+from bench.canary import Canary
+
+NOFILE = raise_nofile_limit(4096)
+
+
+class SourceBroker(OursBroker):
+    """Ours from a given source tree (the default: this checkout), with extra TOML settings."""
+
+    def __init__(self, workdir: Path, src: Path | None, toml: str = "") -> None:
+        super().__init__(workdir, NOFILE, ["-c", str(workdir / "ours.toml")] if toml else [])
+        self.src = src
+        self.toml = toml
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.toml:
+            (self.workdir / "ours.toml").write_text(self.toml)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.src is not None:
+            env["PYTHONPATH"] = str(self.src)
+        return env
+
+
+class ConfiguredMosquitto(MosquittoBroker):
+    def __init__(self, workdir: Path, extra: list[str]) -> None:
+        super().__init__(workdir, NOFILE)
+        self.extra = extra
+
+    def config_lines(self) -> list[str]:
+        return [*super().config_lines(), *self.extra]
+
+
+# ---- raw MQTT bytes ------------------------------------------------------------------------
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value % 128, value // 128
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def mqtt_string(text: str | bytes) -> bytes:
+    data = text.encode() if isinstance(text, str) else text
+    return len(data).to_bytes(2, "big") + data
+
+
+def packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + varint(len(body)) + body
+
+
+def connect(client_id: str, version: int = 4, clean: bool = True, keepalive: int = 60, props: bytes = b"\x00") -> bytes:
+    flags = 0x02 if clean else 0
+    variable = mqtt_string("MQTT") + bytes([version, flags]) + keepalive.to_bytes(2, "big")
+    if version == 5:
+        variable += props
+    return packet(0x10, variable + mqtt_string(client_id))
+
+
+def subscribe(packet_id: int, filters: list[str], qos: int = 0, version: int = 4) -> bytes:
+    body = packet_id.to_bytes(2, "big") + (b"\x00" if version == 5 else b"")
+    for topic_filter in filters:
+        body += mqtt_string(topic_filter) + bytes([qos])
+    return packet(0x82, body)
+
+
+def unsubscribe(packet_id: int, filters: list[str], version: int = 4) -> bytes:
+    body = packet_id.to_bytes(2, "big") + (b"\x00" if version == 5 else b"")
+    for topic_filter in filters:
+        body += mqtt_string(topic_filter)
+    return packet(0xA2, body)
+
+
+def publish(topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, retain: bool = False, version: int = 4) -> bytes:
+    body = mqtt_string(topic) + (packet_id.to_bytes(2, "big") if qos else b"") + (b"\x00" if version == 5 else b"")
+    return packet(0x30 | (qos << 1) | (1 if retain else 0), body + payload)
+
+
+PINGREQ = b"\xc0\x00"
+DISCONNECT = b"\xe0\x00"
+
+
+class Client:
+    """A blocking socket with just enough reading to wait for a packet type."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = bytearray()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_packet(self) -> tuple[int, bytes]:
+        while True:
+            if len(self.buffer) >= 2:
+                length, shift, pos = 0, 0, 1
+                while pos < len(self.buffer):
+                    byte = self.buffer[pos]
+                    length |= (byte & 0x7F) << shift
+                    shift += 7
+                    pos += 1
+                    if not byte & 0x80:
+                        break
+                else:
+                    pos = -1
+                if pos > 0 and len(self.buffer) >= pos + length:
+                    first, body = self.buffer[0], bytes(self.buffer[pos : pos + length])
+                    del self.buffer[: pos + length]
+                    return first, body
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                raise ConnectionError("closed by the broker")
+            self.buffer += chunk
+
+    def expect(self, kind: int) -> bytes:
+        """The body of the next packet of type ``kind`` (others are skipped)."""
+        while True:
+            first, body = self.read_packet()
+            if first >> 4 == kind:
+                return body
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ---- the items ---------------------------------------------------------------------------------
+
+
+def item1_deep_filter(broker: Broker, canary: Canary) -> dict:
+    """One SUBSCRIBE with a 65 KB filter of 32,768 levels (and three of them)."""
+    client = Client(broker.port)
+    client.send(connect("deep"))
+    client.expect(2)
+    started = time.monotonic()
+    answers = []
+    try:
+        for i in range(3):
+            deep = (f"{i}/" + "/".join(["a"] * 32768))[:65533]
+            client.send(subscribe(i + 1, [deep], 1))
+            answers.append(client.expect(9)[2:].hex())
+        client.send(PINGREQ)
+        client.expect(13)
+    except ConnectionError:
+        answers.append("connection closed")
+    took = time.monotonic() - started
+    client.close()
+    return {"three_subscribes_s": round(took, 2), "answers": answers}
+
+
+ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
+    1: (item1_deep_filter, "", []),
+}
+
+
+def measure(item: int, make: Callable[[Path, str, list[str]], Broker], workdir: Path) -> dict:
+    attack, toml, mosquitto_extra = ITEMS[item]
+    broker = make(workdir, toml, mosquitto_extra)
+    broker.start()
+    try:
+        canary = Canary(broker.host, broker.port)
+        before = rss_kib(broker.pid)
+        try:
+            figures = attack(broker, canary)
+        finally:
+            result = canary.stop()
+        figures.update(
+            rss_growth_mb=round((rss_kib(broker.pid) - before) / 1024, 1),
+            peak_rss_mb=round(peak_kib(broker.pid) / 1024, 1),
+            canary_max_gap_s=round(result.max_gap, 2),
+            canary_max_ack_s=round(result.max_ack, 2),
+            canary_lost=result.sent - result.received,
+            canary_error=result.error,
+            alive=broker.running,
+        )
+        return figures
+    finally:
+        broker.stop()
+
+
+def peak_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="issue 15 attacks: ours vs mosquitto")
+    parser.add_argument("--item", type=int, action="append", choices=sorted(ITEMS))
+    parser.add_argument("--broker", action="append", choices=("ours", "mosquitto"))
+    parser.add_argument("--ours-src", type=Path, help="run ours from this source tree (e.g. a checkout of the old commit)")
+    args = parser.parse_args(argv)
+    brokers = args.broker or ["ours", "mosquitto"]
+    with tempfile.TemporaryDirectory(prefix="robustness-") as tmp:
+        for item in args.item or sorted(ITEMS):
+            for key in brokers:
+                workdir = Path(tmp) / f"{key}-{item}"
+                if key == "ours":
+                    make: Callable[[Path, str, list[str]], Broker] = lambda w, toml, _m: SourceBroker(w, args.ours_src, toml)
+                else:
+                    make = lambda w, _t, extra: ConfiguredMosquitto(w, extra)
+                try:
+                    figures = measure(item, make, workdir)
+                except Exception as exc:
+                    figures = {"error": repr(exc)}
+                label = key if key != "ours" or not args.ours_src else f"ours@{args.ours_src}"
+                print(json.dumps({"item": item, "broker": label, **figures}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
