@@ -177,8 +177,29 @@ def item1_deep_filter(broker: Broker, canary: Canary) -> dict:
     return {"three_subscribes_s": round(took, 2), "answers": answers}
 
 
+def item4_retained_scan(broker: Broker, canary: Canary) -> dict:
+    """10,000 retained messages, then 1,000 wildcard filters that match nothing in one SUBSCRIBE."""
+    publisher = Client(broker.port)
+    publisher.send(connect("retainer"))
+    publisher.expect(2)
+    publisher.send(b"".join(publish(f"site/{i % 100}/dev{i}/temp", b"21", retain=True) for i in range(10_000)))
+    publisher.send(PINGREQ)
+    publisher.expect(13)
+    subscriber = Client(broker.port)
+    subscriber.send(connect("scanner"))
+    subscriber.expect(2)
+    started = time.monotonic()
+    subscriber.send(subscribe(1, [f"site/+/nothing{i}/#" for i in range(1000)]))
+    subscriber.expect(9)
+    took = time.monotonic() - started
+    for client in (publisher, subscriber):
+        client.close()
+    return {"suback_after_s": round(took, 3)}
+
+
 ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     1: (item1_deep_filter, "", []),
+    4: (item4_retained_scan, "", []),
 }
 
 
