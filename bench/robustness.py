@@ -197,9 +197,25 @@ def item4_retained_scan(broker: Broker, canary: Canary) -> dict:
     return {"suback_after_s": round(took, 3)}
 
 
+def item5_match_cache(broker: Broker, canary: Canary) -> dict:
+    """10,000 QoS 0 publishes to distinct 65 KB topic names; RSS after, and 5 s later."""
+    client = Client(broker.port)
+    client.send(connect("spray"))
+    client.expect(2)
+    for batch in range(50):
+        client.send(b"".join(publish(f"{batch}/{i}/" + "z" * 65000, b"1") for i in range(200)))
+        client.send(PINGREQ)
+        client.expect(13)
+    client.close()
+    after = rss_kib(broker.pid)
+    time.sleep(5)
+    return {"rss_after_mb": round(after / 1024, 1), "rss_5s_later_mb": round(rss_kib(broker.pid) / 1024, 1)}
+
+
 ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     1: (item1_deep_filter, "", []),
     4: (item4_retained_scan, "", []),
+    5: (item5_match_cache, "", []),
 }
 
 

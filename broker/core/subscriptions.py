@@ -20,7 +20,11 @@ from broker.protocol.topics import is_valid_topic_filter, split_shared
 
 V = TypeVar("V")  # the caller's subscription value
 
-CACHE_SIZE = 10_000  # topics whose match results are kept
+CACHE_SIZE = 10_000  # topics whose match results are kept, at most
+# ... and the bytes they may take (topic names can be 64 KB: 10,000 of them were 646 MB).
+CACHE_BYTES = 4 << 20
+_ENTRY_OVERHEAD = 200  # a dict slot, the Match and its lists
+_ITEM_BYTES = 60  # one (client_id, value) tuple in a Match
 
 
 class Match(Generic[V]):
@@ -72,12 +76,13 @@ class _Node(Generic[V]):
 class SubscriptionTree(Generic[V]):
     """Topic trie; values are opaque (the engine stores its own subscription objects)."""
 
-    __slots__ = ("_root", "_count", "_cache")
+    __slots__ = ("_root", "_count", "_cache", "_cache_bytes")
 
     def __init__(self) -> None:
         self._root: _Node[V] = _Node()
         self._count = 0
         self._cache: dict[str, Match[V]] = {}
+        self._cache_bytes = 0  # estimated, see _entry_bytes
 
     def __len__(self) -> int:
         """Number of subscriptions (each client/filter pair counts once)."""
@@ -109,7 +114,7 @@ class SubscriptionTree(Generic[V]):
         members[client_id] = value  # a replacement keeps its place in the order
         if is_new:
             self._count += 1
-        self._cache.clear()
+        self._clear_cache()
         return is_new
 
     def remove(self, client_id: str, topic_filter: str) -> bool:
@@ -138,7 +143,7 @@ class SubscriptionTree(Generic[V]):
             if not path[depth].is_empty():
                 break
             del path[depth - 1].children[levels[depth - 1]]
-        self._cache.clear()
+        self._clear_cache()
         return True
 
     def match(self, topic: str) -> Match[V]:
@@ -150,12 +155,26 @@ class SubscriptionTree(Generic[V]):
         if cached is not None:
             return cached
         result = self._match(topic)
+        if len(topic) > CACHE_BYTES // 256:
+            return result  # a 16 KB name would push out hundreds of common topics
+        size = _entry_bytes(topic, result)
         cache = self._cache
-        if len(cache) >= CACHE_SIZE:
+        while cache and (len(cache) >= CACHE_SIZE or self._cache_bytes + size > CACHE_BYTES):
             # Drop the oldest entry; dicts keep insertion order.
-            del cache[next(iter(cache))]
+            oldest = next(iter(cache))
+            self._cache_bytes -= _entry_bytes(oldest, cache.pop(oldest))
         cache[topic] = result
+        self._cache_bytes += size
         return result
+
+    def _clear_cache(self) -> None:
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    @property
+    def cache_bytes(self) -> int:
+        """The estimated size of the match cache (bounded by CACHE_BYTES)."""
+        return self._cache_bytes
 
     def _match(self, topic: str) -> Match[V]:
         normal: list[tuple[str, V]] = []
@@ -191,6 +210,11 @@ class SubscriptionTree(Generic[V]):
             if rest is not None:
                 _collect(rest, normal, shared)
         return Match(normal, shared)
+
+
+def _entry_bytes(topic: str, match: Match[V]) -> int:
+    """What one cache entry costs, roughly: the same figure when it is added and removed."""
+    return _ENTRY_OVERHEAD + len(topic) + _ITEM_BYTES * (len(match.normal) + len(match.shared))
 
 
 def _collect(
