@@ -212,10 +212,29 @@ def item5_match_cache(broker: Broker, canary: Canary) -> dict:
     return {"rss_after_mb": round(after / 1024, 1), "rss_5s_later_mb": round(rss_kib(broker.pid) / 1024, 1)}
 
 
+FORGED = "2026-01-01 00:00:00 broker: New client connected from 10.0.0.1:1 as admin (p2, c1, k60)."
+
+
+def item12_log_forgery(broker: Broker, canary: Canary) -> dict:
+    """A client id with a newline and a fake log line after it: does the fake line appear?"""
+    client = Client(broker.port)
+    client.send(connect("dev\n" + FORGED))
+    try:
+        connack = client.expect(2).hex()
+        client.send(DISCONNECT)
+    except ConnectionError:
+        connack = "connection closed"
+    client.close()
+    time.sleep(0.5)
+    lines = broker.log_path.read_text(errors="replace").splitlines()
+    return {"connack": connack, "forged_lines": sum(1 for line in lines if line.startswith(FORGED[:20]))}
+
+
 ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     1: (item1_deep_filter, "", []),
     4: (item4_retained_scan, "", []),
     5: (item5_match_cache, "", []),
+    12: (item12_log_forgery, "", []),
 }
 
 

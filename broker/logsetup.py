@@ -16,8 +16,31 @@ from typing import TextIO
 LOGGER_NAME = "broker"
 
 
+def _escapes() -> dict[int, str]:
+    """Control characters (C0, DEL, C1), line and paragraph separators and bidi overrides."""
+    table = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+    table.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+    for code in (0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)):
+        table[code] = f"\\u{code:04x}"
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters as escapes: one log record stays one line, whatever
+    a client put in its client id, username or topic (issue 15: forged log lines)."""
+    if text.isprintable():
+        return text  # the common case, checked in C
+    return text.translate(_ESCAPES)
+
+
 class BrokerFormatter(logging.Formatter):
-    """``YYYY-mm-dd HH:MM:SS broker: [warning: ]message``; tracebacks follow on their own lines."""
+    """``YYYY-mm-dd HH:MM:SS broker: [warning: ]message``; tracebacks follow on their own lines.
+
+    The message itself never spans lines: control characters in it are escaped.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s broker: %(level_prefix)s%(message)s", "%Y-%m-%d %H:%M:%S")
@@ -25,6 +48,10 @@ class BrokerFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         record.level_prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
         return super().format(record)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class _BrokerHandler(logging.StreamHandler):
