@@ -212,6 +212,57 @@ def item5_match_cache(broker: Broker, canary: Canary) -> dict:
     return {"rss_after_mb": round(after / 1024, 1), "rss_5s_later_mb": round(rss_kib(broker.pid) / 1024, 1)}
 
 
+def item8_large_messages(broker: Broker, canary: Canary) -> dict:
+    """Memory per large message: one 64 MB PUBLISH relayed to a subscriber (peak RSS over the
+    payload), then 20 connections that announce a 200 MB CONNECT and send 8 MB of it."""
+    figures = item8_relay(broker)
+    figures.update(item8_pre_connect(broker))
+    return figures
+
+
+def item8_relay(broker: Broker) -> dict:
+    size = 64 << 20
+    subscriber = Client(broker.port)
+    subscriber.send(connect("big-sub"))
+    subscriber.expect(2)
+    subscriber.send(subscribe(1, ["big/#"], 0))
+    subscriber.expect(9)
+    base = rss_kib(broker.pid)
+    publisher = Client(broker.port)
+    publisher.send(connect("big-pub"))
+    publisher.expect(2)
+    publisher.send(publish("big/blob", b"\x5a" * size))
+    try:
+        relayed = len(subscriber.expect(3)) >= size
+    except ConnectionError:
+        relayed = False
+    peak_factor = round((peak_kib(broker.pid) - base) * 1024 / size, 2)
+    publisher.close()
+    subscriber.close()
+    return {"relayed_64mb": relayed, "peak_rss_over_payload": peak_factor}
+
+
+def item8_pre_connect(broker: Broker, canary: Canary | None = None) -> dict:
+    """20 connections announce a 200 MB CONNECT and send 8 MB of it: what is buffered?"""
+    before = rss_kib(broker.pid)
+    header = b"\x10" + varint(200 << 20)
+    sockets, refused = [], 0
+    for _ in range(20):
+        sock = socket.create_connection((broker.host, broker.port))
+        sockets.append(sock)
+        try:
+            sock.sendall(header)
+            for _ in range(8):
+                sock.sendall(b"\0" * (1 << 20))
+        except OSError:
+            refused += 1
+    time.sleep(1)
+    pre_connect_mb = round((rss_kib(broker.pid) - before) / 1024, 1)
+    for sock in sockets:
+        sock.close()
+    return {"pre_connect_growth_mb": pre_connect_mb, "pre_connect_refused": refused}
+
+
 FORGED = "2026-01-01 00:00:00 broker: New client connected from 10.0.0.1:1 as admin (p2, c1, k60)."
 
 
@@ -234,6 +285,8 @@ ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     1: (item1_deep_filter, "", []),
     4: (item4_retained_scan, "", []),
     5: (item5_match_cache, "", []),
+    8: (item8_large_messages, "[limits]\nmax_packet_size = 268435455\n", []),
+    80: (item8_pre_connect, "", []),  # item 8 with every default
     12: (item12_log_forgery, "", []),
 }
 

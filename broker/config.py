@@ -26,9 +26,13 @@ class Config:
 
     # [limits]
     max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit
-    max_queued_bytes: int = 0  # per session, payload bytes queued; 0 = no limit
+    # per session, payload bytes queued; 0 = no limit. Bounded by default so that one
+    # publisher cannot fill a Pi's SD card through the queues of offline sessions.
+    max_queued_bytes: int = 32 << 20
     max_inflight_messages: int = 20  # outbound unacknowledged QoS 1/2 per client; our v5 Receive Maximum
-    max_packet_size: int = MAX_PACKET_SIZE_LIMIT  # largest packet accepted (v5 Maximum Packet Size)
+    # Largest packet accepted (v5 Maximum Packet Size). Not mosquitto's 256 MB: a packet is
+    # held in memory about twice while it is relayed, so 2 MiB (EMQX: 1 MB) fits a Pi.
+    max_packet_size: int = 2 << 20
     max_session_expiry_interval: int = 0  # seconds; caps what clients ask for; 0 = no cap
     max_keepalive: int = 65535  # seconds; v5 clients asking more get Server Keep Alive
     max_topic_alias: int = 10  # v5 Topic Alias Maximum we accept from clients

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections import deque
 from typing import Any, cast
 
 from broker.core.connection import Connection
@@ -20,6 +21,11 @@ from broker.core.transport import DEFAULT_LISTENER, ListenerInfo
 # much, before the socket is closed: enough for it to read the reason instead of a reset.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 * 1024
+
+# asyncio (3.11) copies whatever the socket does not take at once into its own buffer: a
+# large PUBLISH would be held twice. Output beyond this many bytes waits in our queue as the
+# bytes it already is, and is handed over a slice at a time as the socket drains.
+WRITE_SLICE = 64 * 1024
 
 
 def describe_peer(transport: asyncio.BaseTransport) -> str:
@@ -36,7 +42,7 @@ def describe_peer(transport: asyncio.BaseTransport) -> str:
 class StreamTransport:
     """``Transport`` over an asyncio stream transport, with a lingering close."""
 
-    __slots__ = ("_transport", "listener", "peer", "_linger_left", "_linger_timer")
+    __slots__ = ("_transport", "listener", "peer", "_linger_left", "_linger_timer", "_queued", "_queued_bytes")
 
     def __init__(self, transport: asyncio.Transport, listener: ListenerInfo) -> None:
         self._transport = transport
@@ -44,15 +50,48 @@ class StreamTransport:
         self.peer = describe_peer(transport)
         self._linger_left: int | None = None  # bytes still accepted and discarded while lingering
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._queued: deque[memoryview] = deque()  # output not yet handed to asyncio
+        self._queued_bytes = 0
+        # pause_writing() above WRITE_SLICE buffered, resume_writing() once at or below it.
+        transport.set_write_buffer_limits(WRITE_SLICE, WRITE_SLICE)
 
     def write(self, data: bytes) -> None:
-        self._transport.write(data)
+        if not self._queued and len(data) <= WRITE_SLICE:
+            self._transport.write(data)
+            return
+        self._queued.append(memoryview(data))
+        self._queued_bytes += len(data)
+        self.drain()
 
     def writelines(self, chunks: list[bytes]) -> None:
-        self._transport.writelines(chunks)
+        if not self._queued and sum(map(len, chunks)) <= WRITE_SLICE:
+            self._transport.writelines(chunks)
+            return
+        for chunk in chunks:
+            self.write(chunk)
+
+    def drain(self) -> None:
+        """Hand queued output to asyncio while its buffer is at most WRITE_SLICE (also on resume_writing)."""
+        queued = self._queued
+        transport = self._transport
+        while queued and transport.get_write_buffer_size() <= WRITE_SLICE and not transport.is_closing():
+            view = queued[0]
+            piece = view[:WRITE_SLICE]
+            if len(piece) == len(view):
+                queued.popleft()
+            else:
+                queued[0] = view[WRITE_SLICE:]
+            self._queued_bytes -= len(piece)
+            transport.write(piece)
+
+    def _flush_queued(self) -> None:
+        """Before a close: everything queued goes to asyncio (which sends it before closing)."""
+        while self._queued:
+            self._transport.write(self._queued.popleft())
+        self._queued_bytes = 0
 
     def write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
+        return self._transport.get_write_buffer_size() + self._queued_bytes
 
     def pause_reading(self) -> None:
         self._transport.pause_reading()
@@ -71,6 +110,7 @@ class StreamTransport:
         transport = self._transport
         if transport.is_closing() or self._linger_left is not None:
             return
+        self._flush_queued()
         if not linger:
             transport.close()
             return
@@ -105,6 +145,8 @@ class StreamTransport:
             self._transport.close()
 
     def connection_lost(self) -> None:
+        self._queued.clear()
+        self._queued_bytes = 0
         if self._linger_timer is not None:
             self._linger_timer.cancel()
             self._linger_timer = None
@@ -136,6 +178,10 @@ class MQTTProtocol(asyncio.Protocol):
             stream.discard(len(data))
             return
         cast(Connection, self.connection).data_received(data)
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.drain()
 
     def eof_received(self) -> bool | None:
         stream = self.stream
