@@ -112,8 +112,8 @@ DISCONNECT = b"\xe0\x00"
 class Client:
     """A blocking socket with just enough reading to wait for a packet type."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 60.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 60.0, source: str | None = None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = bytearray()
 
@@ -263,6 +263,22 @@ def item8_pre_connect(broker: Broker, canary: Canary | None = None) -> dict:
     return {"pre_connect_growth_mb": pre_connect_mb, "pre_connect_refused": refused}
 
 
+def limits_max_connections(broker: Broker, canary: Canary) -> dict:
+    """max_connections 5 (the canary holds 2): what do the 4th to 8th MQTT 5 clients get?"""
+    answers, clients = [], []
+    for i in range(6):
+        client = Client(broker.port, timeout=5, source="127.0.0.2")
+        clients.append(client)
+        try:
+            client.send(connect(f"c{i}", 5))
+            answers.append(client.expect(2)[:2].hex())
+        except (ConnectionError, OSError):
+            answers.append("closed")
+    for client in clients:
+        client.close()
+    return {"answers": answers}
+
+
 FORGED = "2026-01-01 00:00:00 broker: New client connected from 10.0.0.1:1 as admin (p2, c1, k60)."
 
 
@@ -288,6 +304,7 @@ ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     8: (item8_large_messages, "[limits]\nmax_packet_size = 268435455\n", []),
     80: (item8_pre_connect, "", []),  # item 8 with every default
     12: (item12_log_forgery, "", []),
+    90: (limits_max_connections, "[limits]\nmax_connections = 5\n", ["max_connections 5"]),
 }
 
 

@@ -88,6 +88,7 @@ class Connection:
         "problem_information",
         "out",
         "closing",
+        "refusal",
     )
 
     def __init__(self, engine: Engine, transport: Transport) -> None:
@@ -118,6 +119,7 @@ class Connection:
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
         self.out: list[bytes] = []  # written at the end of this event-loop iteration
         self.closing = False
+        self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         engine.connections.add(self)
 
     # ---- output ---------------------------------------------------------------------------
@@ -317,6 +319,8 @@ class Connection:
         engine = self.engine
         config = engine.config
         self.version = version = packet.protocol_level
+        if self.refusal is not None:
+            return self.refuse(RC.CONNECTION_RATE_EXCEEDED, self.refusal)
         props = packet.properties
         client_id = packet.client_id
         assigned_id = None

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from broker.config import Config
 from broker.core.engine import Engine
+from broker.server.admission import Admission
 from broker.server.transport import MQTTProtocol
 from broker.storage.base import CorruptDatabase
 from broker.storage.factory import open_storage
@@ -49,11 +50,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         log.error("cannot open storage: %s", exc)
         return 1
     engine = Engine(config, storage)
+    admission = Admission(config)
     reloaders: list[Reloader] = []
     engine.on_failure = stop.set
     await engine.start()
     try:
-        server = await loop.create_server(lambda: MQTTProtocol(engine), config.bind, config.port, reuse_address=True)
+        server = await loop.create_server(
+            lambda: MQTTProtocol(engine, admission=admission), config.bind, config.port, reuse_address=True
+        )
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.bind, config.port, exc)
         await storage.close()
@@ -67,6 +71,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 engine.tick(time.time())
+                admission.prune()
             except Exception:
                 log.exception("housekeeping failed")
 

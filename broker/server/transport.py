@@ -9,6 +9,7 @@ synchronously.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections import deque
 from typing import Any, cast
@@ -16,6 +17,12 @@ from typing import Any, cast
 from broker.core.connection import Connection
 from broker.core.engine import Engine
 from broker.core.transport import DEFAULT_LISTENER, ListenerInfo
+from broker.server.admission import Admission
+
+log = logging.getLogger("broker")
+
+# The largest packet read from a connection that will be refused at its CONNECT.
+REFUSED_PACKET_SIZE = 64 * 1024
 
 # After a final DISCONNECT or refusing CONNACK the client gets this long, and may send this
 # much, before the socket is closed: enough for it to read the reason instead of a reset.
@@ -153,13 +160,17 @@ class StreamTransport:
 
 
 class MQTTProtocol(asyncio.Protocol):
-    __slots__ = ("engine", "listener", "stream", "connection")
+    __slots__ = ("engine", "listener", "stream", "connection", "admission", "address")
 
-    def __init__(self, engine: Engine, listener: ListenerInfo = DEFAULT_LISTENER) -> None:
+    def __init__(
+        self, engine: Engine, listener: ListenerInfo = DEFAULT_LISTENER, admission: Admission | None = None
+    ) -> None:
         self.engine = engine
         self.listener = listener
         self.stream: StreamTransport | None = None
         self.connection: Connection | None = None
+        self.admission = admission
+        self.address: str | None = None  # set while this connection counts in ``admission``
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sock = transport.get_extra_info("socket")
@@ -169,7 +180,20 @@ class MQTTProtocol(asyncio.Protocol):
             except OSError:
                 pass
         self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
-        self.connection = Connection(self.engine, self.stream)
+        self.connection = connection = Connection(self.engine, self.stream)
+        if self.admission is not None:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if isinstance(peer, tuple) and peer else None
+            why = self.admission.admit(address)
+            if why is None:
+                self.address = address or ""
+            else:
+                # Answered at its CONNECT (v5: 0x9F); nothing larger than a CONNECT is read meanwhile.
+                connection.refusal = why
+                connection.reader.max_packet_size = min(connection.reader.max_packet_size, REFUSED_PACKET_SIZE)
+                line = self.admission.report(why)
+                if line is not None:
+                    log.info("%s", line)
 
     def data_received(self, data: bytes) -> None:
         # asyncio calls this only between connection_made and connection_lost: both are set.
@@ -190,6 +214,9 @@ class MQTTProtocol(asyncio.Protocol):
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.admission is not None and self.address is not None:
+            self.admission.release(self.address or None)
+            self.address = None
         if self.stream is not None:
             self.stream.connection_lost()
         if self.connection is not None:
