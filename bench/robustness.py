@@ -263,6 +263,25 @@ def item8_pre_connect(broker: Broker, canary: Canary | None = None) -> dict:
     return {"pre_connect_growth_mb": pre_connect_mb, "pre_connect_refused": refused}
 
 
+def item6_share_cursors(broker: Broker, canary: Canary) -> dict:
+    """3,000 subscribe/publish/unsubscribe cycles with 20 KB share group names; RSS after the client left."""
+    before = rss_kib(broker.pid)
+    client = Client(broker.port)
+    client.send(connect("sharer"))
+    client.expect(2)
+    for batch in range(30):
+        data = b""
+        for i in range(100):
+            group = f"g{batch}-{i}-" + "x" * 20000
+            data += subscribe(1, [f"$share/{group}/jobs"], 0) + publish("jobs", b"1") + unsubscribe(2, [f"$share/{group}/jobs"])
+        client.send(data + PINGREQ)
+        client.expect(13)
+    client.send(DISCONNECT)
+    client.close()
+    time.sleep(1)
+    return {"kept_after_leaving_mb": round((rss_kib(broker.pid) - before) / 1024, 1)}
+
+
 def limits_max_connections(broker: Broker, canary: Canary) -> dict:
     """max_connections 5 (the canary holds 2): what do the 4th to 8th MQTT 5 clients get?"""
     answers, clients = [], []
@@ -301,6 +320,7 @@ ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     1: (item1_deep_filter, "", []),
     4: (item4_retained_scan, "", []),
     5: (item5_match_cache, "", []),
+    6: (item6_share_cursors, "", []),
     8: (item8_large_messages, "[limits]\nmax_packet_size = 268435455\n", []),
     80: (item8_pre_connect, "", []),  # item 8 with every default
     12: (item12_log_forgery, "", []),

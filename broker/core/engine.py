@@ -157,7 +157,7 @@ class Engine:
     def discard_session(self, session: Session) -> None:
         """End a session: its subscriptions, queue and stored state go away."""
         for topic_filter in list(session.subscriptions):
-            self.tree.remove(session.client_id, topic_filter)
+            self._remove_from_tree(session, topic_filter)
         session.subscriptions.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
@@ -196,11 +196,18 @@ class Engine:
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
         if session.subscriptions.pop(topic_filter, None) is None:
             return False
-        self.tree.remove(session.client_id, topic_filter)
+        self._remove_from_tree(session, topic_filter)
         if session.persistent:
             self.storage.delete_subscription(session.client_id, topic_filter)
             self.storage_dirty = True
         return True
+
+    def _remove_from_tree(self, session: Session, topic_filter: str) -> None:
+        """Unsubscribe in the trie; a shared group's round-robin cursor goes with its last member."""
+        self.tree.remove(session.client_id, topic_filter)
+        group, plain = split_shared(topic_filter)
+        if group is not None and not self.tree.has_subscribers(topic_filter):
+            self._share_cursor.pop((group, plain), None)
 
     def retained_for(self, topic_filter: str) -> list[StoredMessage]:
         return self.retained.matching(topic_filter, self._clear_retained_in_storage)

@@ -146,6 +146,17 @@ class SubscriptionTree(Generic[V]):
         self._clear_cache()
         return True
 
+    def has_subscribers(self, topic_filter: str) -> bool:
+        """True while anyone holds ``topic_filter`` (for a shared one: while its group has a member)."""
+        group, plain = split_shared(topic_filter)
+        node = self._root
+        for level in plain.split("/"):
+            child = node.children.get(level)
+            if child is None:
+                return False
+            node = child
+        return bool(node.subscribers) if group is None else group in node.groups
+
     def match(self, topic: str) -> Match[V]:
         """Every subscription matching ``topic`` (a valid topic name).
 
