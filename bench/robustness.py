@@ -282,6 +282,85 @@ def item6_share_cursors(broker: Broker, canary: Canary) -> dict:
     return {"kept_after_leaving_mb": round((rss_kib(broker.pid) - before) / 1024, 1)}
 
 
+def item11_trickle(broker: Broker, canary: Canary) -> dict:
+    """A CONNECT sent one byte every 8 s: how long does the broker keep the socket (48 s at most)?"""
+    data = connect("slow")
+    sock = socket.create_connection((broker.host, broker.port), timeout=10)
+    started = time.monotonic()
+    held = None
+    for byte in data[:-1]:
+        try:
+            sock.sendall(bytes([byte]))
+            sock.settimeout(8)
+            if sock.recv(10) == b"":
+                held = time.monotonic() - started
+                break
+        except TimeoutError:
+            pass
+        except OSError:
+            held = time.monotonic() - started
+            break
+        if time.monotonic() - started > 48:
+            break
+    sock.close()
+    return {"socket_held_s": round(held, 1) if held is not None else "48+ (still open)"}
+
+
+def _burst_to_reader(broker: Broker, count: int, size: int, pause: bool) -> int:
+    """Publish ``count`` QoS 0 messages of ``size`` bytes as fast as possible; how many arrive?"""
+    import threading
+
+    sub = socket.socket()
+    sub.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+    sub.settimeout(60)
+    sub.connect((broker.host, broker.port))
+    reader = Client.__new__(Client)
+    reader.sock, reader.buffer = sub, bytearray()
+    reader.send(connect("reader"))
+    reader.expect(2)
+    reader.send(subscribe(1, ["burst/#"], 0))
+    reader.expect(9)
+    received = [0]
+
+    def read() -> None:
+        try:
+            while received[0] < count:
+                first, _ = reader.read_packet()
+                if first >> 4 == 3:
+                    received[0] += 1
+                if pause and int(time.monotonic() * 10) % 10 == 0:
+                    time.sleep(0.6)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    publisher = Client(broker.port)
+    publisher.send(connect("burster"))
+    publisher.expect(2)
+    message = publish("burst/t", b"b" * size)
+    for _ in range(count // 10):
+        publisher.send(message * 10)
+        if pause:
+            time.sleep(0.1)
+    seen, last = 0, time.monotonic()
+    while received[0] < count and time.monotonic() - last < 5:
+        if received[0] != seen:
+            seen, last = received[0], time.monotonic()
+        time.sleep(0.05)
+    publisher.close()
+    reader.close()
+    return received[0]
+
+
+def item9_qos0_drops(broker: Broker, canary: Canary) -> dict:
+    """2,000 x 200 KB QoS 0 to a subscriber reading at full speed; 300 x 200 KB at 20 MB/s to one
+    that pauses 0.6 s every second."""
+    full = _burst_to_reader(broker, 2000, 200_000, pause=False)
+    paused = _burst_to_reader(broker, 300, 200_000, pause=True)
+    return {"full_speed_lost_pct": round(100 * (2000 - full) / 2000, 1), "pausing_lost_pct": round(100 * (300 - paused) / 300, 1)}
+
+
 def limits_max_connections(broker: Broker, canary: Canary) -> dict:
     """max_connections 5 (the canary holds 2): what do the 4th to 8th MQTT 5 clients get?"""
     answers, clients = [], []
@@ -323,6 +402,8 @@ ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     6: (item6_share_cursors, "", []),
     8: (item8_large_messages, "[limits]\nmax_packet_size = 268435455\n", []),
     80: (item8_pre_connect, "", []),  # item 8 with every default
+    9: (item9_qos0_drops, "", []),
+    11: (item11_trickle, "", []),
     12: (item12_log_forgery, "", []),
     90: (limits_max_connections, "[limits]\nmax_connections = 5\n", ["max_connections 5"]),
 }

@@ -139,6 +139,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_topic_alias": _Key("int", 0, 65535),
         "queue_qos0_messages": _Key("bool"),
         "queue_full_policy": _Key("str", choices=("drop_new", "drop_oldest")),
+        "connect_timeout": _Key("duration", 1, 3600),
         "max_connections": _Key("int", 0, 2**31 - 1),
         "max_connections_per_address": _Key("int", 0, 2**31 - 1),
         "max_connect_rate": _Key("int", 0, 2**31 - 1),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 from broker.core.engine import Engine, message_from_publish
 from broker.core.session import Session
+from broker.core.slow_consumer import OutputMeter
 from broker.core.transport import Transport
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
@@ -54,9 +55,6 @@ CLOSED = 2
 
 TOPIC_ALIAS_MIN_LENGTH = 8
 
-# Bytes waiting in a connection's socket buffer beyond which QoS 0 messages to it are dropped.
-SLOW_CONSUMER_BYTES = 1 << 20
-
 invalid_filter_reason = "topic filter invalid"  # shorter topics are cheaper to send than to alias
 
 _PINGRESP = b"\xd0\x00"
@@ -89,6 +87,8 @@ class Connection:
         "out",
         "closing",
         "refusal",
+        "connect_deadline",
+        "meter",
     )
 
     def __init__(self, engine: Engine, transport: Transport) -> None:
@@ -104,6 +104,8 @@ class Connection:
         self.session: Session | None = None
         self.keepalive = 0
         self.last_received = time.monotonic()
+        # Absolute: bytes trickling in do not extend it (issue 15: one byte every 8 s held a socket forever).
+        self.connect_deadline = self.last_received + engine.config.connect_timeout
         self.will: Will | None = None
         self.send_quota = engine.config.max_inflight_messages  # outbound receive window
         self.max_send_packet_size = 268_435_460
@@ -119,6 +121,7 @@ class Connection:
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
         self.out: list[bytes] = []  # written at the end of this event-loop iteration
         self.closing = False
+        self.meter = OutputMeter(engine.config.max_packet_size)  # is the client reading? (QoS 0 drops)
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         engine.connections.add(self)
 
@@ -139,8 +142,10 @@ class Connection:
         try:
             if self.state != CLOSED or self.closing:
                 if len(out) == 1:
+                    self.meter.written += len(out[0])
                     self.transport.write(out[0])
                 else:
+                    self.meter.written += sum(map(len, out))
                     self.transport.writelines(out)
         finally:
             out.clear()
@@ -206,7 +211,7 @@ class Connection:
 
         With ``after_commit`` it goes out once the storage writes issued so far are durable.
         """
-        if qos == 0 and self.transport.write_buffer_size() > SLOW_CONSUMER_BYTES:
+        if qos == 0 and self.meter.not_reading(self.transport.write_buffer_size()):
             # A client that does not read must not make the broker buffer without bound:
             # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
             self.engine.dropped_messages += 1
@@ -590,8 +595,9 @@ class Connection:
 
     def check_keepalive(self, now: float) -> None:
         if self.state == CONNECTING:
-            if now - self.last_received > 30:
-                self.close("no CONNECT within 30 s", None)
+            if now > self.connect_deadline:
+                log.info("client from %s: no CONNECT within %d s, closing", self.peer, self.engine.config.connect_timeout)
+                self.close(f"no CONNECT within {self.engine.config.connect_timeout} s", None)
             return
         if self.keepalive and now - self.last_received > self.keepalive * 1.5:
             self.close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
