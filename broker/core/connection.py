@@ -124,6 +124,7 @@ class Connection:
         self.meter = OutputMeter(engine.config.max_packet_size)  # is the client reading? (QoS 0 drops)
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         engine.connections.add(self)
+        engine.keepalive_timers.schedule(self, self.connect_deadline)
 
     # ---- output ---------------------------------------------------------------------------
     # Packets are collected and written once per event-loop iteration (one syscall for many
@@ -347,6 +348,10 @@ class Connection:
                 return self.refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, f"keepalive {keepalive} above maximum {config.max_keepalive}")
             keepalive = server_keepalive = config.max_keepalive
         self.keepalive = keepalive
+        if keepalive:
+            engine.keepalive_timers.schedule(self, self.last_received + keepalive * 1.5)
+        else:
+            engine.keepalive_timers.cancel(self)
 
         # Session expiry: v3.1.1 persistent sessions never expire; both capped by the config.
         if version == MQTT_5:
@@ -593,14 +598,21 @@ class Connection:
     def shutdown(self) -> None:
         self.close("broker shutting down", RC.SERVER_SHUTTING_DOWN, publish_will=False)
 
-    def check_keepalive(self, now: float) -> None:
+    def check_keepalive(self, now: float) -> float | None:
+        """Close a connection past its CONNECT deadline or keepalive; else when to look again."""
         if self.state == CONNECTING:
             if now > self.connect_deadline:
                 log.info("client from %s: no CONNECT within %d s, closing", self.peer, self.engine.config.connect_timeout)
                 self.close(f"no CONNECT within {self.engine.config.connect_timeout} s", None)
-            return
-        if self.keepalive and now - self.last_received > self.keepalive * 1.5:
+                return None
+            return self.connect_deadline
+        if self.state == CLOSED or not self.keepalive:
+            return None
+        limit = self.keepalive * 1.5
+        if now - self.last_received > limit:
             self.close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
+            return None
+        return self.last_received + limit
 
     def close(self, why: str, reason_code: int | None, publish_will: bool = True, linger: bool = False) -> None:
         """Close the connection; send a v5 DISCONNECT first when reason_code is given.
@@ -632,6 +644,7 @@ class Connection:
     def _end(self, publish_will: bool) -> None:
         engine = self.engine
         engine.connections.discard(self)
+        engine.keepalive_timers.cancel(self)
         session = self.session
         if session is None:
             return

@@ -19,11 +19,12 @@ from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
+from broker.core.timers import Timers
 from broker.core.topic_limits import TopicLimits
 from broker.protocol import properties as P
 from broker.protocol.packets import Will
 from broker.protocol.topics import split_shared
-from broker.storage.base import SessionRecord, Storage, StoredMessage, SubscriptionRecord
+from broker.storage.base import NEVER_EXPIRES, SessionRecord, Storage, StoredMessage, SubscriptionRecord
 
 if TYPE_CHECKING:
     from broker.core.connection import Connection
@@ -82,6 +83,11 @@ class Engine:
         self.retained = RetainedStore()
         self.pending_wills: dict[str, PendingWill] = {}
         self.connections: set[Connection] = set()
+        # Housekeeping deadlines (see timers.py): a tick pops what is due instead of scanning.
+        self.expiry_timers: Timers[Session] = Timers()  # offline persistent sessions (wall clock)
+        self.will_timers: Timers[str] = Timers()  # delayed wills by client id (wall clock)
+        self.keepalive_timers: Timers[Connection] = Timers()  # CONNECT deadline, keepalive (monotonic)
+        self.purge_timers: Timers[Session] = Timers()  # stored messages that expire (wall clock)
         self.storage_dirty = False
         self.dropped_messages = 0
         self.stats = Stats()
@@ -120,10 +126,12 @@ class Engine:
                     continue
                 self._add_subscription(session, sub.topic_filter, sub.options, sub.subscription_id)
             self.sessions[session.client_id] = session
+            self._schedule_expiry(session)
         for message in await self.storage.load_retained():
             self.retained.set(message)
         for client_id, message, due in await self.storage.load_wills():
             self.pending_wills[client_id] = PendingWill(due, message, client_id)
+            self.will_timers.schedule(client_id, due)
         self.expire_sessions(now)
         self.publish_due_wills(now)
         if self.storage_dirty:
@@ -146,6 +154,7 @@ class Engine:
 
     def save_session(self, session: Session) -> None:
         if session.persistent:
+            self._schedule_expiry(session)
             session.stored = True
             self.storage.save_session(
                 SessionRecord(
@@ -159,14 +168,24 @@ class Engine:
         for topic_filter in list(session.subscriptions):
             self._remove_from_tree(session, topic_filter)
         session.subscriptions.clear()
+        self.expiry_timers.cancel(session)
+        self.purge_timers.cancel(session)
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         if session.stored:
             self.storage.delete_session(session.client_id)
             self.storage_dirty = True
 
+    def _schedule_expiry(self, session: Session) -> None:
+        """An offline persistent session ends at disconnected_at + expiry_interval."""
+        if session.connection is None and session.disconnected_at is not None:
+            if session.expiry_interval != NEVER_EXPIRES:
+                self.expiry_timers.schedule(session, session.disconnected_at + session.expiry_interval)
+
     def expire_sessions(self, now: float) -> None:
-        for session in [s for s in self.sessions.values() if s.expired(now)]:
+        for session in self.expiry_timers.due(now):
+            if self.sessions.get(session.client_id) is not session or not session.expired(now):
+                continue  # ended already, or back online (its next disconnect schedules it again)
             log.info("session %s expired", session.client_id)
             will = self.pending_wills.get(session.client_id)
             if will is not None:
@@ -325,41 +344,53 @@ class Engine:
         else:
             due = time.time() + delay
             self.pending_wills[client_id] = PendingWill(due, message, client_id)
+            self.will_timers.schedule(client_id, due)
             # Kept in storage: a restart within the delay must not lose it.
             self.storage.save_will(client_id, message, due)
             self.storage_dirty = True
 
     def cancel_will(self, client_id: str) -> None:
         if self.pending_wills.pop(client_id, None) is not None:
+            self.will_timers.cancel(client_id)
             self.storage.delete_will(client_id)
             self.storage_dirty = True
 
     def _publish_will(self, will: PendingWill) -> None:
         del self.pending_wills[will.client_id]
+        self.will_timers.cancel(will.client_id)
         self.storage.delete_will(will.client_id)
         self.storage_dirty = True
         self.route(will.message, None)
 
     def publish_due_wills(self, now: float) -> None:
-        for will in [w for w in self.pending_wills.values() if w.due <= now]:
-            self._publish_will(will)
+        for client_id in self.will_timers.due(now):
+            will = self.pending_wills.get(client_id)
+            if will is not None:
+                self._publish_will(will)
 
     # ---- housekeeping ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        """Once a second: keepalive timeouts, due wills, expired sessions."""
+        """Twice a second: keepalive timeouts, due wills, expired sessions; each costs what is due."""
         monotonic = time.monotonic()
-        for conn in list(self.connections):
-            conn.check_keepalive(monotonic)
-        if self.pending_wills:
-            self.publish_due_wills(now)
+        for conn in self.keepalive_timers.due(monotonic):
+            next_check = conn.check_keepalive(monotonic)
+            if next_check is not None:
+                self.keepalive_timers.schedule(conn, next_check)
+        self.publish_due_wills(now)
         self.expire_sessions(now)
         self.sys_topics.publish(now)
         if not self._purging:
-            due = [
-                s
-                for s in self.sessions.values()
-                if s.earliest_expiry is not None and s.earliest_expiry <= now and (s.connection is None or s.backlog)
-            ]
+            due = []
+            for s in self.purge_timers.due(now):
+                expiry = s.earliest_expiry
+                if self.sessions.get(s.client_id) is not s or expiry is None:
+                    continue
+                if expiry > now:
+                    self.purge_timers.schedule(s, expiry)
+                elif s.connection is None or s.backlog:
+                    due.append(s)
+                else:  # online, everything in RAM: pump() drops what expires; look again later
+                    self.purge_timers.schedule(s, now + 60)
             if due:
                 self._purging = True
                 asyncio.ensure_future(self._purge_expired(due))

@@ -66,7 +66,7 @@ class Session:
         "backlog",
         "read_after",
         "io_busy",
-        "earliest_expiry",
+        "_earliest_expiry",
         "expiry_seen",
     )
 
@@ -95,7 +95,7 @@ class Session:
         self.read_after = 0
         self.io_busy = False  # a refill, trim or purge is reading the stored queue
         # Earliest expiry among entries held in storage only (None: none expire; may be early).
-        self.earliest_expiry: float | None = None
+        self._earliest_expiry: float | None = None
         self.expiry_seen: float | None = None  # earliest expiry stored while a purge scans
 
     # ---- properties ---------------------------------------------------------
@@ -107,6 +107,16 @@ class Session:
     def expiry_interval(self, seconds: int) -> None:
         self._expiry_interval = seconds
         self.persistent = seconds > 0
+
+    @property
+    def earliest_expiry(self) -> float | None:
+        return self._earliest_expiry
+
+    @earliest_expiry.setter
+    def earliest_expiry(self, when: float | None) -> None:
+        self._earliest_expiry = when
+        if when is not None:  # the engine's housekeeping purges the stored queue then
+            self.engine.purge_timers.schedule_earlier(self, when)
 
     def expired(self, now: float) -> bool:
         """True when an offline session's expiry interval has elapsed."""

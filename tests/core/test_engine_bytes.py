@@ -191,7 +191,7 @@ def test_offline_persistent_session_gets_queue_in_order_with_session_present() -
         back = await connect(engine, "dev", 3, version=5, clean=False, props={P.SESSION_EXPIRY_INTERVAL: 600})
         await settle()
         packets = back.received()
-        assert packets[0] == Connack(True, 0, {P.RECEIVE_MAXIMUM: 20, P.TOPIC_ALIAS_MAXIMUM: 10})
+        assert packets[0] == Connack(True, 0, {P.RECEIVE_MAXIMUM: 20, P.TOPIC_ALIAS_MAXIMUM: 10, P.MAXIMUM_PACKET_SIZE: Config().max_packet_size})
         publishes = [p for p in packets[1:]]
         # Receive Maximum: only 20 in flight until acknowledged.
         assert [p.payload for p in publishes] == [str(i).encode() for i in range(20)]
