@@ -177,6 +177,27 @@ def item1_deep_filter(broker: Broker, canary: Canary) -> dict:
     return {"three_subscribes_s": round(took, 2), "answers": answers}
 
 
+def item3_retained_flood(broker: Broker, canary: Canary) -> dict:
+    """10,000 retained messages; a client that never reads sends one SUBSCRIBE with 400 x '#'."""
+    publisher = Client(broker.port)
+    publisher.send(connect("retainer"))
+    publisher.expect(2)
+    publisher.send(b"".join(publish(f"site/{i % 100}/dev{i}/temp", b"r" * 100, retain=True) for i in range(10_000)))
+    publisher.send(PINGREQ)
+    publisher.expect(13)
+    publisher.close()
+    before = rss_kib(broker.pid)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((broker.host, broker.port))
+    body = (1).to_bytes(2, "big") + (mqtt_string("#") + b"\x00") * 400
+    sock.sendall(connect("hoarder") + packet(0x82, body))
+    time.sleep(10)
+    peak = peak_kib(broker.pid)
+    sock.close()
+    return {"peak_growth_mb": round((peak - before) / 1024, 1)}
+
+
 def item4_retained_scan(broker: Broker, canary: Canary) -> dict:
     """10,000 retained messages, then 1,000 wildcard filters that match nothing in one SUBSCRIBE."""
     publisher = Client(broker.port)
@@ -397,6 +418,7 @@ def item12_log_forgery(broker: Broker, canary: Canary) -> dict:
 
 ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     1: (item1_deep_filter, "", []),
+    3: (item3_retained_flood, "", []),
     4: (item4_retained_scan, "", []),
     5: (item5_match_cache, "", []),
     6: (item6_share_cursors, "", []),

@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from broker.core.engine import Engine, message_from_publish
+from broker.core.retained_delivery import RetainedSender
 from broker.core.session import Session
 from broker.core.slow_consumer import OutputMeter
 from broker.core.transport import Transport
@@ -517,7 +518,9 @@ class Connection:
         sub_ids = packet.properties.get(P.SUBSCRIPTION_IDENTIFIER) if v5 else None
         subscription_id = sub_ids[0] if sub_ids else None
         codes: list[int] = []
-        retained_to_send: list[tuple[StoredMessage, int, int | None]] = []
+        # Identical filters in one SUBSCRIBE: the last one counts, and its retained messages go once.
+        retained_filters: dict[str, tuple[str, int, int | None]] = {}
+        new_here: set[str] = set()
         for topic_filter, options in packet.subscriptions:
             if engine.topic_limits.filter_problem(topic_filter) is not None:
                 codes.append(RC.TOPIC_FILTER_INVALID if v5 else RC.V3_SUBACK_FAILURE)
@@ -526,18 +529,22 @@ class Connection:
             if group is not None and options.no_local:
                 return self.protocol_violation("no local on a shared subscription", RC.PROTOCOL_ERROR)
             qos = options.qos
-            is_new = engine.subscribe(session, topic_filter, options, subscription_id)
+            if engine.subscribe(session, topic_filter, options, subscription_id):
+                new_here.add(topic_filter)
             codes.append(qos)
+            is_new = topic_filter in new_here
             if group is None and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):
-                for message in engine.retained_for(topic_filter):
-                    retained_to_send.append((message, min(qos, message.qos), subscription_id))
+                retained_filters.pop(topic_filter, None)  # keeps SUBSCRIBE order for the last one
+                retained_filters[topic_filter] = (topic_filter, qos, subscription_id)
+            else:
+                retained_filters.pop(topic_filter, None)
         suback = encode(Suback(packet.packet_id, codes, self.ack_problem(codes, invalid_filter_reason)), self.version)
         if session.persistent:
             self.send_after_commit(suback)
         else:
             self.send(suback)
-        for message, qos, subscription_id in retained_to_send:
-            session.deliver(message, qos, True, [subscription_id] if subscription_id is not None else [])
+        if retained_filters:
+            RetainedSender(self, session, list(retained_filters.values())).start()
 
     def on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = cast(Session, self.session)

@@ -45,6 +45,10 @@ class RetainedStore:
         node.message = message
         self._messages[message.topic] = message
 
+    def get(self, topic: str) -> StoredMessage | None:
+        """The retained message of exactly ``topic`` (expired or not)."""
+        return self._messages.get(topic)
+
     def clear(self, topic: str) -> bool:
         if self._messages.pop(topic, None) is None:
             return False
