@@ -177,6 +177,55 @@ def item1_deep_filter(broker: Broker, canary: Canary) -> dict:
     return {"three_subscribes_s": round(took, 2), "answers": answers}
 
 
+def takeover_fight(broker: Broker, seconds: float, queued: int = 2000) -> dict:
+    """Two devices share a client id (persistent session with ``queued`` stored messages) and
+    take the session from each other as fast as they can for ``seconds``."""
+    import threading
+
+    device = Client(broker.port)
+    device.send(connect("twin", clean=False))
+    device.expect(2)
+    device.send(subscribe(1, ["twin/#"], 1))
+    device.expect(9)
+    device.send(DISCONNECT)
+    device.close()
+    publisher = Client(broker.port)
+    publisher.send(connect("filler"))
+    publisher.expect(2)
+    publisher.send(b"".join(publish(f"twin/{i}", b"q" * 100, qos=1, packet_id=i % 65535 + 1) for i in range(queued)))
+    for _ in range(queued):
+        publisher.expect(4)
+    publisher.close()
+    stop = time.monotonic() + seconds
+    connects = [0]
+    errors: list[str] = []
+
+    def fight(source: str) -> None:
+        while time.monotonic() < stop:
+            try:
+                sock = socket.create_connection((broker.host, broker.port), timeout=5, source_address=(source, 0))
+                sock.sendall(connect("twin", clean=False))
+                connects[0] += 1
+                while sock.recv(65536):
+                    if time.monotonic() > stop:
+                        break
+                sock.close()
+            except OSError as exc:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=fight, args=(source,), daemon=True) for source in ("127.0.0.2", "127.0.0.3")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    return {"connects": connects[0], "errors": len(errors)}
+
+
+def item2_takeover_fight(broker: Broker, canary: Canary) -> dict:
+    """Two devices with one client id fight over its session for 20 s."""
+    return takeover_fight(broker, 20.0)
+
+
 def item3_retained_flood(broker: Broker, canary: Canary) -> dict:
     """10,000 retained messages; a client that never reads sends one SUBSCRIBE with 400 x '#'."""
     publisher = Client(broker.port)
@@ -418,6 +467,7 @@ def item12_log_forgery(broker: Broker, canary: Canary) -> dict:
 
 ITEMS: dict[int, tuple[Callable[[Broker, Canary], dict], str, list[str]]] = {
     1: (item1_deep_filter, "", []),
+    2: (item2_takeover_fight, "", []),
     3: (item3_retained_flood, "", []),
     4: (item4_retained_scan, "", []),
     5: (item5_match_cache, "", []),

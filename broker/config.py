@@ -42,6 +42,7 @@ class Config:
     max_connections: int = 10000  # clients connected at once, in all; 0 = no limit
     max_connections_per_address: int = 0  # from one source address; 0 = no limit (NAT hides many devices)
     max_connect_rate: int = 0  # new connections a second from one source address (bursts as many); 0 = no limit
+    max_takeovers_per_minute: int = 0  # a client id taken over more often is refused for the minute; 0 = never
     max_topic_levels: int = 200  # levels of a topic name or filter (mosquitto's limit); 0 = no limit
     max_topic_length: int = 65535  # bytes of a topic name or filter; the protocol allows 65535
 

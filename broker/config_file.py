@@ -143,6 +143,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_connections": _Key("int", 0, 2**31 - 1),
         "max_connections_per_address": _Key("int", 0, 2**31 - 1),
         "max_connect_rate": _Key("int", 0, 2**31 - 1),
+        "max_takeovers_per_minute": _Key("int", 0, 2**31 - 1),
         "max_topic_levels": _Key("int", 0, 32768),
         "max_topic_length": _Key("size", 1, 65535),
     },

@@ -374,7 +374,11 @@ class Connection:
         session = engine.sessions.get(client_id)
         if session is not None and session.connection is not None:
             old = session.connection
-            log.info("client %s already connected, closing old connection", client_id)
+            if engine.takeovers.refused(client_id):
+                return self.refuse(RC.CONNECTION_RATE_EXCEEDED, "client id taken over too often (max_takeovers_per_minute)")
+            line = engine.takeovers.taken_over(client_id, old.peer, self.peer)
+            if line is not None:
+                log.info("%s", line)
             old.close("session taken over", RC.SESSION_TAKEN_OVER)
             session = engine.sessions.get(client_id)  # a non-persistent one ended with it
         engine.cancel_will(client_id)

@@ -19,6 +19,7 @@ from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
+from broker.core.takeovers import TakeoverWatch
 from broker.core.timers import Timers
 from broker.core.topic_limits import TopicLimits
 from broker.protocol import properties as P
@@ -80,6 +81,7 @@ class Engine:
         self.sessions: dict[str, Session] = {}
         self.tree: SubscriptionTree[Subscription] = SubscriptionTree()
         self.topic_limits = TopicLimits(config.max_topic_levels, config.max_topic_length)
+        self.takeovers = TakeoverWatch(config.max_takeovers_per_minute)
         self.retained = RetainedStore()
         self.pending_wills: dict[str, PendingWill] = {}
         self.connections: set[Connection] = set()

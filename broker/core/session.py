@@ -66,6 +66,7 @@ class Session:
         "backlog",
         "read_after",
         "io_busy",
+        "io_task",
         "_earliest_expiry",
         "expiry_seen",
     )
@@ -94,6 +95,7 @@ class Session:
         self.backlog = False
         self.read_after = 0
         self.io_busy = False  # a refill, trim or purge is reading the stored queue
+        self.io_task: asyncio.Future[None] | None = None  # that refill or trim, cancelled on takeover
         # Earliest expiry among entries held in storage only (None: none expire; may be early).
         self._earliest_expiry: float | None = None
         self.expiry_seen: float | None = None  # earliest expiry stored while a purge scans
@@ -317,13 +319,22 @@ class Session:
         self.pump()
 
     # ---- connection life cycle ---------------------------------------------------
+    def _cancel_io(self) -> None:
+        """The previous connection's reader is stale: stop it instead of letting its reads queue up
+        in storage ahead of the commits every PUBACK waits for (issue 15: takeover fights)."""
+        task, self.io_task = self.io_task, None
+        if task is not None and not task.done():
+            task.cancel()
+
     def attach(self, conn: Connection) -> None:
+        self._cancel_io()
         self.connection = conn
         self.disconnected_at = None
         self.io_busy = False  # a reader of the previous connection gives up when it sees this one
 
     def detach(self) -> None:
         """The connection is gone; what was in RAM is in storage (persistent) or dropped."""
+        self._cancel_io()
         self.connection = None
         self.loading = False
         self.disconnected_at = time.time()
@@ -354,7 +365,7 @@ class Session:
             work.close()
             return False
         self.io_busy = True
-        asyncio.ensure_future(self._run_io(work, is_trim))
+        self.io_task = asyncio.ensure_future(self._run_io(work, is_trim))
         return True
 
     async def _run_io(self, work, is_trim: bool) -> None:

@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 
+# Queue reads allowed in the database thread's queue at once; more wait in the event loop, so a
+# commit is never behind more than this many reads.
+READ_SLOTS = 2
+
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 
 # After a checkpoint, shrink the WAL back to this size: a burst of traffic must
@@ -211,6 +215,7 @@ class SqliteStorage(Storage):
         self.lock_timeout = lock_timeout
         self.commits_done = 0  # transactions written by the group commit
         self._conn: aiosqlite.Connection | None = None
+        self._read_slots = asyncio.Semaphore(READ_SLOTS)  # queue reads waiting for the database thread
         self._next_id = 0
         self._task: asyncio.Task | None = None
         self._waiters: list[asyncio.Future] = []  # resolved by the next batch
@@ -461,7 +466,22 @@ class SqliteStorage(Storage):
         if limit <= 0:
             return []
         await self._flush()
-        rows = await self._fetch(_READ_QUEUE, (client_id, after_seq, limit))
+        # Reads share the database thread with the commits that acknowledgements wait for: only a
+        # few wait in its queue at once, and a read whose caller gave up (a session taken over)
+        # is skipped when its turn comes instead of being run for nobody.
+        async with self._read_slots:
+            abandoned = False
+
+            def fetch() -> list:
+                if abandoned:
+                    return []
+                return self._db._conn.execute(_READ_QUEUE, (client_id, after_seq, limit)).fetchall()
+
+            try:
+                rows = await self._db._execute(fetch)
+            except asyncio.CancelledError:
+                abandoned = True
+                raise
         return [
             QueueEntry(
                 seq=seq,
