@@ -376,7 +376,7 @@ def item11_trickle(broker: Broker, canary: Canary) -> dict:
     return {"socket_held_s": round(held, 1) if held is not None else "48+ (still open)"}
 
 
-def _burst_to_reader(broker: Broker, count: int, size: int, pause: bool) -> int:
+def _burst_to_reader(broker: Broker, count: int, size: int, pause: bool, delay: float = 0.0) -> int:
     """Publish ``count`` QoS 0 messages of ``size`` bytes as fast as possible; how many arrive?"""
     import threading
 
@@ -398,6 +398,8 @@ def _burst_to_reader(broker: Broker, count: int, size: int, pause: bool) -> int:
                 first, _ = reader.read_packet()
                 if first >> 4 == 3:
                     received[0] += 1
+                    if delay:
+                        time.sleep(delay)
                 if pause and int(time.monotonic() * 10) % 10 == 0:
                     time.sleep(0.6)
         except OSError:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from broker.core.engine import Engine, message_from_publish
 from broker.core.retained_delivery import RetainedSender
 from broker.core.session import Session
-from broker.core.slow_consumer import OutputMeter
+from broker.core.slow_consumer import SOFT_BYTES, OutputMeter
 from broker.core.transport import Transport
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
@@ -213,11 +213,15 @@ class Connection:
 
         With ``after_commit`` it goes out once the storage writes issued so far are durable.
         """
-        if qos == 0 and self.meter.not_reading(self.transport.write_buffer_size()):
-            # A client that does not read must not make the broker buffer without bound:
-            # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
-            self.engine.dropped_messages += 1
-            return True
+        if qos == 0:
+            buffered = self.transport.write_buffer_size()
+            if buffered > SOFT_BYTES:
+                if self.meter.not_reading(buffered):
+                    # A client that does not read must not make the broker buffer without bound:
+                    # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
+                    self.engine.dropped_messages += 1
+                    return True
+                self.engine.congestion.hit.append(self)  # reading, more slowly: slow the publisher
         topic = message.topic
         if self.version == MQTT_5:
             props = dict(message.properties) if message.properties else {}
@@ -460,9 +464,13 @@ class Connection:
         qos = packet.qos
         if packet.retain and not engine.config.retain_available:
             return self.protocol_violation("retain not supported", RC.RETAIN_NOT_SUPPORTED)
+        congestion = engine.congestion
+        congestion.hit.clear()
         if qos == 0:
             if routed:
                 engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), self.client_id)
+                if congestion.hit:
+                    congestion.throttle(self)
             return
         packet_id = cast(int, packet.packet_id)  # the codec requires a non-zero id when qos > 0
         session = cast(Session, self.session)
@@ -478,6 +486,8 @@ class Connection:
             if routed
             else 0
         )
+        if congestion.hit:
+            congestion.throttle(self)
         reason = RC.SUCCESS if matched or self.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
         if qos == 1:
             self.inbound_unacked -= 1
@@ -609,6 +619,11 @@ class Connection:
     def shutdown(self) -> None:
         self.close("broker shutting down", RC.SERVER_SHUTTING_DOWN, publish_will=False)
 
+    def output_drained(self) -> None:
+        """The edge saw the output buffer go down: publishers waiting for this client may go on."""
+        if self.transport.write_buffer_size() <= SOFT_BYTES:
+            self.engine.congestion.drained(self)
+
     def check_keepalive(self, now: float) -> float | None:
         """Close a connection past its CONNECT deadline or keepalive; else when to look again."""
         if self.state == CONNECTING:
@@ -656,6 +671,7 @@ class Connection:
         engine = self.engine
         engine.connections.discard(self)
         engine.keepalive_timers.cancel(self)
+        engine.congestion.forget(self)
         session = self.session
         if session is None:
             return

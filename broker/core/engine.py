@@ -18,6 +18,7 @@ from broker.config import Config
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.subscriptions import SubscriptionTree
+from broker.core.slow_consumer import Congestion
 from broker.core.systopics import SysTopics
 from broker.core.takeovers import TakeoverWatch
 from broker.core.timers import Timers
@@ -98,6 +99,7 @@ class Engine:
         self._next_auto_id = 0
         self.failure: BaseException | None = None
         self.loop = asyncio.get_running_loop()  # the engine lives on the loop that serves it
+        self.congestion = Congestion(self.loop)  # publishers paused for subscribers that read slowly
         self._next_commit: asyncio.Future[None] | None = None
         self._purging = False
         self._running_commit: asyncio.Future[None] | None = None

@@ -206,6 +206,8 @@ class MQTTProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.stream is not None:
             self.stream.drain()
+        if self.connection is not None:
+            self.connection.output_drained()
 
     def eof_received(self) -> bool | None:
         stream = self.stream

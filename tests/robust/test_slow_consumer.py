@@ -96,3 +96,20 @@ def test_a_subscriber_that_keeps_reading_loses_nothing(broker_factory, canary_fa
         client.close()
     canary.stop().check()
     assert len(received) == count, f"received {len(received)} of {count}"
+
+
+def test_a_burst_faster_than_the_reader_slows_the_publisher_instead_of_dropping(broker_factory, canary_factory) -> None:
+    """100 MB of QoS 0 sent as fast as possible to a subscriber that reads more slowly: the
+    publisher is read more slowly too (back-pressure), nothing is lost, memory stays bounded."""
+    from bench.robustness import _burst_to_reader
+
+    from .helpers import peak_rss_bytes, rss_bytes
+
+    broker = broker_factory()
+    canary = canary_factory(broker.port)
+    base = rss_bytes(broker.pid)
+    received = _burst_to_reader(broker, 500, 200_000, pause=False, delay=0.003)  # at most 66 MB/s
+    peak = peak_rss_bytes(broker.pid) - base
+    canary.stop().check()
+    assert received == 500, f"received {received} of 500"
+    assert peak < 40 << 20, f"peak RSS {peak / 1e6:.0f} MB above the start"
