@@ -51,14 +51,14 @@ class TakeoverWatch:
         return record is not None and now - record.window_start < WINDOW_SECONDS and record.count >= self.limit
 
     def taken_over(self, client_id: str, old_peer: str, new_peer: str, now: float | None = None) -> str | None:
-        """Count one takeover. Returns the line to log: the first takeover's, the fight's (once a
-        minute at most), or None while a known fight goes on."""
+        """Count one takeover. Returns the line to log: the usual one for the first takeovers of a
+        minute, then the fight's (once a minute at most), then None while the fight goes on."""
         now = time.monotonic() if now is None else now
         record = self._record(client_id, now)
         record.count += 1
         if len(record.peers) < 8:
             record.peers.update((old_peer, new_peer))
-        if record.count == 1:
+        if record.count < FIGHT_TAKEOVERS:
             return f"client {client_id} already connected, closing old connection"
         if record.count >= FIGHT_TAKEOVERS and not record.reported:
             record.reported = True
