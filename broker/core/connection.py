@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from broker.core.engine import Engine, message_from_publish
+from broker.core.aliases import OutboundAliases
 from broker.core.session import Session
 from broker.core.transport import Transport
 from broker.protocol import properties as P
@@ -52,12 +53,13 @@ CONNECTING = 0
 CONNECTED = 1
 CLOSED = 2
 
-TOPIC_ALIAS_MIN_LENGTH = 8
+# An alias costs 3 bytes (property id and a two-byte number); a topic costs 2 + its length.
+TOPIC_ALIAS_MIN_LENGTH = 2
 
 # Bytes waiting in a connection's socket buffer beyond which QoS 0 messages to it are dropped.
 SLOW_CONSUMER_BYTES = 1 << 20
 
-invalid_filter_reason = "topic filter invalid"  # shorter topics are cheaper to send than to alias
+invalid_filter_reason = "topic filter invalid"
 
 _PINGRESP = b"\xd0\x00"
 
@@ -108,7 +110,7 @@ class Connection:
         self.max_send_packet_size = 268_435_460
         self.topic_alias_max_out = 0
         self.aliases_in: dict[int, str] = {}
-        self.aliases_out: dict[str, int] = {}
+        self.aliases_out = OutboundAliases(0)
         self.inbound_unacked = 0  # QoS 1/2 PUBLISH received and not yet fully acknowledged
         # Output that must wait for a commit: deque of [future-or-None, bytes]
         self.ordered_output: deque[list] = deque()
@@ -216,17 +218,16 @@ class Connection:
                 props[P.MESSAGE_EXPIRY_INTERVAL] = max(0, int(message.expires_at - time.time() + 0.999))
             if subscription_ids:
                 props[P.SUBSCRIPTION_IDENTIFIER] = subscription_ids
-            alias_max = self.topic_alias_max_out
-            if alias_max and len(topic) >= TOPIC_ALIAS_MIN_LENGTH:
-                alias = self.aliases_out.get(topic)
-                if alias is not None:
-                    props[P.TOPIC_ALIAS] = alias
+            alias = None
+            if self.topic_alias_max_out and len(topic) >= TOPIC_ALIAS_MIN_LENGTH:
+                alias, known = self.aliases_out.choose(topic)
+                props[P.TOPIC_ALIAS] = alias
+                if known:
                     topic = ""
-                elif len(self.aliases_out) < alias_max:
-                    alias = len(self.aliases_out) + 1
-                    self.aliases_out[topic] = alias
-                    props[P.TOPIC_ALIAS] = alias
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, props, MQTT_5)
+            if alias is not None and len(data) <= self.max_send_packet_size:
+                # Only a packet that is really sent may set up or refresh an alias.
+                self.aliases_out.confirm(message.topic, alias)
         elif qos == 0 and not retain:
             cached = message.wire_v4_qos0
             if cached is None:
@@ -353,6 +354,7 @@ class Connection:
             self.send_quota = min(props.get(P.RECEIVE_MAXIMUM, 65535), config.max_inflight_messages)
             self.max_send_packet_size = props.get(P.MAXIMUM_PACKET_SIZE, self.max_send_packet_size)
             self.topic_alias_max_out = props.get(P.TOPIC_ALIAS_MAXIMUM, 0)
+            self.aliases_out = OutboundAliases(self.topic_alias_max_out)
             self.problem_information = props.get(P.REQUEST_PROBLEM_INFORMATION, 1) == 1
 
         # Take over an existing connection with the same client id.

@@ -150,7 +150,10 @@ class Session:
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
         self.queued_count += 1
         self.queued_bytes += size
-        if self.persistent:
+        # While a stored queue is being read (``backlog``), a message must queue behind it in
+        # storage, also for a session resumed without expiry (v5 clean start 0, expiry 0):
+        # in RAM it would overtake the stored ones, and nothing would ever send it.
+        if self.persistent or self.backlog:
             storage = self.engine.storage
             if message.message_id == 0:
                 storage.store_message(message)
