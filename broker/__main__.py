@@ -87,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # They are imported only when used, so the broker itself loads none of them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one line of help)
+    "certs": ("broker.certs.cli", "make a CA, the broker's TLS certificate and device certificates"),
 }
 
 
