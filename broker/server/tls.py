@@ -1,8 +1,8 @@
 """A listener's TLS: an ``ssl.SSLContext`` built from its files, checked so that errors name the file.
 
 OpenSSL's own errors ("[SSL] PEM lib (_ssl.c:3900)") do not tell an operator which
-of three files is wrong, so each file is read and parsed here first (with
-``cryptography``), and the certificate and key are compared before OpenSSL loads them.
+of three files is wrong, so each file is read and parsed first (with the loaders of
+``broker.certs``), and the certificate and key are compared before OpenSSL loads them.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import ssl
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 
+from broker.certs import CertError, load_certificates, load_key
+from broker.certs.issue import same_public_key
 from broker.config import ListenerConfig
 
 EXPIRY_WARNING = datetime.timedelta(days=30)
@@ -41,50 +42,28 @@ class ServerTLS:
         return self.not_after - now
 
 
-def _read(kind: str, path: str) -> bytes:
+def _certificate(settings: ListenerConfig) -> x509.Certificate:
+    """The server certificate (the first of the chain in certfile), checked against keyfile."""
+    assert settings.certfile is not None and settings.keyfile is not None
     try:
-        with open(path, "rb") as stream:
-            return stream.read()
-    except OSError as exc:
-        raise TLSFileError(f"cannot read {kind} {path}: {exc.strerror or exc}") from None
-
-
-def _load_certificates(path: str) -> list[x509.Certificate]:
-    data = _read("certfile", path)
+        certificate = load_certificates(settings.certfile)[0]
+    except CertError as exc:
+        raise TLSFileError(f"certfile {exc}") from None
     try:
-        certificates = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certificates = []
-    if not certificates:
-        raise TLSFileError(f"certfile {path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
-    return certificates
-
-
-def _check_key(certificate: x509.Certificate, certfile: str, keyfile: str) -> None:
-    data = _read("keyfile", keyfile)
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise TLSFileError(
-            f"keyfile {keyfile} is encrypted with a password; the broker needs an unencrypted key "
-            "(protect it with file permissions, mode 0600)"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise TLSFileError(f"keyfile {keyfile} holds no PEM private key") from None
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
-        raise TLSFileError(f"keyfile {keyfile} is not the private key of certfile {certfile}")
+        key = load_key(settings.keyfile)
+    except CertError as exc:
+        raise TLSFileError(f"keyfile {exc}") from None
+    if not same_public_key(certificate, key):
+        raise TLSFileError(f"keyfile {settings.keyfile} is not the private key of certfile {settings.certfile}")
+    return certificate
 
 
 def _check_ca(settings: ListenerConfig) -> None:
     if settings.cafile is not None:
-        data = _read("cafile", settings.cafile)
         try:
-            found = x509.load_pem_x509_certificates(data)
-        except ValueError:
-            found = []
-        if not found:
-            raise TLSFileError(f"cafile {settings.cafile} holds no PEM certificate")
+            load_certificates(settings.cafile)
+        except CertError as exc:
+            raise TLSFileError(f"cafile {exc}") from None
     if settings.capath is not None and not os.path.isdir(settings.capath):
         raise TLSFileError(f"capath {settings.capath} is not a directory")
 
@@ -102,8 +81,7 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
     if settings.certfile is None or settings.keyfile is None:
         raise ValueError("not a TLS listener")
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    certificate = _load_certificates(settings.certfile)[0]
-    _check_key(certificate, settings.certfile, settings.keyfile)
+    certificate = _certificate(settings)
     not_after = certificate.not_valid_after_utc
     if not_after <= now:
         raise TLSFileError(
