@@ -305,9 +305,9 @@ class Listener:
                     self._server_protocol, settings.bind, settings.port, reuse_address=True
                 )
         except OSError as exc:
-            raise ListenerError(
-                f"listener {self.info.name}: cannot listen on {self.configured_address}: {exc.strerror or exc}"
-            ) from None
+            # asyncio rewords bind errors ("error while attempting to bind on address ..."): use the errno's.
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ListenerError(f"listener {self.info.name}: cannot listen on {self.configured_address}: {why}") from None
         if settings.path is not None:
             self.addresses = [f"unix:{settings.path}"]
         else:
