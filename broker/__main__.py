@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from broker import __version__
-from broker.config import Config
+from broker.config import Config, with_plain_listener
 from broker.config_file import ConfigError, load_config
 from broker.logsetup import setup_logging
 
@@ -72,6 +72,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config.bind = args.bind
     if args.port is not None:
         config.port = args.port
+    if config.listeners and (args.bind is not None or args.port is not None):
+        config.listeners = with_plain_listener(config.listeners, args.bind, args.port, config)
     if args.data_dir is not None:
         config.data_dir = args.data_dir
     if args.memory:
