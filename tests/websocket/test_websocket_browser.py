@@ -26,7 +26,8 @@ import pytest
 from broker import certs
 from e2e.pahoclient import PahoClient
 
-from wsharness import InProcessBroker
+from brokerprocess import BrokerFactory
+from wsharness import InProcessBroker, websocket_addresses, websocket_config
 
 PAGE_DIR = Path(__file__).resolve().parent.parent / "browser"
 CHROMIUM = "/usr/bin/chromium"
@@ -129,7 +130,7 @@ def load_page(driver: Any, page_url: str) -> None:
         "MQTT.js did not load"
 
 
-def run_scenario(driver: Any, page_url: str, url: str, broker: InProcessBroker, version: int) -> None:
+def run_scenario(driver: Any, page_url: str, url: str, tcp: Any, version: int) -> None:
     """Retained message, QoS 0/1/2 both ways, and a message queued while the browser was away."""
     prefix = f"browser/{uuid.uuid4().hex[:8]}"
     client_id = f"chromium-{uuid.uuid4().hex[:8]}"
@@ -137,7 +138,7 @@ def run_scenario(driver: Any, page_url: str, url: str, broker: InProcessBroker, 
     if version == 5:
         connect_options["properties"] = {"sessionExpiryInterval": 300}
 
-    python = PahoClient(broker.tcp, f"py-{client_id}", version=version)
+    python = PahoClient(tcp, f"py-{client_id}", version=version)  # plain MQTT on the same broker
     python.connect()
     python.subscribe(f"{prefix}/from-browser/#", qos=2)
     python.client.publish(f"{prefix}/retained", b"retained for the dashboard", qos=1, retain=True).wait_for_publish(5)
@@ -181,12 +182,15 @@ def run_scenario(driver: Any, page_url: str, url: str, broker: InProcessBroker, 
     python.client.loop_stop()
 
 
-@pytest.fixture(scope="module")
-def ws_broker(page_url: str) -> Iterator[InProcessBroker]:
-    # The Origin check is on: the browser's real Origin header must pass it.
-    server = InProcessBroker(allowed_origins=[page_url]).start()
-    yield server
-    server.stop()
+@pytest.mark.parametrize("version", [4, 5])
+def test_mqtt_js_over_ws_and_wss(
+    browser: Any, page_url: str, broker_factory: BrokerFactory, cert_dir: certs.CertPaths, version: int
+) -> None:
+    """The broker process (SQLite sessions) with a plain, a ws and a wss listener."""
+    broker = broker_factory(config=websocket_config(cert_dir))
+    addresses = websocket_addresses(broker, tls=True)
+    run_scenario(browser, page_url, f"ws://127.0.0.1:{addresses['ws'].port}/mqtt", broker, version)
+    run_scenario(browser, page_url, f"wss://127.0.0.1:{addresses['wss'].port}/mqtt", broker, version)
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +202,13 @@ def wss_broker(cert_dir: certs.CertPaths) -> Iterator[InProcessBroker]:
     server.stop()
 
 
-@pytest.mark.parametrize("version", [4, 5])
-def test_mqtt_js_over_ws(browser: Any, page_url: str, ws_broker: InProcessBroker, version: int) -> None:
-    run_scenario(browser, page_url, f"ws://127.0.0.1:{ws_broker.ws.port}/mqtt", ws_broker, version)
-
-
-@pytest.mark.parametrize("version", [4, 5])
-def test_mqtt_js_over_wss_with_the_test_ca(browser: Any, page_url: str, wss_broker: InProcessBroker, version: int) -> None:
-    run_scenario(browser, page_url, f"wss://127.0.0.1:{wss_broker.ws.port}/mqtt", wss_broker, version)
+def test_origin_check_with_a_real_browser(browser: Any, page_url: str) -> None:
+    # The broker accepts the page's own origin: the browser's real Origin header passes.
+    server = InProcessBroker(allowed_origins=[page_url]).start()
+    try:
+        run_scenario(browser, page_url, f"ws://127.0.0.1:{server.ws.port}/mqtt", server.tcp, 4)
+    finally:
+        server.stop()
 
 
 def test_browser_on_a_page_of_another_origin_is_refused(browser: Any, page_url: str) -> None:
@@ -228,7 +231,7 @@ def test_browser_without_the_ca_refuses_wss(
         load_page(driver, page_url)
         result = call(driver, "connect", f"wss://127.0.0.1:{wss_broker.ws.port}/mqtt", {"clientId": "untrusting"})
         assert "error" in result, result
-        # The same page and broker work with the CA trusted (test_mqtt_js_over_wss_with_the_test_ca):
+        # The same page works with the CA trusted (test_mqtt_js_over_ws_and_wss):
         # the certificate check made the difference.
         assert wss_broker.connection_count() == 0
     finally:
