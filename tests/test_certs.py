@@ -298,6 +298,42 @@ def test_der_files_parse_and_match_the_pem_files(tmp_path: Path) -> None:
     assert context.cert_store_stats()["x509_ca"] == 1
 
 
+MICROPYTHON_CLIENT = """
+import ssl, socket, sys
+ca_der, cert_der, key_der, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations(cadata=open(ca_der, "rb").read())
+ctx.load_cert_chain(open(cert_der, "rb").read(), open(key_der, "rb").read())
+sock = socket.socket()
+sock.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+tls = ctx.wrap_socket(sock, server_hostname="localhost")
+tls.write(b"world")
+print(tls.read(11))
+"""
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_micropython_uses_the_der_files_for_mutual_tls(tmp_path: Path, key_type: str) -> None:
+    """The MicroPython Unix port (mbedTLS, as on boards) loads the DER files and is let in."""
+    where = certs.init(tmp_path, hosts=["localhost"], ips=["127.0.0.1"], key_type=key_type)  # type: ignore[arg-type]
+    board = certs.issue_client(tmp_path, "board-7", key_type=key_type)  # type: ignore[arg-type]
+    script = tmp_path / "client.py"
+    script.write_text(MICROPYTHON_CLIENT)
+    server = TLSServer(server_context(where))
+    try:
+        result = subprocess.run(
+            ["micropython", str(script), str(where.ca_der), str(board.cert_der), str(board.key_der),
+             str(server.port)],
+            capture_output=True, text=True, timeout=60,
+        )
+        peer = server.result()
+    finally:
+        server.close()
+    assert result.stdout.strip() == "b'hello world'", result.stdout + result.stderr
+    assert subject_cn(peer) == "board-7"
+
+
 # ---- renew ------------------------------------------------------------------------------
 
 
