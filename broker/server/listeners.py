@@ -182,7 +182,7 @@ class Listener:
         """The protocol that speaks MQTT (or WebSocket) on an accepted, decrypted connection."""
         engine = self.engine
         if self.settings.protocol == "websockets":
-            # broker.server.websocket is the WebSocket transport (sans-I/O wsproto behind it).
+            # broker.server.websocket is the WebSocket transport (the Sans-I/O layer of websockets).
             websocket = importlib.import_module("broker.server.websocket")
             protocol_class = websocket.WebSocketProtocol
             path = self.settings.websocket_path
