@@ -70,9 +70,10 @@ def test_websocket_path_is_configurable(broker_factory: BrokerFactory, pki: PKI)
     good.connect()
     close(good)
     wrong = PahoClient(ws, client_id="wrong-path", transport="websockets", ws_path="/mqtt")
-    with pytest.raises(WebsocketConnectionError, match="404"):
+    with pytest.raises(WebsocketConnectionError, match="not upgraded"):
         wrong.connect()
     wrong.client.loop_stop()
+    assert status_of(ws.host, ws.port, upgrade_request("/mqtt", None)) == 404
 
 
 def upgrade_request(path: str, origin: str | None) -> bytes:
