@@ -46,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", help="TOML configuration file (see config/broker.toml)"
     )
     parser.add_argument(
-        "--bind", metavar="ADDR", help=f"address to listen on (default {defaults.bind})"
+        "--bind", metavar="ADDR", help=f"address of the plain MQTT listener (default {defaults.bind})"
     )
     parser.add_argument(
         "-p", "--port", type=_port, metavar="PORT",
-        help=f"TCP port to listen on; 0 picks a free one (default {defaults.port})",
+        help=f"TCP port of the plain MQTT listener; 0 picks a free one (default {defaults.port}); "
+        "with [[listener]] tables: the first plain one",
     )
     parser.add_argument(
         "--data-dir", metavar="DIR",

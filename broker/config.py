@@ -28,6 +28,8 @@ class ListenerConfig:
     path: str | None = None  # a Unix socket instead of bind/port
     mode: int = 0o660  # permissions of the Unix socket
     websocket_path: str = "/mqtt"  # the HTTP path WebSocket clients must ask for
+    # Browser pages (Origin header) allowed on a websockets listener; None = any.
+    allowed_origins: tuple[str, ...] | None = None
     # TLS: a listener with certfile and keyfile speaks TLS (MQTT over TLS, or wss).
     certfile: str | None = None
     keyfile: str | None = None
@@ -37,7 +39,7 @@ class ListenerConfig:
     use_identity_as_username: bool = False  # the client certificate's CN becomes the username
     tls_version: str = "tlsv1.2"  # the minimum version accepted
     ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's)
-    handshake_timeout: int = 10  # seconds a client may take to finish the TLS handshake
+    handshake_timeout: int = 10  # seconds a client may take for the TLS handshake and the WebSocket upgrade
     allow_anonymous: bool | None = None  # None: the default (anonymous clients allowed on local listeners)
 
     @property

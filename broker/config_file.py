@@ -99,7 +99,7 @@ def parse_mode(value: object) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    kind: str  # "str" | "int" | "bool" | "duration" | "size" | "mode"
+    kind: str  # "str" | "int" | "bool" | "duration" | "size" | "mode" | "strings"
     low: int | None = None
     high: int | None = None
     choices: tuple[str, ...] = ()
@@ -121,6 +121,10 @@ class _Key:
             return value
         if self.kind == "mode":
             return parse_mode(value)
+        if self.kind == "strings":
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                raise ValueError(f"must be an array of non-empty strings, got {value!r}")
+            return tuple(value)
         number: int
         if self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
@@ -202,9 +206,10 @@ def _build_listener(values: dict[str, object]) -> ListenerConfig:
         raise TableError("needs a port (or a path for a Unix socket)")
     if "mode" in values and listener.path is None:
         raise TableError("mode is the permissions of a Unix socket: it needs a path", "mode")
+    for key in ("websocket_path", "allowed_origins"):
+        if key in values and listener.protocol != "websockets":
+            raise TableError(f'{key} needs protocol = "websockets"', key)
     if "websocket_path" in values:
-        if listener.protocol != "websockets":
-            raise TableError('websocket_path needs protocol = "websockets"', "websocket_path")
         if not listener.websocket_path.startswith("/"):
             raise TableError(f"websocket_path must start with '/', got {listener.websocket_path!r}", "websocket_path")
     if (listener.certfile is None) != (listener.keyfile is None):
@@ -227,7 +232,7 @@ def _build_listener(values: dict[str, object]) -> ListenerConfig:
 # TLS settings: meaningless without certfile and keyfile, and on a Unix socket.
 _LISTENER_TLS_KEYS = (
     "certfile", "keyfile", "cafile", "capath", "require_certificate", "use_identity_as_username",
-    "tls_version", "ciphers", "handshake_timeout",
+    "tls_version", "ciphers",
 )
 
 TABLE_ARRAYS: dict[str, TableArray] = {
@@ -240,6 +245,7 @@ TABLE_ARRAYS: dict[str, TableArray] = {
             "path": _Key("str"),
             "mode": _Key("mode"),
             "websocket_path": _Key("str"),
+            "allowed_origins": _Key("strings"),
             "certfile": _Key("str"),
             "keyfile": _Key("str"),
             "cafile": _Key("str"),

@@ -52,6 +52,7 @@ handshake_timeout = "5s"
 port = 8083
 protocol = "websockets"
 websocket_path = "/ws"
+allowed_origins = ["http://localhost:8080", "https://dash.example"]
 allow_anonymous = false
 
 [[listener]]
@@ -77,7 +78,13 @@ def test_several_listeners_are_read_in_order(tmp_path: Path) -> None:
             ciphers="ECDHE+AESGCM",
             handshake_timeout=5,
         ),
-        ListenerConfig(port=8083, protocol="websockets", websocket_path="/ws", allow_anonymous=False),
+        ListenerConfig(
+            port=8083,
+            protocol="websockets",
+            websocket_path="/ws",
+            allowed_origins=("http://localhost:8080", "https://dash.example"),
+            allow_anonymous=False,
+        ),
         ListenerConfig(path="/run/edgemq.sock", mode=0o600),
     ]
     assert [(l.tls, l.unix, l.plain_tcp) for l in config.listeners] == [
@@ -174,6 +181,8 @@ TLS = 'certfile = "c.pem"\nkeyfile = "k.pem"\n'
         ("[[listener]]\nport = 1\nwebsocket_path = '/x'\n", 3, 'websocket_path needs protocol = "websockets"'),
         ("[[listener]]\nport = 1\nprotocol = 'websockets'\nwebsocket_path = 'x'\n", 4, "websocket_path must start with '/'"),
         ("[[listener]]\nport = 1\n" + TLS + "handshake_timeout = 0\n", 5, "handshake_timeout must be between 1 and 3600"),
+        ("[[listener]]\nport = 1\nallowed_origins = ['http://x']\n", 3, 'allowed_origins needs protocol = "websockets"'),
+        ("[[listener]]\nport = 1\nprotocol = 'websockets'\nallowed_origins = 'http://x'\n", 4, "allowed_origins must be an array of non-empty strings"),
         ("[[listener]]\nport = 1\n[listener.tls]\ncert = 'x'\n", 3, "[[listener]] #1: unknown key 'tls'"),
         ("[listener]\nport = 1\ncertfile = 'x'\n", 3, "key 'certfile' is a setting of [[listener]] tables: write [[listener]] instead of [listener]"),
         ("certfile = 'x'\n", 1, "key 'certfile' must be in a [[listener]] table"),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import importlib
 import ipaddress
 import logging
 import os
@@ -21,20 +20,17 @@ import socket
 import ssl
 import stat
 from collections.abc import Callable
-from typing import cast
 
 from broker.config import Config, ListenerConfig, listener_settings
 from broker.core.engine import Engine
 from broker.core.transport import ListenerInfo
 from broker.server.tls import EXPIRY_WARNING, ServerTLS, TLSFileError, load_server_tls
 from broker.server.transport import MQTTProtocol, describe_peer
+from broker.server.websocket import WebSocketProtocol
 
 log = logging.getLogger("broker")
 
 EXPIRY_CHECK_SECONDS = 86_400.0  # certificates about to expire are warned about daily
-
-ProtocolFactory = Callable[[], asyncio.BaseProtocol]
-
 
 class ListenerError(Exception):
     """A listener cannot start; the message names the listener and the file or address."""
@@ -127,10 +123,7 @@ class Listener:
         self.handshakes_failed = 0
         self._handshakes: set[asyncio.Task[None]] = set()
         self._unix_inode: int | None = None
-        self._make_protocol: Callable[[], asyncio.Protocol] = self._unprepared
-
-    def _unprepared(self) -> asyncio.Protocol:
-        raise RuntimeError("Listener.prepare() was not called")
+        self._make_protocol = self._protocol_factory()
 
     # ---- names ---------------------------------------------------------------------
 
@@ -151,11 +144,10 @@ class Listener:
         settings = self.settings
         parts = [settings.protocol]
         if settings.tls:
-            version = settings.tls_version.removeprefix("tlsv")
-            parts.append(f"over TLS {version}+" if settings.protocol == "mqtt" else f"over TLS (wss, TLS {version}+)")
+            parts.append(f"over TLS {settings.tls_version.removeprefix('tlsv')}+")
         details = []
         if settings.protocol == "websockets":
-            details.append(f"path {settings.websocket_path}")
+            details.append(f"{'wss' if settings.tls else 'ws'}, path {settings.websocket_path}")
         if settings.require_certificate:
             details.append("client certificate required")
         if settings.use_identity_as_username:
@@ -181,19 +173,17 @@ class Listener:
     def _protocol_factory(self) -> Callable[[], asyncio.Protocol]:
         """The protocol that speaks MQTT (or WebSocket) on an accepted, decrypted connection."""
         engine = self.engine
-        if self.settings.protocol == "websockets":
-            # broker.server.websocket is the WebSocket transport (the Sans-I/O layer of websockets).
-            websocket = importlib.import_module("broker.server.websocket")
-            protocol_class = websocket.WebSocketProtocol
-            path = self.settings.websocket_path
-
-            def websocket_protocol() -> asyncio.Protocol:
-                protocol = protocol_class(
-                    engine, self.info, path=path, max_message_size=engine.config.max_packet_size
-                )
-                return cast(asyncio.Protocol, protocol)
-
-            return websocket_protocol
+        settings = self.settings
+        if settings.protocol == "websockets":
+            origins = list(settings.allowed_origins) if settings.allowed_origins is not None else None
+            return lambda: WebSocketProtocol(
+                engine,
+                self.info,
+                path=settings.websocket_path,
+                max_message_size=engine.config.max_packet_size,
+                handshake_timeout=float(settings.handshake_timeout),
+                allowed_origins=origins,
+            )
         return lambda: MQTTProtocol(engine, self.info)
 
     def _server_protocol(self) -> asyncio.BaseProtocol:
@@ -202,11 +192,7 @@ class Listener:
     # ---- TLS -------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Everything but the socket: the protocol, and the TLS files (ListenerError naming a bad one)."""
-        try:
-            self._make_protocol = self._protocol_factory()
-        except ImportError as exc:
-            raise ListenerError(f"listener {self.info.name}: {self.settings.protocol} is not available: {exc}") from None
+        """Read the TLS files; ListenerError naming the listener and the file that is bad."""
         if not self.settings.tls:
             return
         try:
