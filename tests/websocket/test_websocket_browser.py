@@ -202,25 +202,24 @@ def wss_broker(cert_dir: certs.CertPaths) -> Iterator[InProcessBroker]:
     server.stop()
 
 
-def test_origin_check_with_a_real_browser(browser: Any, page_url: str) -> None:
-    # The broker accepts the page's own origin: the browser's real Origin header passes.
-    server = InProcessBroker(allowed_origins=[page_url]).start()
-    try:
-        run_scenario(browser, page_url, f"ws://127.0.0.1:{server.ws.port}/mqtt", server.tcp, 4)
-    finally:
-        server.stop()
+def test_origin_check_with_a_real_browser(browser: Any, page_url: str, broker_factory: BrokerFactory) -> None:
+    # allowed_origins names the page's own origin: the browser's real Origin header passes.
+    broker = broker_factory("--memory", config=websocket_config(extra=f'allowed_origins = ["{page_url}"]\n'))
+    address = websocket_addresses(broker, tls=False)["ws"]
+    run_scenario(browser, page_url, f"ws://127.0.0.1:{address.port}/mqtt", broker, 4)
 
 
-def test_browser_on_a_page_of_another_origin_is_refused(browser: Any, page_url: str) -> None:
-    server = InProcessBroker(allowed_origins=["https://dashboard.example.com"]).start()
-    try:
-        load_page(browser, page_url)
-        result = call(browser, "connect", f"ws://127.0.0.1:{server.ws.port}/mqtt", {"clientId": "elsewhere"})
-        assert "error" in result, result
-        assert server.connection_count() == 0
-        call(browser, "end")
-    finally:
-        server.stop()
+def test_browser_on_a_page_of_another_origin_is_refused(
+    browser: Any, page_url: str, broker_factory: BrokerFactory
+) -> None:
+    config = websocket_config(extra='allowed_origins = ["https://dashboard.example.com"]\n')
+    broker = broker_factory("--memory", config=config)
+    address = websocket_addresses(broker, tls=False)["ws"]
+    load_page(browser, page_url)
+    result = call(browser, "connect", f"ws://127.0.0.1:{address.port}/mqtt", {"clientId": "elsewhere"})
+    assert "error" in result, result
+    broker.wait_for_log(rf"websocket handshake from 127\.0\.0\.1:\d+ refused: 403 origin {page_url} is not allowed")
+    call(browser, "end")
 
 
 def test_browser_without_the_ca_refuses_wss(
