@@ -93,3 +93,22 @@ def test_plain_tcp_on_a_wss_port_fails_its_tls_handshake_only(
     wss.connect()
     wss.client.disconnect()
     wss.client.loop_stop()
+
+
+def test_broker_stop_tells_websocket_clients_and_exits(broker_factory: BrokerFactory) -> None:
+    broker = broker_factory("--memory", config=websocket_config())
+    address = websocket_addresses(broker, tls=False)["ws"]
+    client = PahoClient(address, uid("stopping"), version=5, transport="websockets")
+    client.connect()
+    with WSRawClient(address.host, address.port) as raw:
+        raw.upgrade()
+        raw.send_binary(connect_packet(uid("raw"), version=5))
+        raw.expect_packet(CONNACK, version=5)
+        assert broker.stop() == 0
+        # The raw client sees the DISCONNECT (0x8B server shutting down), then a Close frame.
+        disconnect = raw.expect_packet(14, version=5)
+        assert disconnect.reason_code == 0x8B
+        assert raw.expect_frame(CLOSE).close_code == 1000
+    reason, _ = client.wait_disconnected()
+    assert reason == 0x8B
+    client.client.loop_stop()
