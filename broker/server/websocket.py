@@ -221,8 +221,6 @@ class WebSocketProtocol(asyncio.Protocol):
     def request_received(self, data: bytes) -> None:
         stream = cast(WebSocketTransport, self.stream)
         ws = stream.ws
-        if ws.state is not State.CONNECTING:
-            return  # refused already
         self.request_size += len(data)
         ws.receive_data(data)
         events = ws.events_received()
@@ -257,6 +255,9 @@ class WebSocketProtocol(asyncio.Protocol):
     def check_request(self, request: Request) -> None:
         """What the library leaves to us: path, Host, version, Origin, and an MQTT subprotocol."""
         headers = request.headers
+        head_size = len(request.path) + sum(len(k) + len(v) + 4 for k, v in headers.raw_items()) + 16
+        if head_size > MAX_REQUEST_HEAD:
+            raise HandshakeRefused(431, f"bad HTTP request: the request head is over {MAX_REQUEST_HEAD} bytes")
         if request.path.split("?", 1)[0] != self.path:
             raise HandshakeRefused(404, f"no MQTT WebSocket endpoint at {request.path}: it is at {self.path}")
         if "websocket" not in (token.lower() for token in _tokens(headers, "Upgrade")):

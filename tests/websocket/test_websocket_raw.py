@@ -104,6 +104,8 @@ BAD_HANDSHAKES = [
     ("no Host", request_bytes(headers={"Host": None}), 400, "Host", None),
     ("not HTTP", b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00\r\n\r\n", 400, "bad HTTP request", None),
     ("huge header", request_bytes(headers={"X-Big": "a" * 20000}), 431, "bad HTTP request", None),
+    ("huge head", request_bytes(headers={f"X-Big-{i}": "a" * 5000 for i in range(4)}), 431,
+     "request head is over 16384 bytes", None),
 ]
 
 
