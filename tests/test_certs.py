@@ -496,3 +496,23 @@ def test_cli_errors_on_files(tmp_path: Path) -> None:
     # A key that is not the CA's is refused.
     wrong = run_certs("client", "e", "--dir", str(tmp_path), "--ca-key", str(where.server_key))
     assert wrong.returncode == 1 and "is not the key of the CA certificate" in wrong.stderr
+
+
+def test_cli_error_on_a_directory_it_cannot_make(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_certs("init", "--dir", str(blocker / "certs"), "--host", "x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {blocker / 'certs'}") and "Not a directory" in result.stderr
+
+
+def test_show_a_chain(tmp_path: Path) -> None:
+    where = certs.init(tmp_path, hosts=["pi.local"])
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(where.server_cert.read_bytes() + where.ca_cert.read_bytes())
+    result = run_certs("show", str(chain))
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.split("\n\n")
+    assert "(certificate 1 of 2)" in first and "subject:     CN=pi.local" in first and "CA:          no" in first
+    assert "(certificate 2 of 2)" in second and "subject:     O=edgemq,CN=edgemq CA" in second
+    assert "CA:          yes" in second
