@@ -151,17 +151,20 @@ class TLSServerProtocol(asyncio.Protocol):
                 chunk = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify: the client's end of the stream
-                if self.app is not None and not self.app.eof_received() and self.app_transport is not None:
-                    self.app_transport.close()
-                break
+            except ssl.SSLZeroReturnError:
+                chunk = b""
             except ssl.SSLError:
                 if self.raw is not None:
                     self.raw.abort()
                 break
-            if not chunk:
+            if not chunk:  # close_notify: the client's end of the stream
+                self.read_paused = True  # nothing can follow it
+                if not self.app.eof_received() and self.app_transport is not None:
+                    self.app_transport.close()
                 break
             self.app.data_received(chunk)
+            if self.app_transport is not None and self.app_transport.closing:
+                break
         if self.outgoing.pending:
             self.flush()
 
