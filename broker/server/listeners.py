@@ -2,11 +2,10 @@
 
 Each ``Listener`` opens its socket, gives every connection a ``ListenerInfo`` (what
 the core and authentication may know about where a client came from), and for TLS
-does the handshake before the MQTT or WebSocket protocol sees a byte. The handshake
-runs with ``loop.start_tls`` rather than ``create_server(ssl=...)`` so that the
-listener sees each failure (counted in ``$SYS``, logged with the peer), and so that
-a certificate renewed on SIGHUP is used by new connections while existing ones keep
-theirs.
+does the handshake (``tls_stream``) before the MQTT or WebSocket protocol sees a
+byte: the listener sees each handshake's outcome (counted in ``$SYS``, failures
+logged with the peer), and a certificate renewed on SIGHUP is used by new
+connections while existing ones keep theirs.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import ipaddress
 import logging
 import os
 import socket
-import ssl
 import stat
 from collections.abc import Callable
 
@@ -25,7 +23,8 @@ from broker.config import Config, ListenerConfig, listener_settings
 from broker.core.engine import Engine
 from broker.core.transport import ListenerInfo
 from broker.server.tls import EXPIRY_WARNING, ServerTLS, TLSFileError, load_server_tls
-from broker.server.transport import MQTTProtocol, describe_peer
+from broker.server.tls_stream import HandshakeObserver, TLSServerProtocol
+from broker.server.transport import MQTTProtocol
 from broker.server.websocket import WebSocketProtocol
 
 log = logging.getLogger("broker")
@@ -53,63 +52,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Handover(asyncio.Protocol):
-    """Stands in for the MQTT or WebSocket protocol while the TLS handshake completes.
-
-    asyncio's TLS layer delivers application data that arrived with the end of the
-    handshake before ``start_tls`` returns; this keeps it, and everything else that
-    happens, until the real protocol is in place.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[bytes] = []
-        self.eof = False
-        self.lost: list[Exception | None] = []
-
-    def data_received(self, data: bytes) -> None:
-        self.pending.append(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        return True  # the real protocol decides
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.append(exc)
-
-    def hand_over(self, transport: asyncio.Transport, protocol: asyncio.Protocol) -> None:
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        for data in self.pending:
-            if transport.is_closing():
-                break
-            protocol.data_received(data)
-        self.pending.clear()
-        if self.eof and not transport.is_closing() and not protocol.eof_received():
-            transport.close()
-        for exc in self.lost:
-            protocol.connection_lost(exc)
-
-
-class _TLSAccept(asyncio.Protocol):
-    """A TCP connection accepted on a TLS listener, until its handshake starts."""
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        stream = transport if isinstance(transport, asyncio.Transport) else None
-        if stream is None:  # pragma: no cover - create_server gives stream transports
-            transport.close()
-            return
-        # Nothing may be read before start_tls puts the TLS layer in place.
-        stream.pause_reading()
-        self.listener.begin_handshake(stream)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        pass  # start_tls took the transport over, or closed it: the handshake task knows
-
-
-class Listener:
+class Listener(HandshakeObserver):
     """One ``[[listener]]``: its server socket, its TLS state and its counts."""
 
     def __init__(self, settings: ListenerConfig, engine: Engine) -> None:
@@ -121,7 +64,6 @@ class Listener:
         self.info = self._make_info(self.configured_address)
         self.handshakes_completed = 0
         self.handshakes_failed = 0
-        self._handshakes: set[asyncio.Task[None]] = set()
         self._unix_inode: int | None = None
         self._make_protocol = self._protocol_factory()
 
@@ -187,7 +129,10 @@ class Listener:
         return lambda: MQTTProtocol(engine, self.info)
 
     def _server_protocol(self) -> asyncio.BaseProtocol:
-        return _TLSAccept(self) if self.tls is not None else self._make_protocol()
+        if self.tls is None:
+            return self._make_protocol()
+        # The context of the moment: after a SIGHUP reload, new connections get the new certificate.
+        return TLSServerProtocol(self.tls.context, self._make_protocol, float(self.settings.handshake_timeout), self)
 
     # ---- TLS -------------------------------------------------------------------------
 
@@ -200,40 +145,12 @@ class Listener:
         except TLSFileError as exc:
             raise ListenerError(f"listener {self.info.name}: {exc}") from None
 
-    def begin_handshake(self, transport: asyncio.Transport) -> None:
-        task = asyncio.get_running_loop().create_task(self._handshake(transport))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
-
-    async def _handshake(self, transport: asyncio.Transport) -> None:
-        assert self.tls is not None
-        loop = asyncio.get_running_loop()
-        peer = describe_peer(transport)
-        handover = _Handover()
-        timeout = float(self.settings.handshake_timeout)
-        reason: str | None = None
-        tls_transport: asyncio.Transport | None = None
-        try:
-            tls_transport = await loop.start_tls(
-                transport, handover, self.tls.context, server_side=True, ssl_handshake_timeout=timeout
-            )
-        except ssl.SSLError as exc:
-            reason = exc.reason or str(exc)
-        except ConnectionAbortedError:
-            reason = f"no TLS handshake within {self.settings.handshake_timeout} s"
-        except (OSError, EOFError) as exc:
-            reason = str(exc) or type(exc).__name__
-        if tls_transport is None:
-            self.handshakes_failed += 1
-            log.info(
-                "listener %s: TLS handshake with %s failed: %s",
-                self.name, peer, reason or "closed by the client during the handshake",
-            )
-            if not transport.is_closing():
-                transport.abort()
-            return
+    def handshake_completed(self, peer: str) -> None:
         self.handshakes_completed += 1
-        handover.hand_over(tls_transport, self._make_protocol())
+
+    def handshake_failed(self, peer: str, reason: str) -> None:
+        self.handshakes_failed += 1
+        log.info("listener %s: TLS handshake with %s failed: %s", self.name, peer, reason)
 
     def reload_tls(self) -> None:
         """SIGHUP: re-read the files; new connections use them, open ones keep their session."""
@@ -327,8 +244,6 @@ class Listener:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
-        for task in list(self._handshakes):
-            task.cancel()
         path = self.settings.path
         if path is not None and self._unix_inode is not None:
             try:  # remove our socket file, not one another process bound since
