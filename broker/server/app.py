@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from broker.config import Config
 from broker.core.engine import Engine
-from broker.server.transport import MQTTProtocol
+from broker.server.listeners import ListenerError, Listeners
 from broker.storage.base import CorruptDatabase
 from broker.storage.factory import open_storage
 from broker.storage.sqlite import DatabaseInUse, UnsupportedSchema
@@ -52,15 +52,15 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     reloaders: list[Reloader] = []
     engine.on_failure = stop.set
     await engine.start()
+    listeners = Listeners(config, engine)
     try:
-        server = await loop.create_server(lambda: MQTTProtocol(engine), config.bind, config.port, reuse_address=True)
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", config.bind, config.port, exc)
+        await listeners.start()
+    except ListenerError as exc:
+        log.error("%s", exc)
         await storage.close()
         return 1
-    for sock in server.sockets:
-        host, port = sock.getsockname()[:2]
-        log.info("listening on %s:%d", host, port)
+    reloaders.append(listeners.reload)
+    engine.sys_topics.sources.append(listeners.sys_values)
 
     async def ticker() -> None:
         while True:
@@ -78,14 +78,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     await stop.wait()
     log.info("shutting down")
     tick_task.cancel()
-    server.close()
+    listeners.close()
     try:
         await engine.shutdown()
     except Exception as exc:
         if engine.failure is None:
             engine.failure = exc
             log.critical("final commit failed: %s", exc)
-    await server.wait_closed()
+    await listeners.wait_closed()
     if engine.failure is not None:
         log.error("stopped after a storage failure: %s", engine.failure)
         return 1
