@@ -84,7 +84,11 @@ class Engine:
     async def shutdown(self) -> None:
         """Close every connection (v5: DISCONNECT 0x8B) and make the state durable."""
         for conn in list(self.connections):
-            conn.shutdown()
+            try:
+                conn.shutdown()
+            except Exception:
+                # One connection's socket error must not cost everyone the final commit.
+                log.exception("closing a connection at shutdown failed")
         await self.storage.close()  # commits everything buffered
         if self._next_commit is not None and not self._next_commit.done():
             self._next_commit.set_result(None)
