@@ -161,10 +161,6 @@ class Storage(ABC):
         """Remove an acknowledged (or dropped/expired) entry."""
 
     @abstractmethod
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        """Drop the QUEUED entry with the smallest seq > after_seq (queue-full policy drop_oldest)."""
-
-    @abstractmethod
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None: ...
 
     @abstractmethod

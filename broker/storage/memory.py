@@ -21,7 +21,6 @@ from bisect import bisect_right, insort
 
 from broker.protocol.packets import SubscriptionOptions
 from broker.storage.base import (
-    QUEUED,
     QueueEntry,
     SessionRecord,
     Storage,
@@ -269,16 +268,6 @@ class MemoryStorage(Storage):
         if not queue.entries:
             del self._queues[client_id]
         self._unref(entry[0])
-
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        self._dirty = True
-        queue = self._queues.get(client_id)
-        if queue is None:
-            return
-        for seq in queue.seqs[bisect_right(queue.seqs, after_seq):]:
-            if queue.entries[seq][4] == QUEUED:
-                self.delete_entry(client_id, seq)
-                return
 
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self._dirty = True

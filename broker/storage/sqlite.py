@@ -9,8 +9,10 @@ Write path (why it is shaped like this):
   reaches the disk, nor does a message nothing refers to any more.
 * ``commit()`` hands the batch to one asyncio task that writes it in ONE
   transaction (one ``executemany`` per kind of statement, one fsync with
-  ``synchronous=FULL``). Commits asked for while a batch is being written
-  share the next batch: group commit.
+  ``synchronous=FULL``), in ONE hop to the database thread: a thread hop
+  costs about as much as a small statement, so one per statement would
+  halve the throughput (docs/benchmarks.md). Commits asked for while a
+  batch is being written share the next batch: group commit.
 * Message garbage collection is deferred to the end of each batch: deleted
   queue entries and replaced retained slots record their message id in a
   temporary table, and one statement deletes those no row refers to any
@@ -24,6 +26,11 @@ Rows are never rewritten in place by the engine's normal flow except the
 queue entry state, so the hot path per QoS 1/2 message is: one message
 insert, one queue insert per subscriber, one update per send, one delete per
 acknowledgement.
+
+The database thread is ours (``dbthread.DatabaseThread``): the standard
+library's ``sqlite3`` connection lives on it from ``open()`` to ``close()``,
+which stops the thread. Every statement runs there; the event loop never
+touches the connection.
 
 On open the file is checked (``PRAGMA quick_check`` on a read-only
 connection, so a damaged file is never written to); a damaged file is moved
@@ -40,13 +47,12 @@ import os
 import sqlite3
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from broker.protocol.packets import SubscriptionOptions
 from broker.storage.base import (
-    QUEUED,
     CorruptDatabase,
     QueueEntry,
     SessionRecord,
@@ -54,6 +60,7 @@ from broker.storage.base import (
     StoredMessage,
     SubscriptionRecord,
 )
+from broker.storage.dbthread import DatabaseThread
 from broker.storage.serialization import (
     decode_ints,
     decode_properties,
@@ -181,7 +188,8 @@ _READ_QUEUE = """SELECT q.seq, q.qos, q.retain, q.subscription_ids, q.state, q.p
 _INSERT = 0
 _UPDATE = 1
 _DELETE = 2
-_NO_BOUND = 2**63 - 1
+
+_T = TypeVar("_T")
 
 _CORRUPTION_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
@@ -210,7 +218,8 @@ class SqliteStorage(Storage):
         self.sync = sync
         self.lock_timeout = lock_timeout
         self.commits_done = 0  # transactions written by the group commit
-        self._conn: aiosqlite.Connection | None = None
+        self._thread: DatabaseThread | None = None  # the database thread, while open
+        self._conn: sqlite3.Connection | None = None  # used on the database thread only
         self._next_id = 0
         self._task: asyncio.Task | None = None
         self._waiters: list[asyncio.Future] = []  # resolved by the next batch
@@ -232,11 +241,6 @@ class SqliteStorage(Storage):
         self._inbound: dict[tuple[str, int], bool] = {}
         self._retained: dict[str, int | None] = {}
         self._wills: dict[str, tuple | None] = {}  # client_id -> will row, or None to delete
-        # delete_oldest_queued calls in call order: [client_id, after_seq, seq bound]. The
-        # bound is the first seq enqueued for the client after the call: entries queued
-        # later were not there when the call was made, so they are never the target.
-        self._drop_oldest: list[list] = []
-        self._open_drops: dict[str, list[list]] = {}  # drops of a client still unbounded
 
     def _take_batch(self) -> tuple:
         batch = (
@@ -248,7 +252,6 @@ class SqliteStorage(Storage):
             self._queue,
             self._inbound,
             self._retained,
-            self._drop_oldest,
             self._wills,
         )
         self._reset_batch()
@@ -264,44 +267,56 @@ class SqliteStorage(Storage):
 
     # ---- life cycle -----------------------------------------------------------------
     async def open(self) -> None:
-        if self._conn is not None:
+        if self._thread is not None:
             raise RuntimeError("storage already open")
-        await asyncio.to_thread(self._check_files)
-        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.lock_timeout)
+        self._thread = DatabaseThread(f"edgemq-sqlite {self.path.name}")
         try:
-            await conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
-            if rows[0][0].lower() != "wal":
+            self._next_id = await self._run(self._open_sync)
+        except BaseException:
+            self._stop_thread()
+            raise
+
+    def _open_sync(self) -> int:
+        """Check, open, migrate and sweep the database (on the database thread).
+
+        Returns the highest message id in use.
+        """
+        self._check_files()
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.lock_timeout)
+        try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
                 raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode")
-            await conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
-            await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-            await conn.execute("PRAGMA temp_store = MEMORY")
-            await self._migrate(conn)
-            await conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            self._migrate(conn)
+            conn.execute("BEGIN IMMEDIATE")
             for statement in _SWEEP:
-                cursor = await conn.execute(statement)
+                cursor = conn.execute(statement)
                 if cursor.rowcount > 0:
                     log.warning("%s: removed %d inconsistent rows (%s)", self.path,
                                 cursor.rowcount, statement.split(" WHERE")[0])
-            await conn.execute("COMMIT")
+            conn.execute("COMMIT")
             for statement in _GC_SETUP:
-                await conn.execute(statement)
-            rows = list(await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM messages"))
-            self._next_id = rows[0][0]
+                conn.execute(statement)
+            next_id: int = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            await conn.close()
+            conn.close()
             if _is_corruption(exc):
                 raise self._move_aside(str(exc)) from exc
             if _is_busy(exc):
                 raise DatabaseInUse(self._in_use_message()) from exc
             raise
         except BaseException:
-            await conn.close()
+            conn.close()
             raise
         self._conn = conn
+        return next_id
 
     async def close(self) -> None:
-        if self._conn is None:
+        if self._thread is None:
             return
         try:
             if self._dirty or self._task is not None:
@@ -309,15 +324,34 @@ class SqliteStorage(Storage):
         finally:
             if self._task is not None:
                 await asyncio.gather(self._task, return_exceptions=True)
-            conn, self._conn = self._conn, None
-            await conn.close()
+            try:
+                await self._run(self._close_sync)
+            finally:
+                self._stop_thread()
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _stop_thread(self) -> None:
+        """Stop the database thread (idle by now: every call was awaited)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
+
+    def _run(self, function: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """Run ``function(*args)`` on the database thread: one hop, one future."""
+        if self._thread is None:
+            raise RuntimeError("storage is not open")
+        return self._thread.run(function, *args)
 
     def commit(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self._failure is not None:
             future.set_exception(self._failed())
-        elif self._conn is None:
+        elif self._thread is None:
             future.set_exception(RuntimeError("storage is not open"))
         elif self._dirty:
             self._waiters.append(future)
@@ -363,18 +397,21 @@ class SqliteStorage(Storage):
         error.__cause__ = self._failure
         return error
 
-    @property
-    def _db(self) -> aiosqlite.Connection:
+    async def _fetch(self, sql: str, parameters: tuple = ()) -> list:
+        return await self._run(self._fetch_sync, sql, parameters)
+
+    def _fetch_sync(self, sql: str, parameters: tuple) -> list:
+        return self._connection().execute(sql, parameters).fetchall()
+
+    def _connection(self) -> sqlite3.Connection:
+        """The sqlite3 connection (call on the database thread only)."""
         if self._conn is None:
             raise RuntimeError("storage is not open")
         return self._conn
 
-    async def _fetch(self, sql: str, parameters: tuple = ()) -> list:
-        return list(await self._db.execute_fetchall(sql, parameters))
-
     async def _flush(self) -> None:
         """Make reads see every write issued before them."""
-        if self._conn is None:
+        if self._thread is None:
             raise RuntimeError("storage is not open")
         if self._dirty or self._task is not None or self._failure is not None:
             await self.commit()
@@ -502,9 +539,6 @@ class SqliteStorage(Storage):
             op = self._queue.pop(queue_key)
             if op[0] == _INSERT:
                 self._unref(op[1])
-        self._open_drops.pop(client_id, None)
-        if self._drop_oldest:
-            self._drop_oldest = [d for d in self._drop_oldest if d[0] != client_id]
 
     def save_subscription(self, client_id: str, sub: SubscriptionRecord) -> None:
         self._dirty = True
@@ -574,11 +608,6 @@ class SqliteStorage(Storage):
         ]
         if message_id in self._new_refs:
             self._new_refs[message_id] += 1
-        if self._open_drops:
-            drops = self._open_drops.pop(client_id, None)
-            if drops is not None:
-                for drop in drops:
-                    drop[2] = entry.seq
 
     def update_entry(self, client_id: str, seq: int, state: int, packet_id: int | None) -> None:
         self._dirty = True
@@ -603,20 +632,6 @@ class SqliteStorage(Storage):
                 self._queue[key] = [_DELETE]
             else:
                 del self._queue[key]
-
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        """Resolved when the batch is written, after its other queue writes.
-
-        That is exact for the way the engine drops: the call sees every write
-        issued before it; entries enqueued after it are excluded by the seq
-        bound; and entries beyond ``after_seq`` are not in the engine's RAM, so
-        it cannot update or delete them later in the same batch (reading them
-        flushes the batch first).
-        """
-        self._dirty = True
-        drop = [client_id, after_seq, _NO_BOUND]
-        self._drop_oldest.append(drop)
-        self._open_drops.setdefault(client_id, []).append(drop)
 
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self._dirty = True
@@ -645,24 +660,23 @@ class SqliteStorage(Storage):
     # ---- writing one batch --------------------------------------------------------------
     async def _write(self, batch: tuple) -> None:
         """Write one batch in one transaction, in a single call to the database thread."""
-        await self._db._execute(self._write_sync, batch)  # one thread hop, not one per statement
+        await self._run(self._write_sync, batch)  # one thread hop, not one per statement
 
     def _write_sync(self, batch: tuple) -> None:
         """Write one batch in one transaction.
 
         Order matters only where rows of different kinds meet: cascades of
         deleted sessions first (later writes of this batch re-create what they
-        should), queue deletes before inserts (a reused key), drops after the
-        inserts (an entry queued earlier in this batch may be the oldest), and
-        garbage collection last.
+        should), queue deletes before inserts (a reused key), and garbage
+        collection last.
         """
         (new_messages, new_refs, deleted_clients, sessions, subscriptions,
-         queue, inbound, retained, drop_oldest, wills) = batch
+         queue, inbound, retained, wills) = batch
         messages = [row for mid, row in new_messages.items() if new_refs[mid] > 0]
         if not (messages or deleted_clients or sessions or subscriptions or queue
-                or inbound or retained or drop_oldest or wills):
+                or inbound or retained or wills):
             return  # everything cancelled out: no transaction at all
-        conn = self._db._conn  # the sqlite3 connection; we run on aiosqlite's thread
+        conn = self._connection()
         collect = False  # did anything delete a reference to a message?
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -728,14 +742,6 @@ class SqliteStorage(Storage):
                         " subscription_ids, state, packet_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         inserts,
                     )
-            if drop_oldest:
-                # executemany runs them one after the other: each drops the next oldest.
-                conn.executemany(
-                    "DELETE FROM queue WHERE client_id = ?1 AND seq = (SELECT MIN(seq) FROM queue"
-                    f" WHERE client_id = ?1 AND seq > ?2 AND seq < ?3 AND state = {QUEUED})",
-                    drop_oldest,
-                )
-                collect = True
             if inbound:
                 removed = [key for key, present in inbound.items() if not present]
                 added = [key for key, present in inbound.items() if present]
@@ -784,28 +790,28 @@ class SqliteStorage(Storage):
         self.commits_done += 1
 
     # ---- open: checks, schema, corruption -------------------------------------------------
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        version = list(await conn.execute_fetchall("PRAGMA user_version"))[0][0]
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise UnsupportedSchema(
                 f"{self.path} has schema version {version}; this broker knows up to"
                 f" {SCHEMA_VERSION}. Run a newer broker or restore an older backup."
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            await conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _MIGRATIONS[target]:
-                    await conn.execute(statement)
-                await conn.execute(f"PRAGMA user_version = {target}")
-                await conn.execute("COMMIT")
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                 raise
             log.info("%s: schema version %d", self.path, target)
 
     def _check_files(self) -> None:
-        """Check the database read-only before opening it for writing (runs in a thread).
+        """Check the database read-only before opening it for writing (database thread).
 
         A read-only connection never checkpoints or deletes anything, so a
         damaged file stays exactly as found when it is moved aside.

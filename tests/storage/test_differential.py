@@ -69,27 +69,11 @@ class Scenario:
         self.last_seq = {c: 0 for c in CLIENTS}
         self.alive: set[str] = set()  # clients with a session row
         self.counter = 0
-        self._new_batch()
-
-    def _new_batch(self) -> None:
-        # Per client: the lowest after_seq of a drop in this batch, and the first
-        # seq enqueued after the latest drop (entries in between are off limits).
-        self.drop_floor: dict[str, int] = {}
-        self.after_drop: dict[str, int | None] = {}
-
-    def batch_done(self) -> None:
-        self._new_batch()
 
     def each(self, method: str, *args) -> None:
         for store in self.stores:
             getattr(store, method)(*args)
 
-    def touchable(self, client: str, seq: int) -> bool:
-        floor = self.drop_floor.get(client)
-        if floor is None or seq <= floor:
-            return True
-        first_after = self.after_drop.get(client)
-        return first_after is not None and seq >= first_after
 
     def new_message(self) -> list[StoredMessage]:
         self.counter += 1
@@ -121,9 +105,8 @@ class Scenario:
         client = rng.choice(CLIENTS)
         kind = rng.choices(
             ["session", "delete_session", "subscribe", "unsubscribe", "publish", "update",
-             "delete", "drop", "inbound_add", "inbound_remove", "retain", "clear_retained",
-             "orphan"],
-            weights=[3, 1, 2, 1, 12, 6, 6, 3, 2, 2, 2, 1, 1],
+             "delete", "inbound_add", "inbound_remove", "retain", "clear_retained", "orphan"],
+            weights=[3, 1, 2, 1, 12, 6, 6, 2, 2, 2, 1, 1],
         )[0]
         if kind == "session" or (client not in self.alive and kind != "delete_session"):
             # Like the engine, a session row exists before anything of the session is
@@ -133,8 +116,6 @@ class Scenario:
             self.each("delete_session", client)
             self.alive.discard(client)
             self.last_seq[client] = 0  # a clean start numbers from 1 again
-            self.drop_floor.pop(client, None)
-            self.after_drop.pop(client, None)
         elif kind == "subscribe":
             options = SubscriptionOptions(rng.randint(0, 2), rng.random() < 0.5,
                                           rng.random() < 0.5, rng.randint(0, 2))
@@ -152,8 +133,6 @@ class Scenario:
             for target in targets:
                 self.last_seq[target] += 1
                 seq = self.last_seq[target]
-                if target in self.drop_floor and self.after_drop.get(target) is None:
-                    self.after_drop[target] = seq
                 state, packet_id = rng.choice([(QUEUED, None), (QUEUED, None), (SENT, seq)])
                 for store, m in zip(self.stores, copies):
                     store.enqueue(target, QueueEntry(seq, m, m.qos, m.retain, list(sub_ids),
@@ -163,20 +142,12 @@ class Scenario:
                     store.set_retained(m.topic, m)
         elif kind == "update":
             seq = rng.randint(1, self.last_seq[client] + 1)
-            if self.touchable(client, seq):
-                state = rng.choice([QUEUED, SENT, RELEASED])
-                self.each("update_entry", client, seq, state,
-                          None if state == QUEUED else rng.randint(1, 65535))
+            state = rng.choice([QUEUED, SENT, RELEASED])
+            self.each("update_entry", client, seq, state,
+                      None if state == QUEUED else rng.randint(1, 65535))
         elif kind == "delete":
             seq = rng.randint(1, self.last_seq[client] + 1)
-            if self.touchable(client, seq):
-                self.each("delete_entry", client, seq)
-        elif kind == "drop":
-            after = rng.randint(0, self.last_seq[client])
-            after = min(after, self.drop_floor.get(client, after))
-            self.drop_floor[client] = after
-            self.after_drop[client] = None
-            self.each("delete_oldest_queued", client, after)
+            self.each("delete_entry", client, seq)
         elif kind == "inbound_add":
             self.each("add_inbound_qos2", client, rng.randint(1, 5))
         elif kind == "inbound_remove":
@@ -219,7 +190,6 @@ async def test_sqlite_agrees_with_memory(tmp_path: Path, seed: int) -> None:
                 sqlite = SqliteStorage(path, sync="normal")
                 await sqlite.open()
                 scenario.stores[1] = sqlite
-            scenario.batch_done()
             assert await snapshot(sqlite) == await snapshot(memory)
     finally:
         await sqlite.close()

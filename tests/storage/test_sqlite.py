@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,15 @@ def raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
 
 
+async def sql(store: SqliteStorage, statement: str) -> list:
+    """Rows of one statement, run on the store's own database thread and connection."""
+    return await store._fetch(statement)
+
+
+async def total_changes(store: SqliteStorage) -> int:
+    return await store._run(lambda: store._connection().total_changes)
+
+
 def files_named(directory: Path, prefix: str) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.startswith(prefix))
 
@@ -61,9 +71,8 @@ def files_named(directory: Path, prefix: str) -> list[Path]:
 @run_async
 async def test_wal_and_synchronous_setting(sqlite_backend: Backend, sync: str, level: int) -> None:
     async with sqlite_backend.opened(sync=sync) as store:
-        conn = store._conn
-        assert (await conn.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
-        assert (await conn.execute_fetchall("PRAGMA synchronous"))[0][0] == level
+        assert (await sql(store, "PRAGMA journal_mode"))[0][0] == "wal"
+        assert (await sql(store, "PRAGMA synchronous"))[0][0] == level
         await fill(store, "c", 3)
     async with sqlite_backend.opened(sync=sync) as store:
         (record,) = await store.load_sessions()
@@ -187,7 +196,7 @@ async def test_commit_with_nothing_new_waits_for_the_commit_in_flight(
 async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 1)
-        changes = store._conn.total_changes
+        changes = await total_changes(store)
         commits = store.commits_done
         m = message()
         store.store_message(m)
@@ -198,7 +207,7 @@ async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend
         store.add_inbound_qos2("c", 9)
         store.remove_inbound_qos2("c", 9)
         await store.commit()
-        assert store._conn.total_changes == changes  # no row inserted, updated or deleted
+        assert await total_changes(store) == changes  # no row inserted, updated or deleted
         assert await store._message_count() == 1
         assert [e.seq for e in await store.read_queue("c", 0, 10)] == [1]
         # Only the kept delete of inbound id 9 (a no-op on disk) made a transaction.
@@ -206,7 +215,7 @@ async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend
 
         store.store_message(message())  # stored, then nothing refers to it
         await store.commit()
-        assert store._conn.total_changes == changes
+        assert await total_changes(store) == changes
 
 
 @run_async
@@ -232,8 +241,8 @@ async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: B
     store = sqlite_backend.create()
     await store.open()
     await fill(store, "c", 1)
-    pages = (await store._conn.execute_fetchall("PRAGMA page_count"))[0][0]
-    await store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+    pages = (await sql(store, "PRAGMA page_count"))[0][0]
+    await sql(store, f"PRAGMA max_page_count = {pages}")  # the disk is full
     big = message("big", b"B" * 200_000)
     store.store_message(big)
     store.enqueue("c", QueueEntry(2, big, 1))
@@ -248,7 +257,7 @@ async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: B
     store.save_session(SessionRecord("after", 1, 5))
     with pytest.raises(StorageFailed):
         await store.close()
-    assert store._conn is None  # closed anyway
+    assert store._conn is None and store._thread is None  # closed anyway, thread stopped
 
     async with sqlite_backend.opened() as store:
         (record,) = await store.load_sessions()  # the failed batch left no trace
@@ -379,7 +388,7 @@ async def test_torn_wal_tail_falls_back_to_the_last_complete_commit(tmp_path: Pa
         (record,) = await store.load_sessions()
         assert record.client_id == "early" and record.queued_count == 2
         assert await store._message_count() == 2
-        assert (await store._conn.execute_fetchall("PRAGMA quick_check"))[0][0] == "ok"
+        assert (await sql(store, "PRAGMA quick_check"))[0][0] == "ok"
 
 
 # ---- factory ----------------------------------------------------------------------------------------
@@ -424,3 +433,42 @@ def test_subscription_record_shapes_stay_plain(tmp_path: Path) -> None:
         assert sub.options.no_local is True and sub.options.retain_as_published is False
 
     asyncio.run(body())
+
+
+# ---- the database thread ------------------------------------------------------------------------
+
+
+def sqlite_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("edgemq-sqlite")]
+
+
+@run_async
+async def test_the_database_thread_lives_from_open_to_close(sqlite_backend: Backend) -> None:
+    before = sqlite_threads()
+    store = sqlite_backend.create()
+    await store.open()
+    (thread,) = [t for t in sqlite_threads() if t not in before]
+    assert not thread.daemon  # a forgotten close() is noticed, never silently killed
+    await fill(store, "c", 2)
+    await store.close()
+    assert not thread.is_alive()
+
+
+@run_async
+async def test_a_failed_open_stops_the_database_thread(tmp_path: Path) -> None:
+    before = sqlite_threads()
+    path = tmp_path / "broker.db"
+    conn = raw(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(UnsupportedSchema):
+        await SqliteStorage(path).open()
+    assert sqlite_threads() == before
+
+
+@run_async
+async def test_errors_on_the_database_thread_reach_the_caller(sqlite_backend: Backend) -> None:
+    async with sqlite_backend.opened() as store:
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await sql(store, "SELECT * FROM nowhere")
+        assert await sql(store, "SELECT 1") == [(1,)]  # the thread goes on serving
