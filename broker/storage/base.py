@@ -96,6 +96,10 @@ class CorruptDatabase(Exception):
 class Storage(ABC):
     """Persistence for sessions, their queues, inbound QoS 2 state and retained messages."""
 
+    # Commits that had writes to make durable: a statistic, and how the contract checks
+    # that awaited commits are separate and concurrent ones may be grouped.
+    commits_done: int = 0
+
     # ---- life cycle -------------------------------------------------------
     @abstractmethod
     async def open(self) -> None:
@@ -182,3 +186,9 @@ class Storage(ABC):
     @abstractmethod
     def set_retained(self, topic: str, message: StoredMessage | None) -> None:
         """Set (message already stored) or clear (None) the retained message of a topic."""
+
+    # ---- statistics ------------------------------------------------------------------------
+    @abstractmethod
+    async def message_count(self) -> int:
+        """Messages stored after garbage collection: each counted once however many queue
+        entries and retained slots refer to it (for $SYS and to check that nothing leaks)."""

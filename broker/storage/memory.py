@@ -1,7 +1,7 @@
 """In-memory storage: plain dicts, nothing survives the process.
 
 Used for brokers that need no persistence and as the reference the SQLite
-backend is tested against (tests/storage/test_contract.py). It keeps the same
+backend is tested against (tests/storage/test_differential.py). It keeps the same
 observable behaviour as SQLite on purpose:
 
 * properties are stored encoded (``serialization``) and decoded on read, so
@@ -292,9 +292,8 @@ class MemoryStorage(Storage):
             self._retained[topic] = message.message_id
             self._refs[message.message_id] = self._refs.get(message.message_id, 0) + 1
 
-    # ---- introspection for tests ---------------------------------------------------
-    async def _message_count(self) -> int:
-        """Stored messages after garbage collection (same meaning as SQLite's)."""
+    # ---- statistics ------------------------------------------------------------------
+    async def message_count(self) -> int:
         self._collect()
         return len(self._messages)
 

@@ -882,9 +882,8 @@ class SqliteStorage(Storage):
             f" The next start uses {self.path} as it is."
         )
 
-    # ---- introspection for tests ---------------------------------------------------
-    async def _message_count(self) -> int:
-        """Stored messages after garbage collection."""
+    # ---- statistics ------------------------------------------------------------------
+    async def message_count(self) -> int:
         await self._flush()
         rows = await self._fetch("SELECT COUNT(*) FROM messages")
         return rows[0][0]

@@ -56,7 +56,7 @@ async def snapshot(store: Storage) -> dict:
         "sessions": sessions,
         "queues": queues,
         "retained": [message_shape(m) for m in await store.load_retained()],
-        "messages": await store._message_count(),
+        "messages": await store.message_count(),
     }
 
 

@@ -31,7 +31,7 @@ from broker.storage.sqlite import (
     UnsupportedSchema,
 )
 
-from .helpers import Backend, run_async
+from .helpers import SqliteFiles, run_async
 
 
 def message(topic: str = "t", payload: bytes = b"x") -> StoredMessage:
@@ -69,7 +69,7 @@ def files_named(directory: Path, prefix: str) -> list[Path]:
 
 @pytest.mark.parametrize("sync, level", [("full", 2), ("normal", 1), ("off", 0)])
 @run_async
-async def test_wal_and_synchronous_setting(sqlite_backend: Backend, sync: str, level: int) -> None:
+async def test_wal_and_synchronous_setting(sqlite_backend: SqliteFiles, sync: str, level: int) -> None:
     async with sqlite_backend.opened(sync=sync) as store:
         assert (await sql(store, "PRAGMA journal_mode"))[0][0] == "wal"
         assert (await sql(store, "PRAGMA synchronous"))[0][0] == level
@@ -85,7 +85,7 @@ def test_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
 
 
 @run_async
-async def test_schema_has_the_documented_tables_and_version(sqlite_backend: Backend) -> None:
+async def test_schema_has_the_documented_tables_and_version(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened():
         pass
     conn = raw(sqlite_backend.db_path)
@@ -124,7 +124,7 @@ async def test_schema_has_the_documented_tables_and_version(sqlite_backend: Back
 
 
 @run_async
-async def test_properties_are_stored_as_data_not_pickle(sqlite_backend: Backend) -> None:
+async def test_properties_are_stored_as_data_not_pickle(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 0)
         m = StoredMessage("t", b"", 1, False, {0x26: [("k", "v")], 0x03: "ct"})
@@ -141,7 +141,7 @@ async def test_properties_are_stored_as_data_not_pickle(sqlite_backend: Backend)
 
 
 @run_async
-async def test_newer_schema_is_refused_and_the_file_left_alone(sqlite_backend: Backend) -> None:
+async def test_newer_schema_is_refused_and_the_file_left_alone(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 2)
     conn = raw(sqlite_backend.db_path)
@@ -158,7 +158,7 @@ async def test_newer_schema_is_refused_and_the_file_left_alone(sqlite_backend: B
 
 @run_async
 async def test_commits_during_a_commit_in_flight_share_one_next_transaction(
-    sqlite_backend: Backend,
+    sqlite_backend: SqliteFiles,
 ) -> None:
     async with sqlite_backend.opened() as store:
         store.save_session(SessionRecord("first", 1, 5))
@@ -179,8 +179,25 @@ async def test_commits_during_a_commit_in_flight_share_one_next_transaction(
 
 
 @run_async
+async def test_concurrent_commits_make_one_transaction(sqlite_backend: SqliteFiles) -> None:
+    async def publisher(store: SqliteStorage, n: int) -> None:
+        m = message(f"t/{n}", b"%d" % n)
+        store.store_message(m)
+        store.enqueue(f"c{n}", QueueEntry(1, m, 1))
+        await store.commit()
+
+    async with sqlite_backend.opened() as store:
+        for n in range(50):
+            store.save_session(SessionRecord(f"c{n}", 60, 5))
+        await store.commit()
+        before = store.commits_done
+        await asyncio.gather(*(publisher(store, n) for n in range(50)))
+        assert 1 <= store.commits_done - before <= 2  # group commit (two at worst)
+
+
+@run_async
 async def test_commit_with_nothing_new_waits_for_the_commit_in_flight(
-    sqlite_backend: Backend,
+    sqlite_backend: SqliteFiles,
 ) -> None:
     async with sqlite_backend.opened() as store:
         store.save_session(SessionRecord("c", 1, 5))
@@ -193,7 +210,7 @@ async def test_commit_with_nothing_new_waits_for_the_commit_in_flight(
 
 
 @run_async
-async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend) -> None:
+async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 1)
         changes = await total_changes(store)
@@ -208,7 +225,7 @@ async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend
         store.remove_inbound_qos2("c", 9)
         await store.commit()
         assert await total_changes(store) == changes  # no row inserted, updated or deleted
-        assert await store._message_count() == 1
+        assert await store.message_count() == 1
         assert [e.seq for e in await store.read_queue("c", 0, 10)] == [1]
         # Only the kept delete of inbound id 9 (a no-op on disk) made a transaction.
         assert store.commits_done <= commits + 1
@@ -219,7 +236,7 @@ async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend
 
 
 @run_async
-async def test_many_messages_in_one_batch(sqlite_backend: Backend) -> None:
+async def test_many_messages_in_one_batch(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 5000, payload=b"x" * 100)
         (record,) = await store.load_sessions()
@@ -228,7 +245,7 @@ async def test_many_messages_in_one_batch(sqlite_backend: Backend) -> None:
             store.update_entry("c", seq, SENT, seq % 65535 + 1)
             store.delete_entry("c", seq)
         await store.commit()
-        assert await store._message_count() == 1000
+        assert await store.message_count() == 1000
         page = await store.read_queue("c", 0, 3)
         assert [e.seq for e in page] == [4001, 4002, 4003]
 
@@ -237,7 +254,7 @@ async def test_many_messages_in_one_batch(sqlite_backend: Backend) -> None:
 
 
 @run_async
-async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: Backend) -> None:
+async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: SqliteFiles) -> None:
     store = sqlite_backend.create()
     await store.open()
     await fill(store, "c", 1)
@@ -265,7 +282,7 @@ async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: B
 
 
 @run_async
-async def test_second_broker_on_the_same_file_is_refused(sqlite_backend: Backend) -> None:
+async def test_second_broker_on_the_same_file_is_refused(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 1)
         with pytest.raises(DatabaseInUse, match="another broker"):
@@ -276,7 +293,7 @@ async def test_second_broker_on_the_same_file_is_refused(sqlite_backend: Backend
 
 
 @run_async
-async def test_open_repairs_rows_left_inconsistent(sqlite_backend: Backend) -> None:
+async def test_open_repairs_rows_left_inconsistent(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 2)
     conn = raw(sqlite_backend.db_path)
@@ -290,7 +307,7 @@ async def test_open_repairs_rows_left_inconsistent(sqlite_backend: Backend) -> N
     async with sqlite_backend.opened() as store:
         (record,) = await store.load_sessions()
         assert (record.queued_count, record.last_seq) == (2, 2)
-        assert await store._message_count() == 2
+        assert await store.message_count() == 2
         assert await store.read_queue("ghost", 0, 10) == []
         assert store.store_message(message()) == 3  # ids continue after the highest kept id
 
@@ -299,7 +316,7 @@ async def test_open_repairs_rows_left_inconsistent(sqlite_backend: Backend) -> N
 
 
 @run_async
-async def test_garbage_database_is_moved_aside_not_deleted(sqlite_backend: Backend) -> None:
+async def test_garbage_database_is_moved_aside_not_deleted(sqlite_backend: SqliteFiles) -> None:
     garbage = os.urandom(3 * 4096)
     sqlite_backend.db_path.write_bytes(garbage)
     shm = sqlite_backend.directory / "broker.db-shm"
@@ -315,7 +332,7 @@ async def test_garbage_database_is_moved_aside_not_deleted(sqlite_backend: Backe
 
 
 @run_async
-async def test_damaged_pages_are_found_by_quick_check(sqlite_backend: Backend) -> None:
+async def test_damaged_pages_are_found_by_quick_check(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 300, payload=b"y" * 200)
     data = bytearray(sqlite_backend.db_path.read_bytes())
@@ -334,7 +351,7 @@ async def test_damaged_pages_are_found_by_quick_check(sqlite_backend: Backend) -
 
 
 @run_async
-async def test_garbage_wal_is_moved_aside_and_the_database_kept(sqlite_backend: Backend) -> None:
+async def test_garbage_wal_is_moved_aside_and_the_database_kept(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 3)  # checkpointed into broker.db on close
     wal = sqlite_backend.directory / "broker.db-wal"
@@ -352,7 +369,7 @@ async def test_garbage_wal_is_moved_aside_and_the_database_kept(sqlite_backend: 
 
 
 @run_async
-async def test_zeroed_wal_header_is_an_ordinary_crash(sqlite_backend: Backend) -> None:
+async def test_zeroed_wal_header_is_an_ordinary_crash(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 3)
     (sqlite_backend.directory / "broker.db-wal").write_bytes(b"\x00" * 4096)
@@ -371,7 +388,7 @@ def crash_image(source: Path, target_dir: Path) -> Path:
 
 @run_async
 async def test_torn_wal_tail_falls_back_to_the_last_complete_commit(tmp_path: Path) -> None:
-    live = Backend("sqlite", tmp_path / "live")
+    live = SqliteFiles(tmp_path / "live")
     live.directory.mkdir()
     async with live.opened() as store:
         await fill(store, "early", 2)
@@ -382,12 +399,12 @@ async def test_torn_wal_tail_falls_back_to_the_last_complete_commit(tmp_path: Pa
     with open(wal, "r+b") as f:
         f.truncate(wal.stat().st_size - 100)  # the last frame (the commit record) is torn
 
-    async with Backend("sqlite", intact.parent).opened() as store:
+    async with SqliteFiles(intact.parent).opened() as store:
         assert [r.client_id for r in await store.load_sessions()] == ["early", "late"]
-    async with Backend("sqlite", torn.parent).opened() as store:
+    async with SqliteFiles(torn.parent).opened() as store:
         (record,) = await store.load_sessions()
         assert record.client_id == "early" and record.queued_count == 2
-        assert await store._message_count() == 2
+        assert await store.message_count() == 2
         assert (await sql(store, "PRAGMA quick_check"))[0][0] == "ok"
 
 
@@ -443,7 +460,7 @@ def sqlite_threads() -> list[threading.Thread]:
 
 
 @run_async
-async def test_the_database_thread_lives_from_open_to_close(sqlite_backend: Backend) -> None:
+async def test_the_database_thread_lives_from_open_to_close(sqlite_backend: SqliteFiles) -> None:
     before = sqlite_threads()
     store = sqlite_backend.create()
     await store.open()
@@ -467,7 +484,7 @@ async def test_a_failed_open_stops_the_database_thread(tmp_path: Path) -> None:
 
 
 @run_async
-async def test_errors_on_the_database_thread_reach_the_caller(sqlite_backend: Backend) -> None:
+async def test_errors_on_the_database_thread_reach_the_caller(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             await sql(store, "SELECT * FROM nowhere")
