@@ -450,6 +450,11 @@ class Connection:
             # Re-sent before PUBREL: already routed once, acknowledge again only.
             self.send_after_commit(encode(Pubrec(packet_id), self.version))
             return
+        ack = self.send_after_commit
+        if engine.storage.full:
+            if engine.needs_storage(topic, packet.retain, qos, session):
+                return self.refuse_for_lack_of_space(packet_id, qos)
+            ack = self.send  # nothing of it is stored: no commit to wait for
         self.inbound_unacked += 1
         if self.inbound_unacked > engine.config.max_inflight_messages and self.version == MQTT_5:
             return self.protocol_violation("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
@@ -462,15 +467,25 @@ class Connection:
         if qos == 1:
             self.inbound_unacked -= 1
             if reason == 0:  # the common case, without building a packet object
-                self.send_after_commit(b"\x40\x02" + packet_id.to_bytes(2, "big"))
+                ack(b"\x40\x02" + packet_id.to_bytes(2, "big"))
             else:
-                self.send_after_commit(encode(Puback(packet_id, reason), self.version))
+                ack(encode(Puback(packet_id, reason), self.version))
         else:
             session.inbound_qos2.add(packet_id)
             if session.persistent:
                 engine.storage.add_inbound_qos2(self.client_id, packet_id)
                 engine.storage_dirty = True
-            self.send_after_commit(encode(Pubrec(packet_id, reason), self.version))
+            ack(encode(Pubrec(packet_id, reason), self.version))
+
+    def refuse_for_lack_of_space(self, packet_id: int, qos: int) -> None:
+        """The storage is full: a v5 client gets 0x97 Quota exceeded, a v3.1.1 one (which has
+        no way to be told) is disconnected and will resend after reconnecting."""
+        if self.version != MQTT_5:
+            self.close("storage full: cannot accept QoS 1/2 messages", None)
+            return
+        reason = {P.REASON_STRING: "storage full"} if self.problem_information else {}
+        ack = Puback(packet_id, RC.QUOTA_EXCEEDED, reason) if qos == 1 else Pubrec(packet_id, RC.QUOTA_EXCEEDED, reason)
+        self.send(encode(ack, MQTT_5))
 
     def on_pubrel(self, packet: Pubrel) -> None:
         session = cast(Session, self.session)

@@ -18,8 +18,11 @@ Design (why it looks like this):
   no queue entry and no retained slot refers to it any more — checked at the
   end of each batch, so a stored message must be referenced (``enqueue`` or
   ``set_retained``) in the same step, before yielding to the event loop.
-* A failed commit stops the store: every later commit and read raises. The
-  broker then stops rather than acknowledge anything it cannot keep.
+* Lack of space does not fail a commit: the backend keeps the writes, sets
+  ``full`` and retries until they are durable (the commit future waits that
+  long); meanwhile the broker refuses new messages that would need storage.
+* Any other failed commit stops the store: every later commit and read raises.
+  The broker then stops rather than acknowledge anything it cannot keep.
 """
 
 from __future__ import annotations
@@ -108,6 +111,11 @@ class Storage(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Commit everything buffered, then release resources."""
+
+    @property
+    def full(self) -> bool:
+        """Out of space (or below the configured reserve): refuse what would need storage."""
+        return False
 
     @abstractmethod
     def commit(self) -> asyncio.Future[None]:

@@ -1,16 +1,16 @@
 """SQLite and the in-memory store must agree on random operation sequences.
 
 The in-memory backend applies every call at once; SQLite folds a batch into
-final row states, cancels writes out and resolves drops when the batch is
-written. Random sequences (shaped like the engine's use: seqs increase per
-session, a stored message is referenced in the same step, nothing beyond
-``after_seq`` that existed before a drop is touched later in that batch)
-are applied to both; after every commit, read and reopen the observable state
-must be the same.
+final row states, cancels writes out and collects messages when the batch is
+written, and while out of space it keeps batches unwritten and reads around
+them. Random sequences (shaped like the engine's use: seqs increase per
+session, a stored message is referenced in the same step) are applied to both;
+after every commit, read and reopen the observable state must be the same.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 
@@ -192,5 +192,73 @@ async def test_sqlite_agrees_with_memory(tmp_path: Path, seed: int) -> None:
                 scenario.stores[1] = sqlite
             assert await snapshot(sqlite) == await snapshot(memory)
     finally:
+        await sqlite.close()
+        await memory.close()
+
+
+async def limit_growth(store: SqliteStorage, pages: int | None) -> None:
+    """Let the database grow no further than ``pages`` (as a full disk would), or freely."""
+    if pages is None:
+        pages = (await store._fetch("PRAGMA page_count"))[0][0]
+        await store._fetch(f"PRAGMA max_page_count = {pages}")
+    else:
+        await store._fetch(f"PRAGMA max_page_count = {pages}")
+
+
+@pytest.mark.parametrize("seed", range(10))
+@run_async
+async def test_sqlite_out_of_space_agrees_with_memory(tmp_path: Path, seed: int) -> None:
+    """While commits fail for lack of space, reads of the queues see the unwritten batches."""
+    rng = random.Random(seed)
+    memory = MemoryStorage()
+    sqlite = SqliteStorage(tmp_path / "broker.db", sync="off", retry_interval=0.005)
+    await memory.open()
+    await sqlite.open()
+    pending: list[asyncio.Future[None]] = []
+    full_reads = 0
+    try:
+        scenario = Scenario(rng, [memory, sqlite])
+        for _ in range(10):
+            scenario.step()
+        await memory.commit()
+        await sqlite.commit()
+        await limit_growth(sqlite, None)
+        for round_ in range(60):
+            for _ in range(rng.randint(1, 15)):
+                scenario.step()
+            if rng.random() < 0.3:  # a large message: it no longer fits
+                client = rng.choice(sorted(scenario.alive))
+                copies = scenario.new_message()
+                scenario.last_seq[client] += 1
+                for store, m in zip(scenario.stores, copies):
+                    m.payload = b"L" * 20_000
+                    store.store_message(m)
+                    store.enqueue(client, QueueEntry(scenario.last_seq[client], m, 1))
+            await memory.commit()
+            if rng.random() < 0.7:
+                pending.append(sqlite.commit())  # not awaited: it may wait for space
+            await asyncio.sleep(0)
+            for client in CLIENTS:
+                after = rng.randint(0, scenario.last_seq[client])
+                limit = rng.randint(1, 6)
+                full_reads += sqlite.full
+                got = await asyncio.wait_for(sqlite.read_queue(client, after, limit), 10)
+                expected = await memory.read_queue(client, after, limit)
+                assert [(e.seq, message_shape(e.message), e.qos, e.retain, e.subscription_ids,
+                         e.state, e.packet_id) for e in got] == [
+                    (e.seq, message_shape(e.message), e.qos, e.retain, e.subscription_ids,
+                     e.state, e.packet_id) for e in expected], f"round {round_}, {client}"
+            if round_ % 15 == 14:  # space comes back for a moment
+                await limit_growth(sqlite, 1_073_741_823)
+                await asyncio.wait_for(asyncio.gather(*pending), 10)
+                pending.clear()
+                assert not sqlite.full
+                await limit_growth(sqlite, None)
+        await limit_growth(sqlite, 1_073_741_823)
+        await asyncio.wait_for(asyncio.gather(*pending), 10)
+        assert await snapshot(sqlite) == await snapshot(memory)
+        assert full_reads > 0  # the out-of-space path was taken
+    finally:
+        await limit_growth(sqlite, 1_073_741_823)
         await sqlite.close()
         await memory.close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -258,15 +261,20 @@ async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: S
     store = sqlite_backend.create()
     await store.open()
     await fill(store, "c", 1)
-    pages = (await sql(store, "PRAGMA page_count"))[0][0]
-    await sql(store, f"PRAGMA max_page_count = {pages}")  # the disk is full
-    big = message("big", b"B" * 200_000)
-    store.store_message(big)
-    store.enqueue("c", QueueEntry(2, big, 1))
+    taken = message("taken", b"T")
+    store.store_message(taken)
+    store.enqueue("c", QueueEntry(2, taken, 1))
+    await store.commit()
+    # A failure that is not lack of space (here a broken invariant: a message id in use).
+    clash = message("clash", b"C")
+    store.store_message(clash)
+    row = store._new_messages.pop(clash.message_id)
+    store._new_messages[taken.message_id] = (taken.message_id, *row[1:])
+    store._new_refs[taken.message_id] = 1
     with pytest.raises(StorageFailed) as caught:
         await store.commit()
-    cause = caught.value.__cause__
-    assert isinstance(cause, sqlite3.OperationalError) and "full" in str(cause)
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    assert not store.full  # not a matter of space
     with pytest.raises(StorageFailed):
         await store.commit()
     with pytest.raises(StorageFailed):
@@ -278,7 +286,95 @@ async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: S
 
     async with sqlite_backend.opened() as store:
         (record,) = await store.load_sessions()  # the failed batch left no trace
-        assert record.client_id == "c" and record.queued_count == 1
+        assert record.client_id == "c" and record.queued_count == 2
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def disk_full(store: SqliteStorage) -> int:
+    """Let the database grow no more (SQLITE_FULL, as on a full disk); returns its page count."""
+    pages = (await sql(store, "PRAGMA page_count"))[0][0]
+    await sql(store, f"PRAGMA max_page_count = {pages}")
+    return pages
+
+
+@run_async
+async def test_out_of_space_keeps_the_writes_and_retries_until_they_fit(
+    sqlite_backend: SqliteFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    async with sqlite_backend.opened(retry_interval=0.02) as store:
+        await fill(store, "c", 2)
+        await disk_full(store)
+        big = message("big", b"B" * 200_000)
+        store.store_message(big)
+        store.enqueue("c", QueueEntry(3, big, 1))
+        first = store.commit()
+        await until(lambda: store.full)
+        store.delete_entry("c", 1)  # written while full: goes with the retry, after the big one
+        second = store.commit()
+        with pytest.raises(TimeoutError):  # several retries fail meanwhile
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(first, second)), 0.3)
+        assert store.full
+        # Reads do not wait for the disk: they see the writes that are not on it yet.
+        page = await asyncio.wait_for(store.read_queue("c", 0, 10), 5)
+        assert [(e.seq, e.message.payload[:1]) for e in page] == [(2, b"p"), (3, b"B")]
+        store.update_entry("c", 2, SENT, 9)
+        assert [(e.seq, e.state) for e in await store.read_queue("c", 0, 1)] == [(2, SENT)]
+        assert not first.done() and not second.done()
+        assert sum("out of disk space" in r.getMessage() for r in caplog.records) == 1  # once
+
+        await sql(store, "PRAGMA max_page_count = 1073741823")  # space is back
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert not store.full
+        assert sum("available again" in r.getMessage() for r in caplog.records) == 1
+        assert await store.message_count() == 2
+    async with sqlite_backend.opened() as store:
+        assert [(e.seq, e.state) for e in await store.read_queue("c", 0, 10)] == [(2, SENT), (3, 0)]
+
+
+@run_async
+async def test_close_while_out_of_space_gives_up_and_stops_the_thread(sqlite_backend: SqliteFiles) -> None:
+    store = sqlite_backend.create(retry_interval=0.02)
+    await store.open()
+    await fill(store, "c", 1)
+    await disk_full(store)
+    big = message("big", b"B" * 200_000)
+    store.store_message(big)
+    store.enqueue("c", QueueEntry(2, big, 1))
+    pending = store.commit()
+    await until(lambda: store.full)
+    with pytest.raises(StorageFailed):
+        await store.close()  # one last attempt, then the unwritten batch is given up
+    with pytest.raises(StorageFailed):
+        await pending  # never reported durable
+    assert store._thread is None
+    async with sqlite_backend.opened() as store:
+        assert [e.seq for e in await store.read_queue("c", 0, 10)] == [1]
+
+
+@run_async
+async def test_below_the_free_space_reserve_the_store_is_full_but_commits(
+    sqlite_backend: SqliteFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    free = shutil.disk_usage(sqlite_backend.directory).free
+    store = sqlite_backend.create(min_free_space=free * 4, retry_interval=0.02)
+    await store.open()
+    assert store.full  # known from the start
+    await fill(store, "c", 3)  # the reserve is for this: writes of work already accepted
+    assert store.full
+    assert [e.seq for e in await store.read_queue("c", 0, 10)] == [1, 2, 3]
+    store.min_free_space = 1  # as if space had been freed: noticed without any commit
+    await until(lambda: not store.full)
+    assert sum("below min_free_space" in r.getMessage() for r in caplog.records) == 1
+    assert sum("free again" in r.getMessage() for r in caplog.records) == 1
+    await store.close()
 
 
 @run_async
