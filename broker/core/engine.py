@@ -204,6 +204,28 @@ class Engine:
                 )
         return matched
 
+    def needs_storage(self, topic: str, retain: bool, qos: int, publisher: Session) -> bool:
+        """Would routing this QoS 1/2 message write to storage? (Asked while storage is full.)
+
+        True for a retained message, for QoS 2 from a persistent session (its packet id is
+        stored), and when a persistent session subscribes: a superset of what ``route``
+        writes, so a False answer means the message can be acknowledged without a commit.
+        """
+        if retain or (qos == 2 and publisher.persistent):
+            return True
+        match = self.tree.match(topic)
+        sessions = self.sessions
+        for client_id, _ in match.normal:
+            session = sessions.get(client_id)
+            if session is not None and session.persistent:
+                return True
+        for _, _, members in match.shared:
+            for client_id in members:
+                session = sessions.get(client_id)
+                if session is not None and session.persistent:
+                    return True
+        return False
+
     def _pick_share_member(self, group: str, topic_filter: str, members: dict[str, Subscription]) -> Subscription | None:
         """Round robin over members, preferring online ones with room in their receive window."""
         subs = list(members.values())
