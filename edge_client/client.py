@@ -216,10 +216,8 @@ class MQTTClient:
             sock = self.sock = wrap(sock, self.tls[0], self.tls[1], self.server)
         # CPython: recv_into returns what has arrived. MicroPython's readinto waits for
         # the whole buffer on a blocking socket, so reads switch it to non-blocking.
-        self.rd = getattr(sock, "recv_into", None)
-        self.nb = self.rd is None
-        if self.nb:
-            self.rd = getattr(sock, "readinto")
+        self.nb = not hasattr(self.raw, "recv_into")  # MicroPython (its TLS socket has one)
+        self.rd = getattr(sock, "readinto" if self.nb else "recv_into")
         self.wr = getattr(sock, "sendall", None) or getattr(sock, "write")
         p = self.poller = select.poll()
         p.register(sock, select.POLLIN)
