@@ -52,7 +52,7 @@ class FilePersist(Session):
             f.seek(self.cur)
             c = good
             while True:
-                full = len(self.q) < self.window
+                full = not self._busy()
                 e = self._next(f, full)
                 if e is None:
                     break
@@ -163,7 +163,7 @@ class FilePersist(Session):
     def add(self, e):
         e.append(self.size)
         self._append(self._record(e), 1)
-        if self.more or len(self.q) >= self.window:
+        if self.more or self._busy():
             self.more += 1  # on flash only; read back when the head has drained
             e[3] = None
         else:
@@ -197,11 +197,11 @@ class FilePersist(Session):
 
     def refill(self):
         """Read messages from the file until the window is full again."""
-        if not self.more or len(self.q) >= self.window:
+        if not self.more or self._busy():
             return
         with open(self.path, "rb") as f:
             f.seek(self.cur)
-            while self.more and len(self.q) < self.window:
+            while self.more and not self._busy():
                 e = self._next(f, True)
                 if e is None:
                     self.more = 0
@@ -210,6 +210,15 @@ class FilePersist(Session):
                 self.more -= 1
         if not self.more:
             self.cur = self.size
+
+    def _busy(self):
+        """Whether the window is full: entries holding a payload (after PUBREC only an
+        id is left, and those must not stall the messages behind them)."""
+        n = 0
+        for e in self.q:
+            if not e[1] & 0x10:
+                n += 1
+        return n >= self.window
 
     def _gone(self, off, head):
         if not self.q and not self.more and not self.inq:
@@ -224,6 +233,7 @@ class FilePersist(Session):
     def log(self, kind, e):
         if kind == b"R":
             self._append(b"R" + struct.pack("!I", e[4]), 0)
+            self.refill()
         elif kind == b"I" or kind == b"i":
             self._append(kind + struct.pack("!H", e[0]), 0)
             if kind == b"i" and not self.q and not self.more and not self.inq:
