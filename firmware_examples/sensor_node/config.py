@@ -13,4 +13,5 @@ INTERVAL_MS = 60000  # one reading per interval
 DEEP_SLEEP = True  # sleep between readings (battery); False keeps the radio on
 FLUSH_MS = 10000  # how long to try delivering before sleeping again
 OUTBOX = "outbox.bin"  # readings wait here on flash until the broker has them
-OUTBOX_SIZE = 500  # readings kept while offline; the oldest go first beyond that
+OUTBOX_SIZE = 2000  # readings kept on flash while offline (~50 bytes each; only a few
+#                    are in RAM at a time); the oldest go first beyond that

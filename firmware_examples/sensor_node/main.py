@@ -2,6 +2,8 @@
 # edge_client outbox on flash, so no reading is lost to a Wi-Fi outage, a broker
 # restart, a reset or deep sleep. Runs on ESP32 / Pico W, and on the MicroPython
 # Unix port with simulated hardware (see board.py).
+import os
+
 import board
 import config
 
@@ -14,16 +16,27 @@ except ImportError:  # CPython
 
 
 def load_seq(path):
-    try:
-        with open(path) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 0
+    # The temp file counts too: a reset between removing the old file and the rename
+    # (FAT cannot rename over a file) leaves only it.
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            pass
+    return 0
 
 
 def save_seq(path, seq):
-    with open(path, "w") as f:
+    """Atomically: a reset mid-write must not restart the sequence at 0."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         f.write(str(seq))
+    try:
+        os.rename(tmp, path)  # atomic on littlefs (ESP32, Pico W) and POSIX
+    except OSError:  # FAT: no rename over an existing file
+        os.remove(path)
+        os.rename(tmp, path)
 
 
 def main():
@@ -44,7 +57,9 @@ def main():
     )
     if board.wifi_connect(config.WIFI_SSID, config.WIFI_PASSWORD, 15000):
         try:
-            client.connect()
+            # A persistent session: the broker keeps what is in flight across our
+            # resets and its restarts, so no reading waiting for its ack is lost.
+            client.connect(clean_session=False)
         except Exception as e:  # the broker may be away: readings wait in the outbox
             print("OFFLINE", repr(e))
     else:
