@@ -248,3 +248,13 @@ def test_memory_error_inside_the_client_is_handled_and_the_next_call_works(
     assert any(x.startswith("edge_client: no memory for a") and x.endswith("dropped") for x in lines), prog.output()
     assert int(next(x for x in lines if x.startswith("LOST")).split()[1]) >= 1, prog.output()
     assert "GOT 5" in lines, prog.output()  # the next message after memory came back
+
+
+def test_full_outbox_blocks_or_raises_as_the_caller_chooses(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "full")
+    peer = Peer(edge_broker.host, edge_broker.port, "peer-" + cid)
+    peer.subscribe(f"edge/{cid}/full", 1)
+    prog = runtime.run("full.py", edge_broker.host, edge_broker.port, cid, 40)
+    assert prog.lines == ["FLUSHED True DROPPED 0", "REFUSED False", "RAISED", "RAISED", "DONE 3"], prog.output()
+    assert [p.decode() for _, _, _, p in peer.wait_for(40)] == [f"m {i}" for i in range(40)]
+    peer.close()
