@@ -280,14 +280,24 @@ class MQTTClient:
         if not n:
             raise OSError(errno.ECONNRESET)
         self.poller = None  # no nested reads while callbacks run: a callback may publish
+        pending = getattr(sock, "pending", None)  # CPython TLS: decrypted bytes poll cannot see
+        err = None
         try:
-            s.received(n)
-            pending = getattr(sock, "pending", None)  # CPython TLS: decrypted bytes poll cannot see
-            while pending and pending():
-                s.received(rd(s.room()))
+            while True:
+                try:
+                    s.received(n)
+                except Exception as e:  # the callback's: raised once everything read is processed
+                    if e is not s.failed:
+                        raise
+                    err = err or e
+                if not (pending and pending()):
+                    break
+                n = rd(s.room())
         finally:
             if self.sock is sock:
                 self.poller = p
+        if err is not None:
+            raise err
 
     def _flush(self):
         s = self.s

@@ -40,7 +40,6 @@ class FilePersist(Session):
         self.rel = set()  # offsets past the window that got PUBREC
         self.ooo = 0
         self.cur = self.size = self.base = 0
-        self.scratch = bytearray(256)
         try:
             f = open(path, "rb")
         except OSError:
@@ -304,7 +303,7 @@ class FilePersist(Session):
         self.ooo = 0
 
     def _copy(self, f, w, n):
-        buf = self.scratch
+        buf = bytearray(256)  # only while rewriting: no RAM kept for it
         mv = memoryview(buf)
         left = n
         while left:
