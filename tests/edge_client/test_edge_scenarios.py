@@ -252,14 +252,17 @@ def test_2000_readings_queued_during_an_outage_on_a_64k_heap_are_all_delivered(
 def test_memory_error_inside_the_client_is_handled_and_the_next_call_works(
     mpy_lib: Path, edge_broker: EdgeBroker, tmp_path: Path
 ) -> None:
-    """Nearly all of a 64 KB heap taken, a message too large for the rest comes in: the
-    client drops it, says so, and neither step() nor later calls raise MemoryError."""
+    """With no heap left, publish() returns and connect() raises OSError; with nearly all
+    of a 64 KB heap taken, a message too large for the rest comes in: the client drops
+    it, says so, and neither step() nor later calls raise MemoryError."""
     unix = Runtime("micropython", mpy_lib, tmp_path)
     try:
         prog = unix.run("oom.py", edge_broker.host, edge_broker.port, client_id(unix, edge_broker, "oom"), timeout=60)
     finally:
         unix.cleanup()
     lines = prog.lines
+    assert any(x in lines for x in ("PUB NO MEMORY True", "PUB NO MEMORY False")), prog.output()
+    assert any(x in lines for x in ("CONNECT NO MEMORY OSError", "CONNECT NO MEMORY ok")), prog.output()
     assert "PUBLISHED True" in lines and lines[-1] == "DONE", prog.output()
     assert any(x.startswith("edge_client: no memory for a") and x.endswith("dropped") for x in lines), prog.output()
     assert int(next(x for x in lines if x.startswith("LOST")).split()[1]) >= 1, prog.output()

@@ -20,14 +20,34 @@ c.set_callback(on_message)
 c.connect(clean_session=False)
 out("SUBACK", c.subscribe(topic, 1))
 big = bytes(6000)
+small = bytes(300)
+crumbs = None  # every global exists before the heap is full (the globals dict must not grow)
+i = t0 = 0
 hog = []
 try:
     while True:
         hog.append(bytearray(256))
 except MemoryError:
     pass
-for _ in range(12):  # about 3 KB left: not enough for a 6 KB receive buffer
-    hog.pop()
+crumbs = []
+try:
+    while True:
+        crumbs.append(bytearray(16))
+except MemoryError:
+    pass
+# Nothing left at all: publish() and connect() must fail the documented ways.
+out("PUB NO MEMORY", c.publish(topic, small, qos=1))  # True or False, never MemoryError
+c.disconnect()
+try:
+    c.connect(clean_session=False)
+    out("CONNECT NO MEMORY ok")
+except OSError:
+    out("CONNECT NO MEMORY OSError")
+crumbs = None
+for i in range(1, 13):  # about 3 KB back: not enough for a 6 KB receive buffer
+    hog[-i] = None
+gc.collect()
+c.connect(clean_session=False)
 gc.collect()
 out("PUBLISHED", c.publish(topic, big, qos=1))  # goes out by reference, comes back too large
 t0 = ticks_ms()
