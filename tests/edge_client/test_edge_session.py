@@ -435,6 +435,7 @@ class Flash:
             return f
 
         monkeypatch.setattr(persist, "open", counting_open, raising=False)
+        monkeypatch.setattr(persist, "_sync", None)  # counted, not made durable: keeps the test fast
 
 
 def everything(path: Path) -> list[tuple[int, bytes]]:
@@ -495,13 +496,18 @@ def test_a_node_waking_1000_times_online_never_rewrites_the_file(
     assert flash.writes <= 2 * 1000  # the reading's record, then emptying the file
 
 
-def test_file_outbox_matches_the_ram_outbox_through_random_flows_and_reloads(tmp_path: Path) -> None:
+def test_file_outbox_matches_the_ram_outbox_through_random_flows_and_reloads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Oracle: the in-RAM Session driven identically. The file outbox keeps a window of
     4 in RAM, so acks out of order, PUBRECs, drops and reloads cross the window edge.
     QoS 1/2 only: a queued QoS 0 message beyond the window rightly goes out later than
     from the RAM outbox (QoS 0 across reloads has its own test above)."""
     import random
 
+    import edge_client.persist as persist
+
+    monkeypatch.setattr(persist, "_sync", None)  # no fsync per record: the logic is under test
     rnd = random.Random(14)
     path = tmp_path / "outbox.bin"
     for round_ in range(40):
@@ -543,3 +549,79 @@ def test_file_outbox_matches_the_ram_outbox_through_random_flows_and_reloads(tmp
             theirs = [(e[1] & 0x16, e[3]) for e in ram.q]
             assert fp.pending() == len(theirs), (round_, step)
             assert mine == theirs, (round_, step)
+
+
+# -- the preallocated buffers ------------------------------------------------------------
+
+
+def test_packets_larger_than_the_receive_buffer_arrive_whole_at_every_split() -> None:
+    s = connected(Session("dev", bufsize=64))
+    seen: list[tuple[bytes, bytes]] = []
+    s.cb = lambda t, m: seen.append((t, m))
+    big = bytes(range(256)) * 2
+    data = pub(0, 0, b"a", b"1") + pub(2, 9, b"big/topic", big) + pub(4, 10, b"b", b"2") + bytes((0xD0, 0))
+    for size in (1, 3, 7, 64, 65, 500, len(data)):
+        s.feed(b"")  # nothing happens
+        seen.clear()
+        for i in range(0, len(data), size):
+            s.feed(data[i : i + size])
+        assert seen == [(b"a", b"1"), (b"big/topic", big), (b"b", b"2")], size
+        assert frames(wire(s)) == [(0x40, b"\x00\x09"), (0x50, b"\x00\x0a")]
+        s.feed(ack(0x62, 10))
+        wire(s)
+    assert s.rn == 0 and s.big is None
+
+
+def test_the_receive_buffer_is_read_into_directly() -> None:
+    s = connected(Session("dev", bufsize=32))
+    seen: list[bytes] = []
+    s.cb = lambda t, m: seen.append(m)
+    data = pub(2, 5, b"t", b"x" * 100)
+    while data:
+        room = s.room()
+        n = min(len(room), len(data), 13)
+        room[:n] = data[:n]
+        data = data[n:]
+        s.received(n)
+    assert seen == [b"x" * 100] and frames(wire(s)) == [(0x40, b"\x00\x05")]
+
+
+def test_payloads_larger_than_the_send_buffer_are_written_by_reference() -> None:
+    s = connected(Session("dev", bufsize=64))
+    msg = b"p" * 1000
+    s.publish("t", msg, qos=1)
+    s.publish("t", "small", qos=1)
+    out = s.take(0)
+    assert out[-1] is msg  # not copied
+    first = frames(b"".join(bytes(b) for b in out))
+    assert [b[-5:] for _, b in first] == [b"ppppp"]  # the small one waits for the next take
+    [(f, body)] = frames(wire(s))
+    assert f == 0x32 and body.endswith(b"small")
+
+
+def test_acks_never_get_lost_when_the_send_buffer_is_full() -> None:
+    s = connected(Session("dev", bufsize=16))
+    s.cb = lambda t, m: None
+    s.feed(b"".join(pub(2, i, b"t", b"m") for i in range(1, 40)))
+    assert frames(wire(s)) == [(0x40, struct.pack("!H", i)) for i in range(1, 40)]
+
+
+def test_a_packet_too_large_for_memory_is_skipped_and_acknowledged(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    import edge_client.session as session_module
+
+    s = connected(Session("dev", bufsize=32))
+    seen: list[bytes] = []
+    s.cb = lambda t, m: seen.append(m)
+    real = builtins.bytearray
+
+    def no_memory(n: int = 0, *a):  # type: ignore[no-untyped-def]
+        if isinstance(n, int) and n > 200:
+            raise MemoryError
+        return real(n, *a)
+
+    monkeypatch.setattr(session_module, "bytearray", no_memory, raising=False)
+    s.feed(pub(2, 7, b"t", b"z" * 300) + pub(2, 8, b"t", b"after"))
+    assert seen == [b"after"] and s.lost == 1
+    assert frames(wire(s)) == [(0x40, b"\x00\x07"), (0x40, b"\x00\x08")]
