@@ -20,7 +20,7 @@ from edge_harness import LIBRARY, MICROPYTHON, PROGRAMS, REPO, VENDOR, Program, 
 # Live heap on the 64-bit Unix port (32-byte GC blocks; a 32-bit board needs less). The
 # idle figure includes the library's bytecode and its two preallocated 1 KB buffers; the
 # peak must leave 20 KB of a 64 KB heap to the firmware.
-IDLE_BUDGET = {"ours": 24 * 1024, "ours-file": 28 * 1024}
+IDLE_BUDGET = {"ours": 24 * 1024, "ours-file": 30 * 1024}
 PEAK_BUDGET = 44 * 1024
 LIBRARY_FILES = sorted(LIBRARY.glob("*.py"))
 CPYTHON_ONLY = {"compat.py"}  # stand-ins for MicroPython built-ins, never loaded on a device
