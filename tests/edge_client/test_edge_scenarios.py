@@ -277,3 +277,40 @@ def test_full_outbox_blocks_or_raises_as_the_caller_chooses(runtime: Runtime, ed
     assert prog.lines == ["FLUSHED True DROPPED 0", "REFUSED False", "RAISED", "RAISED", "DONE 3"], prog.output()
     assert [p.decode() for _, _, _, p in peer.wait_for(40)] == [f"m {i}" for i in range(40)]
     peer.close()
+
+
+def test_kill_9_storm_with_the_file_outbox_loses_nothing_and_duplicates_no_qos2_message(
+    mpy_lib: Path, edge_broker: EdgeBroker, tmp_path: Path
+) -> None:
+    """The device program is killed at random moments (no close, no flush) and started
+    again; every reading arrives, and only a reading published again by the program
+    itself (killed between its publish and saving its counter) may arrive twice."""
+    import random
+    import time
+
+    rnd = random.Random(int(os.environ.get("KILL9_SEED", "14")))
+    unix = Runtime("micropython", mpy_lib, tmp_path)
+    cid = client_id(unix, edge_broker, "kill9")
+    sub = Peer(edge_broker.host, edge_broker.port, "sub-" + cid, clean_session=False)
+    sub.subscribe(f"edge/{cid}/seq", 2)
+    n, kills = 300, 8
+    box = tmp_path / "outbox.bin"
+    starts = []
+    try:
+        for _ in range(kills):
+            prog = unix.start("killable.py", edge_broker.host, edge_broker.port, cid, box, n)
+            starts.append(tuple(int(x) for x in prog.expect("START").split()[1:]))
+            time.sleep(rnd.uniform(0.1, 0.6))
+            prog.kill()
+        prog = unix.start("killable.py", edge_broker.host, edge_broker.port, cid, box, n)
+        prog.finish(120)
+        assert prog.lines[-1] == "DONE 0", prog.output()
+        sub.wait_for(n, timeout=30)
+        seqs = [int(p.split()[1]) for _, _, _, p in sub.settle(1.0)]
+    finally:
+        unix.cleanup()
+        sub.close()
+    print("(counter, pending) at each start:", starts)
+    assert len({s for s, _ in starts if s < n}) >= kills // 2, starts  # the kills hit mid-stream
+    assert sorted(set(seqs)) == list(range(n)), seqs
+    assert len(seqs) - n <= kills, seqs
