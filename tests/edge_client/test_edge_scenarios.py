@@ -314,3 +314,13 @@ def test_kill_9_storm_with_the_file_outbox_loses_nothing_and_duplicates_no_qos2_
     assert len({s for s, _ in starts if s < n}) >= kills // 2, starts  # the kills hit mid-stream
     assert sorted(set(seqs)) == list(range(n)), seqs
     assert len(seqs) - n <= kills, seqs
+
+
+def test_asyncio_client_full_outbox_blocks_or_raises(runtime: Runtime, edge_broker: EdgeBroker) -> None:
+    cid = client_id(runtime, edge_broker, "afull")
+    peer = Peer(edge_broker.host, edge_broker.port, "peer-" + cid)
+    peer.subscribe(f"edge/{cid}/full", 1)
+    prog = runtime.run("aio_full.py", edge_broker.host, edge_broker.port, cid, 30)
+    assert prog.lines == ["FLUSHED True DROPPED 0", "REFUSED False", "RAISED", "DONE 3"], prog.output()
+    assert [p.decode() for _, _, _, p in peer.wait_for(30)] == [f"m {i}" for i in range(30)]
+    peer.close()
