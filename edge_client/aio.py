@@ -118,7 +118,11 @@ class MQTTClient:
         if mode != "drop" and s.full():
             if mode == "refuse":
                 return False
-            if mode != "block" or not await self._until(lambda: not s.full(), self.timeout * 1000):
+            if (
+                mode != "block"
+                or not (self.writer is not None or self.want and self.auto)  # nothing can make room
+                or not await self._until(lambda: not s.full(), self.timeout * 1000)
+            ):
                 raise OutboxFull()
         ok = s.publish(topic, msg, retain, qos, mode == "drop")
         await self._send()

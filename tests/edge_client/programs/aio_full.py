@@ -24,6 +24,11 @@ async def main():
         out("NOT RAISED")
     except OutboxFull:
         out("RAISED")
+    try:
+        await c.publish("edge/%s/full" % cid, "x", qos=1)  # block, but no connection can make room
+        out("NOT RAISED")
+    except OutboxFull:
+        out("RAISED")
     out("DONE", c.pending())
 
 
