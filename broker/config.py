@@ -23,6 +23,9 @@ class Config:
     # "full": every acknowledged message survives kill -9 and power loss (fsync per group commit);
     # "normal": survives kill -9, a power cut may lose the last commits; "off": no fsync at all.
     sync: str = "full"
+    # Seconds without writes after traffic before the database gives freed space back and the
+    # WAL is emptied (once per burst: an idle broker writes nothing); 0 = never.
+    compact_after_idle: int = 30
 
     # [limits]
     max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit
@@ -43,3 +46,11 @@ class Config:
 
     # [log]
     verbose: bool = False
+    # "<N>" syslog priority prefixes and no timestamps, for the journal: "auto" (when stderr
+    # is systemd's journal stream, JOURNAL_STREAM), "on" or "off".
+    priority_prefix: str = "auto"
+
+    # [metrics] an HTTP listener for Prometheus (/metrics) and health checks (/healthz, /readyz)
+    metrics_enabled: bool = False
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 9883  # 0 = let the OS pick (tests); the chosen port is logged

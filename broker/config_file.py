@@ -128,6 +128,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "backend": _Key("str", choices=("sqlite", "memory")),
         "data_dir": _Key("str"),
         "sync": _Key("str", choices=("full", "normal", "off")),
+        "compact_after_idle": _Key("duration", 0, 86400),
     },
     "limits": {
         "max_queued_messages": _Key("int", 0, 2**31 - 1),
@@ -147,6 +148,12 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "log": {
         "verbose": _Key("bool"),
+        "priority_prefix": _Key("str", choices=("auto", "on", "off")),
+    },
+    "metrics": {
+        "metrics_enabled": _Key("bool"),
+        "metrics_bind": _Key("str"),
+        "metrics_port": _Key("int", 0, 65535),
     },
 }
 

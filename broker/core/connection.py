@@ -119,6 +119,7 @@ class Connection:
         self.out: list[bytes] = []  # written at the end of this event-loop iteration
         self.closing = False
         engine.connections.add(self)
+        engine.stats.connections_opened += 1
 
     # ---- output ---------------------------------------------------------------------------
     # Packets are collected and written once per event-loop iteration (one syscall for many
@@ -138,8 +139,10 @@ class Connection:
             if self.state != CLOSED or self.closing:
                 if len(out) == 1:
                     self.transport.write(out[0])
+                    self.engine.stats.bytes_sent += len(out[0])
                 else:
                     self.transport.writelines(out)
+                    self.engine.stats.bytes_sent += sum(map(len, out))
         finally:
             out.clear()
 
@@ -208,6 +211,7 @@ class Connection:
             # A client that does not read must not make the broker buffer without bound:
             # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
             self.engine.dropped_messages += 1
+            self.engine.stats.dropped_slow_consumer += 1
             return True
         topic = message.topic
         if self.version == MQTT_5:
@@ -236,8 +240,10 @@ class Connection:
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, None, self.version)
         if len(data) > self.max_send_packet_size:
             log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
+            self.engine.stats.dropped_too_large += 1
             return False
         self.engine.stats.publish_sent += 1
+        self.engine.stats.sent_by_qos[qos] += 1
         (self.send_after_commit if after_commit else self.send)(data)
         return True
 
@@ -250,6 +256,7 @@ class Connection:
         if self.state == CLOSED:
             return
         self.last_received = time.monotonic()
+        self.engine.stats.bytes_received += len(data)
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
@@ -435,6 +442,7 @@ class Connection:
         if not is_valid_topic_name(topic):
             return self.protocol_violation(f"invalid topic name {topic!r}", RC.TOPIC_NAME_INVALID)
         engine.stats.publish_received += 1
+        engine.stats.received_by_qos[packet.qos] += 1
         # $SYS holds the broker's own statistics: acknowledged but not routed, as with mosquitto.
         routed = not topic.startswith("$SYS")
         qos = packet.qos

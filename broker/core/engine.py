@@ -52,14 +52,45 @@ def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, pro
     return StoredMessage(topic, payload, qos, retain, forwarded, expires_at)
 
 
-class Stats:
-    """Counters for ``$SYS``: one attribute increment on the hot path each."""
+# Upper bounds (seconds) of the storage commit latency histogram (``broker.ops.metrics``).
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-    __slots__ = ("publish_received", "publish_sent")
+
+class Stats:
+    """Counters for ``$SYS`` and metrics: plain integers, read at scrape time, one
+    increment on the hot path each (metrics code never runs per message)."""
+
+    __slots__ = (
+        "publish_received", "publish_sent", "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
+        "connections_opened", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
+        "commits", "commit_seconds_sum", "commit_buckets",
+    )
 
     def __init__(self) -> None:
         self.publish_received = 0
         self.publish_sent = 0
+        self.received_by_qos = [0, 0, 0]
+        self.sent_by_qos = [0, 0, 0]
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.connections_opened = 0
+        # engine.dropped_messages counts every drop; these say why (the rest: queue full).
+        self.dropped_slow_consumer = 0
+        self.dropped_too_large = 0
+        self.dropped_expired = 0
+        self.commits = 0
+        self.commit_seconds_sum = 0.0
+        self.commit_buckets = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)  # the last one: +Inf
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commits += 1
+        self.commit_seconds_sum += seconds
+        buckets = self.commit_buckets
+        for i, bound in enumerate(COMMIT_SECONDS_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+                return
+        buckets[-1] += 1
 
 
 class PendingWill:
@@ -395,9 +426,11 @@ class Engine:
         self._next_commit = None
         self.storage_dirty = False
         self._running_commit = future
+        started = time.perf_counter()
         stored = self.storage.commit()
 
         def done(result: asyncio.Future[None]) -> None:
+            self.stats.observe_commit(time.perf_counter() - started)
             if future.done():
                 return
             if result.cancelled():

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from broker.config import Config
 from broker.core.engine import Engine
+from broker.ops.runtime import Service
 from broker.server.transport import MQTTProtocol
 from broker.storage.base import CorruptDatabase
 from broker.storage.factory import open_storage
@@ -34,8 +35,11 @@ def reload(config: Config, reloaders: list[Reloader]) -> None:
             log.exception("reload failed; the previous state is kept")
 
 
-async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
-    """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code."""
+async def serve(config: Config, stop: asyncio.Event | None = None, config_path: str | None = None) -> int:
+    """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code.
+
+    ``config_path``: the file SIGHUP re-reads.
+    """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -58,9 +62,21 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         log.error("cannot listen on %s:%d: %s", config.bind, config.port, exc)
         await storage.close()
         return 1
+    service = Service(config, engine, storage, server)
+    try:
+        await service.start(config_path, reloaders)
+    except OSError as exc:
+        log.error("cannot listen on %s:%d for metrics: %s", config.metrics_bind, config.metrics_port, exc)
+        server.close()
+        await service.close()
+        await engine.shutdown()
+        return 1
+    addresses = []
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
         log.info("listening on %s:%d", host, port)
+        addresses.append(f"{host}:{port}")
+    service.ready(", ".join(addresses))
 
     async def ticker() -> None:
         while True:
@@ -77,6 +93,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         pass
     await stop.wait()
     log.info("shutting down")
+    service.begin_shutdown()
     tick_task.cancel()
     server.close()
     try:
@@ -86,6 +103,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             engine.failure = exc
             log.critical("final commit failed: %s", exc)
     await server.wait_closed()
+    await service.close()
     if engine.failure is not None:
         log.error("stopped after a storage failure: %s", engine.failure)
         return 1
@@ -93,12 +111,12 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, config_path: str | None = None) -> int:
     """Blocking entry point used by ``python -m broker``; uses uvloop when installed."""
     try:
         # uvloop is optional (the "fast" extra): where it is missing mypy reports the import,
         # where it is installed the ignore is unused; both are expected.
         import uvloop  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        return asyncio.run(serve(config))
-    return uvloop.run(serve(config))
+        return asyncio.run(serve(config, config_path=config_path))
+    return uvloop.run(serve(config, config_path=config_path))
