@@ -71,6 +71,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
         await service.close()
         await engine.shutdown()
         return 1
+    try:  # before "listening" and READY=1: a reload from then on must not kill the broker
+        loop.add_signal_handler(signal.SIGHUP, lambda: reload(config, reloaders))
+    except (NotImplementedError, RuntimeError):
+        pass
     addresses = []
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
@@ -87,10 +91,6 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
                 log.exception("housekeeping failed")
 
     tick_task = asyncio.ensure_future(ticker())
-    try:
-        loop.add_signal_handler(signal.SIGHUP, lambda: reload(config, reloaders))
-    except (NotImplementedError, RuntimeError):
-        pass
     await stop.wait()
     log.info("shutting down")
     service.begin_shutdown()
