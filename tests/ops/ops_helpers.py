@@ -29,7 +29,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
 
 
 def connect(port: int, client_id: str, clean: bool = True,
-            on_message: Callable[[mqtt.MQTTMessage], None] | None = None) -> mqtt.Client:
+            on_message: Callable[[mqtt.MQTTMessage], None] | None = None, keepalive: int = 60) -> mqtt.Client:
     """A started paho v3.1.1 client; returns once CONNACK arrived."""
     connected = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
@@ -39,7 +39,7 @@ def connect(port: int, client_id: str, clean: bool = True,
     client.on_connect = lambda *a: connected.set()
     if on_message is not None:
         client.on_message = lambda c, u, m: on_message(m)
-    client.connect("127.0.0.1", port, keepalive=60)
+    client.connect("127.0.0.1", port, keepalive=keepalive)
     client.loop_start()
     assert connected.wait(10), "no CONNACK"
     return client
