@@ -122,3 +122,23 @@ def test_health_endpoints(broker_factory) -> None:
 
 def test_metrics_are_off_by_default(broker) -> None:
     assert "metrics on" not in broker.log()
+
+
+def test_grafana_dashboard_uses_only_metrics_the_broker_serves(broker_factory) -> None:
+    import json
+    import re
+
+    from brokerprocess import REPO_ROOT
+
+    dashboard = json.loads((REPO_ROOT / "deploy" / "grafana-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\b((?:edgemq|process)_[a-z_]+)", expr)}
+    broker = broker_factory(config=METRICS)
+    client = connect(broker.port, "someone")  # edgemq_connections has samples only then
+    served = {name for name, _ in scrape(metrics_base_url(broker))}
+    close(client)
+    assert used and used <= served, used - served
+    # Every family of the broker appears on the dashboard (the histogram through _bucket).
+    families = {re.sub(r"_(bucket|count|sum)$", "", n) for n in served if n.startswith("edgemq_")}
+    shown = {re.sub(r"_(bucket|count|sum)$", "", n) for n in used}
+    assert families - shown <= {"edgemq_build_info", "edgemq_connections_opened_total"}, families - shown
