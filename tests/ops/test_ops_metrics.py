@@ -14,7 +14,10 @@ METRICS = """
 metrics_enabled = true
 metrics_port = 0
 [limits]
+# The limit holds for online clients too, beyond their in-flight window: a window larger
+# than the test's traffic keeps the listener's messages out of its queue.
 max_queued_messages = 5
+max_inflight_messages = 1000
 [mqtt]
 sys_interval = 0
 """
@@ -49,7 +52,7 @@ def test_metrics_count_real_traffic(broker_factory) -> None:
     publish(broker.port, "live/temp", live[30:], qos=0, client_id="pub0")
     publish(broker.port, "stored/cmd", [b"x" * 10] * 8, qos=1, client_id="pub2")  # 5 queued, 3 dropped
     publish(broker.port, "retained/a", [b"keep"], qos=1, client_id="pub3")
-    wait_until(lambda: len(received) == 40, what="40 messages at the listener")
+    wait_until(lambda: len(received) == 40, what=f"40 messages at the listener, have {received}")
     # The retained one was published with the retain flag through its own client.
     r = connect(broker.port, "retainer")
     r.publish("retained/b", b"kept", qos=1, retain=True).wait_for_publish(10)
