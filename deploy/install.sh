@@ -77,6 +77,8 @@ mkdir -p "$OPT"
 # shellcheck disable=SC2086  # PIP_ARGS holds several arguments
 "$OPT/venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade $PIP_ARGS "$SOURCE"
 "$OPT/venv/bin/edgemq-broker" --version
+# The guide, where the unit's Documentation= points.
+cp "$PROJECT/docs/raspberry-pi.md" "$OPT/raspberry-pi.md.new" && mv "$OPT/raspberry-pi.md.new" "$OPT/raspberry-pi.md"
 
 mkdir -p "$ETC" "$UNITS" "$DATA"
 if [ -e "$ETC/broker.toml" ]; then
