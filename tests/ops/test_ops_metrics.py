@@ -48,7 +48,22 @@ def test_metrics_count_real_traffic(broker_factory) -> None:
     offline_subscriber(broker.port, "offline-device", "stored/#")
 
     live = [f"reading {i}".encode() for i in range(40)]
-    publish(broker.port, "live/temp", live[:30], qos=1, client_id="pub1")
+    # Scrapes while the traffic flows: every one succeeds and the counters only grow.
+    seen: list[float] = []
+    stop_scraping = threading.Event()
+
+    def scraper() -> None:
+        while not stop_scraping.is_set():
+            seen.append(value(scrape(base), "edgemq_messages_received_total", qos="1"))
+
+    scraping = threading.Thread(target=scraper)
+    scraping.start()
+    try:
+        publish(broker.port, "live/temp", live[:30], qos=1, client_id="pub1")
+    finally:
+        stop_scraping.set()
+        scraping.join(10)
+    assert seen and seen == sorted(seen) and seen[-1] <= 30
     publish(broker.port, "live/temp", live[30:], qos=0, client_id="pub0")
     publish(broker.port, "stored/cmd", [b"x" * 10] * 8, qos=1, client_id="pub2")  # 5 queued, 3 dropped
     publish(broker.port, "retained/a", [b"keep"], qos=1, client_id="pub3")
