@@ -242,7 +242,6 @@ class Connection:
             log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
             self.engine.stats.dropped_too_large += 1
             return False
-        self.engine.stats.publish_sent += 1
         self.engine.stats.sent_by_qos[qos] += 1
         (self.send_after_commit if after_commit else self.send)(data)
         return True
@@ -441,7 +440,6 @@ class Connection:
                     topic = aliased
         if not is_valid_topic_name(topic):
             return self.protocol_violation(f"invalid topic name {topic!r}", RC.TOPIC_NAME_INVALID)
-        engine.stats.publish_received += 1
         engine.stats.received_by_qos[packet.qos] += 1
         # $SYS holds the broker's own statistics: acknowledged but not routed, as with mosquitto.
         routed = not topic.startswith("$SYS")

@@ -61,15 +61,13 @@ class Stats:
     increment on the hot path each (metrics code never runs per message)."""
 
     __slots__ = (
-        "publish_received", "publish_sent", "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
+        "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
         "connections_opened", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
         "commits", "commit_seconds_sum", "commit_buckets",
     )
 
     def __init__(self) -> None:
-        self.publish_received = 0
-        self.publish_sent = 0
-        self.received_by_qos = [0, 0, 0]
+        self.received_by_qos = [0, 0, 0]  # PUBLISH packets, by QoS
         self.sent_by_qos = [0, 0, 0]
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -81,6 +79,14 @@ class Stats:
         self.commits = 0
         self.commit_seconds_sum = 0.0
         self.commit_buckets = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)  # the last one: +Inf
+
+    @property
+    def publish_received(self) -> int:
+        return sum(self.received_by_qos)
+
+    @property
+    def publish_sent(self) -> int:
+        return sum(self.sent_by_qos)
 
     def observe_commit(self, seconds: float) -> None:
         self.commits += 1
