@@ -411,6 +411,7 @@ class Connection:
             keepalive,
             f", u'{packet.username}'" if packet.username else "",
         )
+        engine.stats.connects += 1
         # Not held for the commit of the session row: after a crash the client would only see
         # session present 0 and subscribe again. A DISCONNECT never comes before the CONNACK.
         self.send(encode(Connack(session_present, 0, ack_props), version))
@@ -631,6 +632,7 @@ class Connection:
         if session is None:
             return
         self.session = None
+        engine.stats.count_disconnect(self.close_reason)
         if session.connection is not self:
             return
         log.info("Client %s disconnected: %s.", self.client_id, self.close_reason)

@@ -56,13 +56,28 @@ def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, pro
 COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+# Connection.close reasons -> metric label; reasons not listed are protocol errors, except
+# lost connections ("connection lost: ...", "closed by client").
+DISCONNECT_REASONS = {
+    "disconnected": "client_disconnect",
+    "disconnected with will": "client_disconnect",
+    "closed by client": "connection_lost",
+    "keepalive timeout": "keepalive_timeout",
+    "session taken over": "session_taken_over",
+    "broker shutting down": "broker_shutdown",
+    "storage commit failed": "storage_error",
+    "storage read failed": "storage_error",
+    "protocol_error": "protocol_error",
+}
+
+
 class Stats:
     """Counters for ``$SYS`` and metrics: plain integers, read at scrape time, one
     increment on the hot path each (metrics code never runs per message)."""
 
     __slots__ = (
         "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
-        "connections_opened", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
+        "connections_opened", "connects", "disconnects", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
         "commits", "commit_seconds_sum", "commit_buckets",
     )
 
@@ -72,6 +87,8 @@ class Stats:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.connections_opened = 0
+        self.connects = 0  # CONNECT accepted
+        self.disconnects = dict.fromkeys(DISCONNECT_REASONS.values(), 0)
         # engine.dropped_messages counts every drop; these say why (the rest: queue full).
         self.dropped_slow_consumer = 0
         self.dropped_too_large = 0
@@ -87,6 +104,13 @@ class Stats:
     @property
     def publish_sent(self) -> int:
         return sum(self.sent_by_qos)
+
+    def count_disconnect(self, why: str) -> None:
+        """One connected client gone, filed under a fixed set of reasons (metric labels)."""
+        reason = DISCONNECT_REASONS.get(why)
+        if reason is None:
+            reason = "connection_lost" if why.startswith(("connection lost", "closed by client")) else "protocol_error"
+        self.disconnects[reason] += 1
 
     def observe_commit(self, seconds: float) -> None:
         self.commits += 1

@@ -79,6 +79,13 @@ class EngineCollector(Collector):
             "edgemq_connections_opened", "Network connections accepted (before CONNECT).",
             value=stats.connections_opened,
         )
+        yield CounterMetricFamily("edgemq_connects", "CONNECT packets accepted.", value=stats.connects)
+        disconnects = CounterMetricFamily(
+            "edgemq_disconnects", "Connected clients gone, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(stats.disconnects.items()):
+            disconnects.add_metric([reason], count)
+        yield disconnects
 
         received = CounterMetricFamily(
             "edgemq_messages_received", "PUBLISH packets received from clients.", labels=["qos"]

@@ -3,6 +3,7 @@ against what the test itself sent and received."""
 
 from __future__ import annotations
 
+import socket
 import threading
 
 from ops_helpers import (
@@ -93,6 +94,8 @@ def test_metrics_count_real_traffic(broker_factory) -> None:
     assert value(samples, "edgemq_connections", listener="default", protocol_version="3.1.1") == 1
     # listener, offline-device, pub1, pub0, pub2, pub3 and retainer: one TCP connection each.
     assert value(samples, "edgemq_connections_opened_total") == 7
+    assert value(samples, "edgemq_connects_total") == 7
+    assert value(samples, "edgemq_disconnects_total", reason="client_disconnect") == 6
     # Bytes: at least every PUBLISH the clients sent / the broker sent, and not much more
     # (CONNECT, SUBSCRIBE, acknowledgements: under 40 bytes per packet exchanged).
     published_in = (
@@ -126,6 +129,44 @@ def test_metrics_count_real_traffic(broker_factory) -> None:
     assert value(scrape(base), "edgemq_messages_sent_total", qos="1") == 35
     close(device)
     close(listener)
+
+
+def _raw_connect(port: int, client_id: bytes, keepalive: int) -> socket.socket:
+    """A v3.1.1 CONNECT (clean session) over a plain socket; returns after the CONNACK."""
+    variable = b"\x00\x04MQTT\x04\x02" + keepalive.to_bytes(2, "big")
+    payload = len(client_id).to_bytes(2, "big") + client_id
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(bytes([0x10, len(variable) + len(payload)]) + variable + payload)
+    assert sock.recv(4) == b"\x20\x02\x00\x00"
+    return sock
+
+
+def test_disconnects_are_counted_by_reason(broker_factory) -> None:
+    broker = broker_factory(config=METRICS)
+    base = metrics_base_url(broker)
+    silent = _raw_connect(broker.port, b"silent", keepalive=1)  # then says nothing
+    lost = _raw_connect(broker.port, b"lost", keepalive=60)
+    lost.close()  # no DISCONNECT
+    rude = _raw_connect(broker.port, b"rude", keepalive=60)
+    rude.sendall(b"\x30\x05\x00\x03a/+")  # PUBLISH to a topic with a wildcard
+    polite = _raw_connect(broker.port, b"polite", keepalive=60)
+    polite.sendall(b"\xe0\x00")  # DISCONNECT
+    first = _raw_connect(broker.port, b"twin", keepalive=60)
+    second = _raw_connect(broker.port, b"twin", keepalive=60)  # takes the session over
+
+    expected = {
+        "keepalive_timeout": 1, "connection_lost": 1, "protocol_error": 1, "client_disconnect": 1,
+        "session_taken_over": 1, "broker_shutdown": 0, "storage_error": 0,
+    }
+
+    def counted() -> dict[str, float]:
+        samples = scrape(base)
+        return {reason: value(samples, "edgemq_disconnects_total", reason=reason) for reason in expected}
+
+    wait_until(lambda: counted() == expected, timeout=10, what=f"disconnects {expected}")
+    assert value(scrape(base), "edgemq_connects_total") == 6
+    for sock in (silent, rude, polite, first, second):
+        sock.close()
 
 
 def test_health_endpoints(broker_factory) -> None:
