@@ -71,10 +71,12 @@ def check_database(db_path: str, report: Report) -> None:
             report.problems.append(f"{db_path}: {exc}")
         return
     except sqlite3.DatabaseError as exc:
-        report.problems.append(f"{db_path} is not a usable database: {exc}")
+        report.problems.append(f"{db_path} is not a usable database ({exc}); the broker would move it"
+                               " aside and start with an empty database")
         return
     if rows != [("ok",)]:
-        report.problems.append(f"{db_path} is damaged: " + "; ".join(str(r[0]) for r in rows))
+        report.problems.append(f"{db_path} is damaged ({'; '.join(str(r[0]) for r in rows)});"
+                               " the broker would move it aside and start with an empty database")
 
 
 def _has_capability(bit: int) -> bool:

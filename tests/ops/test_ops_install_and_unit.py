@@ -42,7 +42,7 @@ def test_unit_declares_what_the_service_relies_on() -> None:
     assert {key: service.get(key) for key in expected} == expected
     assert service["WatchdogSec"].endswith("s")
     assert "--data-dir /var/lib/edgemq" in service["ExecStart"]
-    assert "--check-config" in service["ExecStartPre"]
+    assert service["RestartPreventExitStatus"] == "2"  # a configuration error: restarting cannot help
     # The capability for ports below 1024 is documented, not granted.
     assert "#   AmbientCapabilities=CAP_NET_BIND_SERVICE" in UNIT.read_text()
 
