@@ -64,8 +64,8 @@ fi
 if [ -z "$PREFIX" ]; then
     if ! getent passwd "$USER_NAME" >/dev/null; then
         say "creating the system user $USER_NAME"
-        adduser --system --group --no-create-home --home /var/lib/edgemq \
-            --gecos "edgemq MQTT broker" "$USER_NAME" >/dev/null
+        useradd --system --user-group --no-create-home --home-dir /var/lib/edgemq \
+            --shell /usr/sbin/nologin --comment "edgemq MQTT broker" "$USER_NAME"
     fi
 else
     say "prefix $PREFIX: no system user, no systemctl"

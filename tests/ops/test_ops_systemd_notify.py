@@ -105,3 +105,36 @@ def test_broker_reports_ready_pings_the_watchdog_and_reports_stopping(
         assert time.monotonic() - started < 5
         assert broker.stop() == 0
         assert "STOPPING" in _messages(receiver, "STOPPING=1")[-1]
+
+
+def test_watchdog_pings_only_while_healthy(tmp_path: Path) -> None:
+    import asyncio
+
+    from broker.ops.systemd import watchdog
+
+    receiver, env_value = _receiver(tmp_path, abstract=False)
+    receiver.setblocking(False)
+    health = {"ok": False}
+
+    async def run_for(seconds: float) -> None:
+        notifier = Notifier({"NOTIFY_SOCKET": env_value, "WATCHDOG_USEC": "100000"})
+        task = asyncio.ensure_future(watchdog(notifier, lambda: health["ok"]))
+        await asyncio.sleep(seconds)
+        task.cancel()
+        notifier.close()
+
+    def drain() -> list[bytes]:
+        got = []
+        while True:
+            try:
+                got.append(receiver.recv(4096))
+            except BlockingIOError:
+                return got
+
+    with receiver:
+        asyncio.run(run_for(0.3))
+        assert drain() == []  # unhealthy: systemd will kill it
+        health["ok"] = True
+        asyncio.run(run_for(0.3))
+        pings = drain()
+        assert len(pings) >= 3 and set(pings) == {b"WATCHDOG=1"}
