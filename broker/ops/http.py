@@ -49,7 +49,9 @@ class HealthServer:
         return 404, TEXT, b"not found; try /metrics, /healthz or /readyz\n"
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        self.server = await asyncio.start_server(
+            self._handle, host, port, reuse_address=True, limit=MAX_REQUEST_HEAD
+        )
         address = self.server.sockets[0].getsockname()
         return str(address[0]), int(address[1])
 

@@ -176,6 +176,19 @@ def test_health_endpoints(broker_factory) -> None:
     assert http_get(base + "/readyz") == (200, "ready\n")
     status, body = http_get(base + "/nothing")
     assert status == 404
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 405 ")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # A request head beyond 8 KiB is not read further: the connection closes unanswered.
+        sock.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X-Filler: " + b"a" * 20_000 + b"\r\n\r\n")
+        try:
+            answer = sock.recv(100)
+        except ConnectionResetError:  # closed with unread input: the kernel may send a reset
+            answer = b""
+        assert answer == b""
+    assert http_get(base + "/healthz") == (200, "ok\n")  # and the listener still serves
     broker.stop()
 
 
