@@ -127,7 +127,11 @@ def render(snapshot: Snapshot) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m broker inspect", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m broker inspect",
+        description="Show sessions (queued messages and bytes, in-flight, subscriptions), retained messages"
+        " and the database size. Read-only; asks the running broker, or reads the file when it is stopped.",
+    )
     add_location_options(parser)
     parser.add_argument("--json", action="store_true", help="print JSON (for scripts)")
     args = parser.parse_args(argv)
