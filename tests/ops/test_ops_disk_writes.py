@@ -50,21 +50,21 @@ def _wait_settled(pid: int, data_dir: Path, quiet: float = 2.5) -> None:
 
 def test_an_idle_broker_writes_nothing(broker_factory) -> None:
     broker = broker_factory(config=IDLE_CONFIG)
-    # State of every kind: persistent sessions with queues, subscriptions, retained messages,
-    # a connected client that pings, $SYS updates every second.
+    # State of every kind: a persistent session with a queue and a subscription, retained
+    # messages, a connected client that pings, $SYS updates every second.
     offline_subscriber(broker.port, "device", "feed/#")
     publish(broker.port, "feed/a", numbered(500, 100))
     retainer = connect(broker.port, "retainer")
     retainer.publish("state/a", b"on", qos=1, retain=True).wait_for_publish(10)
     close(retainer)
-    watcher = connect(broker.port, "watcher", clean=False, keepalive=1)  # pings every second
+    watcher = connect(broker.port, "watcher", keepalive=2)  # pings every 2 s
     subscribe(watcher, "$SYS/#", qos=0)
     broker.wait_for_log("database compacted after", timeout=15)
     _wait_settled(broker.pid, broker.data_dir)  # the burst is over and tidied up
 
     before_io = write_bytes(broker.pid)
     before_files = _files(broker.data_dir)
-    time.sleep(5)  # the measurement window: ten housekeeping ticks, five $SYS updates
+    time.sleep(5)  # the measurement window: ten housekeeping ticks, five $SYS updates, pings
     assert watcher.is_connected()
     assert write_bytes(broker.pid) - before_io == 0
     assert _files(broker.data_dir) == before_files
