@@ -73,6 +73,9 @@ class Config:
     # Bytes kept free on the data directory's file system: below it, QoS 1/2 messages that
     # need storage are refused (v5: 0x97) while stored ones are still delivered; 0 = no reserve.
     min_free_space: int = 0
+    # Seconds without writes after traffic before the database gives freed space back and the
+    # WAL is emptied (once per burst: an idle broker writes nothing); 0 = never.
+    compact_after_idle: int = 30
 
     # [limits]
     max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit
@@ -100,6 +103,14 @@ class Config:
     # [log]
     verbose: bool = False
     log_packets: bool = False  # every packet in and out, as mosquitto -v (also on with verbose)
+    # "<N>" syslog priority prefixes and no timestamps, for the journal: "auto" (when stderr
+    # is systemd's journal stream, JOURNAL_STREAM), "on" or "off".
+    priority_prefix: str = "auto"
+
+    # [metrics] an HTTP listener for Prometheus (/metrics) and health checks (/healthz, /readyz)
+    metrics_enabled: bool = False
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 9883  # 0 = let the OS pick (tests); the chosen port is logged
 
 
 def listener_settings(config: Config) -> list[ListenerConfig]:

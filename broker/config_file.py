@@ -150,6 +150,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "data_dir": _Key("str"),
         "sync": _Key("str", choices=("full", "normal", "off")),
         "min_free_space": _Key("size", 0, 2**53),
+        "compact_after_idle": _Key("duration", 0, 86400),
     },
     "limits": {
         "max_queued_messages": _Key("int", 0, 2**31 - 1),
@@ -173,6 +174,12 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "log": {
         "verbose": _Key("bool"),
         "log_packets": _Key("bool"),
+        "priority_prefix": _Key("str", choices=("auto", "on", "off")),
+    },
+    "metrics": {
+        "metrics_enabled": _Key("bool"),
+        "metrics_bind": _Key("str"),
+        "metrics_port": _Key("int", 0, 65535),
     },
 }
 

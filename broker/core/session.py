@@ -217,6 +217,7 @@ class Session:
             expires_at = entry.message.expires_at
             if expires_at is not None and expires_at <= now:
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
                 continue
             if entry.qos == 0:
                 conn.send_publish(entry.message, 0, entry.retain, entry.subscription_ids, None, False)
@@ -270,6 +271,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
             else:
                 kept.append(entry)
         self.pending = kept
@@ -440,6 +442,7 @@ class Session:
                     self.queued_count -= 1
                     self.queued_bytes -= len(entry.message.payload)
                     storage.delete_entry(self.client_id, entry.seq)
+                    self.engine.stats.dropped_expired += 1
                 elif earliest is None or expires_at < earliest:
                     earliest = expires_at
             if len(page) < 500:

@@ -314,6 +314,14 @@ class Listeners:
             values.update(listener.sys_values())
         return values
 
+    def is_serving(self) -> bool:
+        """Every listener accepts connections (for /readyz and the systemd watchdog)."""
+        return all(listener.server is not None and listener.server.is_serving() for listener in self.listeners)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [address for listener in self.listeners for address in listener.addresses]
+
     def close(self) -> None:
         if self._expiry_task is not None:
             self._expiry_task.cancel()

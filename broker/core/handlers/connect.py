@@ -104,6 +104,7 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         keepalive,
         f", u'{packet.username}'" if packet.username else "",
     )
+    engine.stats.connects += 1
     # Not held for the commit of the session row: after a crash the client would only see
     # session present 0 and subscribe again. A DISCONNECT never comes before the CONNACK.
     conn.send_packet(Connack(session_present, 0, ack_props))
