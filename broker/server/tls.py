@@ -66,6 +66,20 @@ def _check_ca(settings: ListenerConfig) -> None:
             raise TLSFileError(f"cafile {exc}") from None
     if settings.capath is not None and not os.path.isdir(settings.capath):
         raise TLSFileError(f"capath {settings.capath} is not a directory")
+    if settings.crlfile is not None:
+        data = _read_crl(settings.crlfile)
+        try:
+            x509.load_pem_x509_crl(data)
+        except ValueError:
+            raise TLSFileError(f"crlfile {settings.crlfile} holds no PEM certificate revocation list") from None
+
+
+def _read_crl(path: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise TLSFileError(f"crlfile {path}: cannot read it: {exc.strerror or exc}") from None
 
 
 def _no_password() -> str:
@@ -107,6 +121,12 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
         except (ssl.SSLError, OSError) as exc:
             where = settings.cafile if settings.cafile is not None else settings.capath
             raise TLSFileError(f"CA certificates {where}: {exc}") from None
+    if settings.crlfile is not None:
+        try:
+            context.load_verify_locations(cafile=settings.crlfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSFileError(f"crlfile {settings.crlfile}: {exc}") from None
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     # As mosquitto: a certificate is asked for only when one is required.
     context.verify_mode = ssl.CERT_REQUIRED if settings.require_certificate else ssl.CERT_NONE
     return ServerTLS(

@@ -115,7 +115,10 @@ class TLSServerProtocol(asyncio.Protocol):
             return
         except ssl.SSLError as exc:
             self.flush()  # the alert that tells the client why
-            self._fail(exc.reason or str(exc))
+            reason = exc.reason or str(exc)
+            if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+                reason = f"{reason} ({exc.verify_message})"  # "certificate revoked", "unable to get ..."
+            self._fail(reason)
             return
         self.flush()
         if self.timer is not None:

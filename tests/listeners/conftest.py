@@ -94,6 +94,25 @@ def write_expired_certificate(pki: PKI, path: Path) -> None:
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
+def write_crl(pki: PKI, revoked: list[Path], path: Path) -> None:
+    """A PEM CRL from the PKI's CA that revokes the given certificates (the tool makes no CRLs)."""
+    ca_cert = certs.load_certificate(pki.ca)
+    ca_key = certs.load_key(certs.paths(pki.dir).ca_key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=7))
+    )
+    for cert_path in revoked:
+        serial = certs.load_certificate(cert_path).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+
+
 LISTENING_LINE = re.compile(r"broker: (?P<kind>.+) listening on (?P<address>\S+)$", re.MULTILINE)
 
 
