@@ -15,7 +15,6 @@ import datetime
 import ipaddress
 import logging
 import os
-import socket
 import stat
 from collections.abc import Callable
 
@@ -30,6 +29,7 @@ from broker.server.websocket import WebSocketProtocol
 log = logging.getLogger("broker")
 
 EXPIRY_CHECK_SECONDS = 86_400.0  # certificates about to expire are warned about daily
+
 
 class ListenerError(Exception):
     """A listener cannot start; the message names the listener and the file or address."""
@@ -169,7 +169,10 @@ class Listener(HandshakeObserver):
                 self.name, self.settings.certfile, new.subject, f"{new.not_after:%Y-%m-%d %H:%M}",
             )
         else:
-            log.info("listener %s: certificate %s reloaded (unchanged)", self.name, self.settings.certfile)
+            log.info(
+                "listener %s: certificate %s reloaded (the same certificate; CA and CRL files re-read)",
+                self.name, self.settings.certfile,
+            )
         self.warn_if_expiring(_utcnow())
 
     def warn_if_expiring(self, now: datetime.datetime) -> None:
