@@ -298,6 +298,42 @@ def test_der_files_parse_and_match_the_pem_files(tmp_path: Path) -> None:
     assert context.cert_store_stats()["x509_ca"] == 1
 
 
+MICROPYTHON_CLIENT = """
+import ssl, socket, sys
+ca_der, cert_der, key_der, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = ssl.CERT_REQUIRED
+ctx.load_verify_locations(cadata=open(ca_der, "rb").read())
+ctx.load_cert_chain(open(cert_der, "rb").read(), open(key_der, "rb").read())
+sock = socket.socket()
+sock.connect(socket.getaddrinfo("127.0.0.1", port)[0][-1])
+tls = ctx.wrap_socket(sock, server_hostname="localhost")
+tls.write(b"world")
+print(tls.read(11))
+"""
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_micropython_uses_the_der_files_for_mutual_tls(tmp_path: Path, key_type: str) -> None:
+    """The MicroPython Unix port (mbedTLS, as on boards) loads the DER files and is let in."""
+    where = certs.init(tmp_path, hosts=["localhost"], ips=["127.0.0.1"], key_type=key_type)  # type: ignore[arg-type]
+    board = certs.issue_client(tmp_path, "board-7", key_type=key_type)  # type: ignore[arg-type]
+    script = tmp_path / "client.py"
+    script.write_text(MICROPYTHON_CLIENT)
+    server = TLSServer(server_context(where))
+    try:
+        result = subprocess.run(
+            ["micropython", str(script), str(where.ca_der), str(board.cert_der), str(board.key_der),
+             str(server.port)],
+            capture_output=True, text=True, timeout=60,
+        )
+        peer = server.result()
+    finally:
+        server.close()
+    assert result.stdout.strip() == "b'hello world'", result.stdout + result.stderr
+    assert subject_cn(peer) == "board-7"
+
+
 # ---- renew ------------------------------------------------------------------------------
 
 
@@ -460,3 +496,23 @@ def test_cli_errors_on_files(tmp_path: Path) -> None:
     # A key that is not the CA's is refused.
     wrong = run_certs("client", "e", "--dir", str(tmp_path), "--ca-key", str(where.server_key))
     assert wrong.returncode == 1 and "is not the key of the CA certificate" in wrong.stderr
+
+
+def test_cli_error_on_a_directory_it_cannot_make(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_certs("init", "--dir", str(blocker / "certs"), "--host", "x")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {blocker / 'certs'}") and "Not a directory" in result.stderr
+
+
+def test_show_a_chain(tmp_path: Path) -> None:
+    where = certs.init(tmp_path, hosts=["pi.local"])
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(where.server_cert.read_bytes() + where.ca_cert.read_bytes())
+    result = run_certs("show", str(chain))
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.split("\n\n")
+    assert "(certificate 1 of 2)" in first and "subject:     CN=pi.local" in first and "CA:          no" in first
+    assert "(certificate 2 of 2)" in second and "subject:     O=edgemq,CN=edgemq CA" in second
+    assert "CA:          yes" in second

@@ -110,8 +110,11 @@ def client_paths(directory: str | os.PathLike[str], name: str) -> ClientPaths:
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Replace ``path`` atomically; the file never exists with a wider mode than ``mode``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise CertError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, mode)  # mkstemp makes 0600; certificates are world-readable
         with os.fdopen(fd, "wb") as file:
@@ -155,8 +158,11 @@ def write_cert(path: Path, cert: x509.Certificate, der: Path | None = None) -> N
 
 
 def _make_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, PRIVATE_DIR_MODE)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, PRIVATE_DIR_MODE)
+    except OSError as exc:
+        raise CertError(f"{path}: cannot make the directory: {exc.strerror or exc}") from None
 
 
 # ---- reading ----------------------------------------------------------------------------
@@ -245,7 +251,6 @@ def init(
         )
     ca = make_ca(ca_name, key_type, ca_days)
     server = make_server_cert(ca, hosts, ips, key_type, server_days)
-    where.dir.mkdir(parents=True, exist_ok=True)
     _make_private_dir(where.ca_key.parent)
     write_key(where.ca_key, ca.key)
     write_cert(where.ca_cert, ca.cert, where.ca_der)

@@ -93,7 +93,12 @@ class StreamTransport:
         except RuntimeError:
             pass
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client reset the connection meanwhile: nothing to wait for
+                self._linger_left = None
+                transport.close()
+                return
         self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.end_linger)
 
     @property

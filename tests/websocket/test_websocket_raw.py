@@ -96,11 +96,16 @@ BAD_HANDSHAKES = [
     ("no version", request_bytes(headers={"Sec-WebSocket-Version": None}), 400, "Sec-WebSocket-Version", None),
     ("no key", request_bytes(headers={"Sec-WebSocket-Key": None}), 400, "Sec-WebSocket-Key", None),
     ("plain GET", b"GET /mqtt HTTP/1.1\r\nHost: x\r\n\r\n", 426, "WebSocket client", "upgrade"),
-    ("no Connection: upgrade", request_bytes(headers={"Connection": "keep-alive"}), 400, "Connection", None),
-    ("POST", request_bytes(method="POST"), 405, "GET", "allow"),
+    ("no Connection: upgrade", request_bytes(headers={"Connection": "keep-alive"}), 426,
+     "invalid Connection header", "upgrade"),
+    ("POST", request_bytes(method="POST"), 400, "expected GET; got POST", None),
+    ("HTTP/1.0", request_bytes().replace(b"HTTP/1.1", b"HTTP/1.0"), 400, "expected HTTP/1.1", None),
+    ("bad key", request_bytes(key="c2hvcnQ="), 400, "Sec-WebSocket-Key", None),
     ("no Host", request_bytes(headers={"Host": None}), 400, "Host", None),
     ("not HTTP", b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00\r\n\r\n", 400, "bad HTTP request", None),
     ("huge header", request_bytes(headers={"X-Big": "a" * 20000}), 431, "bad HTTP request", None),
+    ("huge head", request_bytes(headers={f"X-Big-{i}": "a" * 5000 for i in range(4)}), 431,
+     "request head is over 16384 bytes", None),
 ]
 
 

@@ -8,6 +8,7 @@ ports the OS chose. Tests talk to it with real clients over real sockets.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import threading
 import time
@@ -15,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from broker import certs
 from broker.config import Config
 from broker.core.engine import Engine
 from broker.core.transport import ListenerInfo
 from broker.server.transport import MQTTProtocol
 from broker.server.websocket import WebSocketProtocol
 from broker.storage.memory import MemoryStorage
+from brokerprocess import BrokerProcess
 
 WS_LISTENER = ListenerInfo(name="websockets 127.0.0.1", protocol="websockets")
 
@@ -108,3 +111,37 @@ class InProcessBroker:
         engine = self.engine
         assert engine is not None
         return int(self.call(lambda: len(engine.connections)))
+
+
+# ---- the broker process with WebSocket listeners ------------------------------------------
+
+WEBSOCKET_LISTENING = re.compile(
+    r"broker: websockets (?P<tls>over TLS )?.*listening on (?P<host>[0-9.]+):(?P<port>\d+)$", re.MULTILINE
+)
+
+
+def websocket_config(cert_dir: certs.CertPaths | None = None, extra: str = "") -> str:
+    """``[[listener]]`` tables: plain MQTT, ws, and with ``cert_dir`` wss (ports the OS picks)."""
+    text = '[[listener]]\nport = 0\n\n[[listener]]\nport = 0\nprotocol = "websockets"\n' + extra
+    if cert_dir is not None:
+        text += (
+            '\n[[listener]]\nport = 0\nprotocol = "websockets"\n'
+            f'certfile = "{cert_dir.server_cert}"\nkeyfile = "{cert_dir.server_key}"\n' + extra
+        )
+    return text
+
+
+def websocket_addresses(broker: BrokerProcess, tls: bool, timeout: float = 10.0) -> dict[str, Address]:
+    """{"ws": ..., "wss": ...} (``tls``) as the broker logged its WebSocket listeners."""
+    wanted = {"ws", "wss"} if tls else {"ws"}
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {
+            ("wss" if match["tls"] else "ws"): Address(match["host"], int(match["port"]))
+            for match in WEBSOCKET_LISTENING.finditer(broker.log())
+        }
+        if wanted <= found.keys():
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {wanted} listeners logged:\n{broker.log()}")
+        time.sleep(0.02)

@@ -1,8 +1,8 @@
 """A raw WebSocket client for tests, with frames built by hand from RFC 6455.
 
-Deliberately independent of wsproto (which the broker uses): the frames the tests send
-and the parsing of what the broker answers follow the RFC's byte layout (section 5.2),
-so a wsproto quirk cannot hide behind itself.
+Deliberately independent of the WebSocket library the broker uses: the frames the tests
+send and the parsing of what the broker answers follow the RFC's byte layout (section
+5.2), so a quirk of the library cannot hide behind itself.
 """
 
 from __future__ import annotations
