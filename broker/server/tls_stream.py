@@ -35,6 +35,11 @@ class HandshakeObserver:
 class TLSServerProtocol(asyncio.Protocol):
     """One TLS connection's TCP side: handshake, then decryption into the application protocol."""
 
+    __slots__ = (
+        "context", "make_app", "handshake_timeout", "observer", "raw", "peer", "incoming", "outgoing",
+        "sslobj", "app", "app_transport", "timer", "failed", "read_paused",
+    )
+
     def __init__(
         self,
         context: ssl.SSLContext,
@@ -178,6 +183,8 @@ class TLSServerProtocol(asyncio.Protocol):
 
 class TLSTransport(asyncio.Transport):
     """What the MQTT or WebSocket protocol writes to on a TLS connection: plaintext in, records out."""
+
+    __slots__ = ("owner", "raw", "sslobj", "closing")
 
     def __init__(self, owner: TLSServerProtocol) -> None:
         super().__init__()
