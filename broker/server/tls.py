@@ -106,6 +106,7 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _MINIMUM_VERSION[settings.tls_version]
+    context.options |= ssl.OP_NO_RENEGOTIATION  # TLS 1.2 renegotiation: CPU for the client to burn
     if settings.ciphers is not None:
         try:
             context.set_ciphers(settings.ciphers)
