@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from broker.server.transport import describe_peer, set_nodelay
 
@@ -65,10 +65,8 @@ class TLSServerProtocol(asyncio.Protocol):
     # ---- the TCP side ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        raw = transport if isinstance(transport, asyncio.Transport) else None
-        if raw is None:  # pragma: no cover - TCP servers give stream transports
-            transport.close()
-            return
+        # A stream transport (uvloop's do not derive from asyncio.Transport: no isinstance check).
+        raw = cast(asyncio.Transport, transport)
         self.raw = raw
         set_nodelay(raw)
         self.peer = describe_peer(raw)
