@@ -4,7 +4,8 @@ asyncio's own TLS layer (``create_server(ssl=...)``, ``start_tls``) gives every
 connection a 256 KiB read buffer, zero-filled and so resident: an idle TLS client
 cost the broker about 240 KiB, where mosquitto needs about 14 KiB. Here the TLS
 state of a connection is OpenSSL's (which releases its buffers while idle) and
-two memory BIOs, and plaintext is read in the chunks OpenSSL returns.
+two memory BIOs fed at most ``BIO_SLICE`` bytes at a time (a BIO keeps the largest
+buffer it ever held), and plaintext is read in the chunks OpenSSL returns.
 
 ``TLSServerProtocol`` sits on the TCP connection: it runs the handshake (with a
 deadline, reporting the outcome to its listener), then creates the MQTT or
@@ -22,6 +23,9 @@ from typing import Any, cast
 from broker.server.transport import describe_peer, set_nodelay
 
 READ_SIZE = 64 * 1024  # asked of SSLObject.read; OpenSSL returns at most one record (16 KiB)
+# Bytes put into a memory BIO at a time. A BIO keeps the largest buffer it ever held: fed a
+# 256 KiB read at once, it would hold 256 KiB for the rest of the connection's life.
+BIO_SLICE = 16 * 1024
 
 
 class HandshakeObserver:
@@ -37,7 +41,7 @@ class TLSServerProtocol(asyncio.Protocol):
 
     __slots__ = (
         "context", "make_app", "handshake_timeout", "observer", "raw", "peer", "incoming", "outgoing",
-        "sslobj", "app", "app_transport", "timer", "failed", "read_paused",
+        "sslobj", "app", "app_transport", "timer", "failed", "read_paused", "unfed",
     )
 
     def __init__(
@@ -61,6 +65,7 @@ class TLSServerProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.failed = False
         self.read_paused = False
+        self.unfed: memoryview | None = None  # received, not yet in the incoming BIO (while paused)
 
     # ---- the TCP side ------------------------------------------------------------------
 
@@ -76,12 +81,25 @@ class TLSServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.failed or (self.app_transport is not None and self.app_transport.closing):
             return
-        self.incoming.write(data)
-        if self.app is None:
-            self._handshake()
-            if self.app is None:
+        if self.unfed is None:
+            self.unfed = memoryview(data)
+        else:  # rare: bytes already on their way when the application paused reading
+            self.unfed = memoryview(self.unfed.tobytes() + data)
+        self.feed()
+
+    def feed(self) -> None:
+        """Move received bytes into OpenSSL a slice at a time, handshaking or delivering as they go."""
+        while self.unfed is not None:
+            if self.failed or (self.app is not None and self.read_paused):
                 return
-        self.deliver()
+            piece, rest = self.unfed[:BIO_SLICE], self.unfed[BIO_SLICE:]
+            self.unfed = rest if len(rest) else None
+            self.incoming.write(piece)
+            if self.app is None:
+                self._handshake()
+                if self.app is None:
+                    continue
+            self.deliver()
 
     def eof_received(self) -> bool | None:
         if self.app is None:
@@ -174,6 +192,11 @@ class TLSServerProtocol(asyncio.Protocol):
         if self.outgoing.pending:
             self.flush()
 
+    def resume(self) -> None:
+        if self.app is not None and not self.read_paused:
+            self.deliver()
+            self.feed()
+
     def flush(self) -> None:
         if self.outgoing.pending and self.raw is not None and not self.raw.is_closing():
             self.raw.write(self.outgoing.read())
@@ -196,7 +219,13 @@ class TLSTransport(asyncio.Transport):
         if self.closing:
             return
         try:
-            self.sslobj.write(data)
+            if len(data) <= BIO_SLICE:
+                self.sslobj.write(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(view), BIO_SLICE):
+                    self.sslobj.write(view[start : start + BIO_SLICE])
+                    self.owner.flush()
         except ssl.SSLError:
             self.abort()
             return
@@ -223,8 +252,8 @@ class TLSTransport(asyncio.Transport):
             return
         self.owner.read_paused = False
         self.raw.resume_reading()
-        # Plaintext already decrypted or received stays in OpenSSL until asked for.
-        asyncio.get_running_loop().call_soon(self.owner.deliver)
+        # What arrived before the pause is still in OpenSSL or not yet fed to it.
+        asyncio.get_running_loop().call_soon(self.owner.resume)
 
     def is_reading(self) -> bool:
         return not self.owner.read_paused and self.raw.is_reading()
