@@ -71,6 +71,9 @@ class Config:
     # "full": every acknowledged message survives kill -9 and power loss (fsync per group commit);
     # "normal": survives kill -9, a power cut may lose the last commits; "off": no fsync at all.
     sync: str = "full"
+    # Bytes kept free on the data directory's file system: below it, QoS 1/2 messages that
+    # need storage are refused (v5: 0x97) while stored ones are still delivered; 0 = no reserve.
+    min_free_space: int = 0
 
     # [limits]
     max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit

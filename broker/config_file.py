@@ -149,6 +149,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "backend": _Key("str", choices=("sqlite", "memory")),
         "data_dir": _Key("str"),
         "sync": _Key("str", choices=("full", "normal", "off")),
+        "min_free_space": _Key("size", 0, 2**53),
     },
     "limits": {
         "max_queued_messages": _Key("int", 0, 2**31 - 1),

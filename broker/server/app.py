@@ -1,4 +1,4 @@
-"""Run the broker: open storage, listen, tick once a second, stop cleanly on SIGTERM/SIGINT."""
+"""Run the broker: open storage, listen, tick every TICK_SECONDS, stop cleanly on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
