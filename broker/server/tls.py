@@ -37,9 +37,7 @@ class ServerTLS:
     not_before: datetime.datetime
     not_after: datetime.datetime
     fingerprint: str  # SHA-256 of the server certificate, to tell a renewed one in the log
-
-    def expires_in(self, now: datetime.datetime) -> datetime.timedelta:
-        return self.not_after - now
+    ca_not_after: datetime.datetime | None = None  # the first CA certificate of cafile to expire
 
 
 def _certificate(settings: ListenerConfig) -> x509.Certificate:
@@ -58,12 +56,15 @@ def _certificate(settings: ListenerConfig) -> x509.Certificate:
     return certificate
 
 
-def _check_ca(settings: ListenerConfig) -> None:
+def _check_ca(settings: ListenerConfig) -> datetime.datetime | None:
+    """Check the CA and CRL files; returns when the first CA certificate of cafile expires."""
+    ca_not_after = None
     if settings.cafile is not None:
         try:
-            load_certificates(settings.cafile)
+            authorities = load_certificates(settings.cafile)
         except CertError as exc:
             raise TLSFileError(f"cafile {exc}") from None
+        ca_not_after = min(ca.not_valid_after_utc for ca in authorities)
     if settings.capath is not None and not os.path.isdir(settings.capath):
         raise TLSFileError(f"capath {settings.capath} is not a directory")
     if settings.crlfile is not None:
@@ -72,6 +73,7 @@ def _check_ca(settings: ListenerConfig) -> None:
             x509.load_pem_x509_crl(data)
         except ValueError:
             raise TLSFileError(f"crlfile {settings.crlfile} holds no PEM certificate revocation list") from None
+    return ca_not_after
 
 
 def _read_crl(path: str) -> bytes:
@@ -102,7 +104,7 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
             f"certfile {settings.certfile} expired on {not_after:%Y-%m-%d %H:%M} UTC; renew it "
             "(python -m broker certs renew)"
         )
-    _check_ca(settings)
+    ca_not_after = _check_ca(settings)
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _MINIMUM_VERSION[settings.tls_version]
@@ -136,5 +138,6 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
         not_before=certificate.not_valid_before_utc,
         not_after=not_after,
         fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
+        ca_not_after=ca_not_after,
     )
 

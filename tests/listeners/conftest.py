@@ -56,8 +56,10 @@ class PKI:
         return context
 
 
-def make_pki(directory: Path, client_name: str = "device-1", server_days: int = certs.SERVER_DAYS) -> PKI:
-    where = certs.init(directory, hosts=["localhost"], ips=["127.0.0.1"], server_days=server_days)
+def make_pki(
+    directory: Path, client_name: str = "device-1", server_days: int = certs.SERVER_DAYS, ca_days: int = certs.CA_DAYS
+) -> PKI:
+    where = certs.init(directory, hosts=["localhost"], ips=["127.0.0.1"], server_days=server_days, ca_days=ca_days)
     device = certs.issue_client(directory, client_name)
     return PKI(
         dir=directory,
