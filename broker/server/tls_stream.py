@@ -41,7 +41,7 @@ class TLSServerProtocol(asyncio.Protocol):
 
     __slots__ = (
         "context", "make_app", "handshake_timeout", "observer", "raw", "peer", "incoming", "outgoing",
-        "sslobj", "app", "app_transport", "timer", "failed", "read_paused", "unfed",
+        "sslobj", "app", "app_transport", "timer", "failed", "read_paused", "unfed", "ended",
     )
 
     def __init__(
@@ -66,6 +66,7 @@ class TLSServerProtocol(asyncio.Protocol):
         self.failed = False
         self.read_paused = False
         self.unfed: memoryview | None = None  # received, not yet in the incoming BIO (while paused)
+        self.ended = False  # the client's close_notify arrived: nothing more to read
 
     # ---- the TCP side ------------------------------------------------------------------
 
@@ -90,7 +91,7 @@ class TLSServerProtocol(asyncio.Protocol):
     def feed(self) -> None:
         """Move received bytes into OpenSSL a slice at a time, handshaking or delivering as they go."""
         while self.unfed is not None:
-            if self.failed or (self.app is not None and self.read_paused):
+            if self.failed or self.ended or (self.app is not None and self.read_paused):
                 return
             piece, rest = self.unfed[:BIO_SLICE], self.unfed[BIO_SLICE:]
             self.unfed = rest if len(rest) else None
@@ -170,7 +171,7 @@ class TLSServerProtocol(asyncio.Protocol):
         """Hand the application every byte of plaintext OpenSSL has, unless it paused reading."""
         sslobj = self.sslobj
         assert sslobj is not None
-        while not self.read_paused and self.app is not None:
+        while not self.read_paused and not self.ended and self.app is not None:
             try:
                 chunk = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
@@ -181,8 +182,8 @@ class TLSServerProtocol(asyncio.Protocol):
                 if self.raw is not None:
                     self.raw.abort()
                 break
-            if not chunk:  # close_notify: the client's end of the stream
-                self.read_paused = True  # nothing can follow it
+            if not chunk:  # close_notify: the client's end of the stream, told to the application once
+                self.ended = True
                 if not self.app.eof_received() and self.app_transport is not None:
                     self.app_transport.close()
                 break
