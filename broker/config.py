@@ -35,6 +35,7 @@ class ListenerConfig:
     keyfile: str | None = None
     cafile: str | None = None  # CA certificates that sign client certificates
     capath: str | None = None  # a directory of them (c_rehash layout), instead of or with cafile
+    crlfile: str | None = None  # revoked client certificates (PEM CRL from the CA), re-read on SIGHUP
     require_certificate: bool = False  # mutual TLS: clients without a certificate from the CA are refused
     use_identity_as_username: bool = False  # the client certificate's CN becomes the username
     tls_version: str = "tlsv1.2"  # the minimum version accepted

@@ -235,6 +235,8 @@ def _build_listener(values: dict[str, object]) -> ListenerConfig:
             "require_certificate needs cafile or capath (the CA that signs client certificates)",
             "require_certificate",
         )
+    if listener.crlfile is not None and not listener.require_certificate:
+        raise TableError("crlfile needs require_certificate = true (it revokes client certificates)", "crlfile")
     if listener.use_identity_as_username and not listener.require_certificate:
         raise TableError(
             "use_identity_as_username needs require_certificate = true", "use_identity_as_username"
@@ -244,7 +246,7 @@ def _build_listener(values: dict[str, object]) -> ListenerConfig:
 
 # TLS settings: meaningless without certfile and keyfile, and on a Unix socket.
 _LISTENER_TLS_KEYS = (
-    "certfile", "keyfile", "cafile", "capath", "require_certificate", "use_identity_as_username",
+    "certfile", "keyfile", "cafile", "capath", "crlfile", "require_certificate", "use_identity_as_username",
     "tls_version", "ciphers",
 )
 
@@ -263,6 +265,7 @@ TABLE_ARRAYS: dict[str, TableArray] = {
             "keyfile": _Key("str"),
             "cafile": _Key("str"),
             "capath": _Key("str"),
+            "crlfile": _Key("str"),
             "require_certificate": _Key("bool"),
             "use_identity_as_username": _Key("bool"),
             "tls_version": _Key("str", choices=TLS_VERSIONS),
