@@ -6,7 +6,11 @@ README). The loader lives in ``config_file.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.bridge.config import BridgeConfig
 
 MAX_PACKET_SIZE_LIMIT = 268_435_455  # the largest remaining length MQTT can express (+5)
 
@@ -43,3 +47,6 @@ class Config:
 
     # [log]
     verbose: bool = False
+
+    # [[bridge]] tables (broker/bridge/config.py reads them; not a section of SCHEMA)
+    bridges: list[BridgeConfig] = field(default_factory=list)

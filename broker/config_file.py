@@ -151,10 +151,14 @@ SCHEMA: dict[str, dict[str, _Key]] = {
 }
 
 
+# Arrays of tables, each read by its own module: TOML name -> Config field.
+TABLE_ARRAYS = {"bridge": "bridges"}
+
+
 def _check_schema_matches_config() -> None:
     """Every Config field is a key of exactly one section, and the reverse."""
     keys = [key for section in SCHEMA.values() for key in section]
-    fields = list(Config.__dataclass_fields__)
+    fields = [name for name in Config.__dataclass_fields__ if name not in TABLE_ARRAYS.values()]
     if sorted(keys) != sorted(fields):
         raise AssertionError(f"config schema {sorted(keys)} does not match Config {sorted(fields)}")
 
@@ -306,5 +310,13 @@ def load_config(path: str, base: Config | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         line, message = _syntax_line(exc, text)
         raise ConfigError(f"{path}:{line}: TOML syntax error: {message}") from None
+    bridge_tables = data.pop("bridge", None)
     apply_table(config, data, text, path)
+    if bridge_tables is not None:
+        from broker.bridge.config import BridgeConfigError, parse_bridges
+
+        try:
+            config.bridges = parse_bridges(bridge_tables, text, path)
+        except BridgeConfigError as exc:
+            raise ConfigError(str(exc)) from None
     return config

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broker.config import Config
+from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.subscriptions import SubscriptionTree
@@ -82,6 +83,8 @@ class Engine:
         self.connections: set[Connection] = set()
         self.storage_dirty = False
         self.dropped_messages = 0
+        # Sessions with their own queue limits (bridges' backlogs), by client id.
+        self.queue_limits: dict[str, QueueLimits] = {}
         self.stats = Stats()
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}
