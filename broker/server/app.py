@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from broker.bridge.bridge import Bridge
 from broker.config import Config
 from broker.core.engine import Engine
 from broker.server.transport import MQTTProtocol
@@ -71,12 +72,17 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
                 log.exception("housekeeping failed")
 
     tick_task = asyncio.ensure_future(ticker())
+    bridges = [Bridge(engine, bridge_config) for bridge_config in config.bridges]
+    for bridge in bridges:
+        await bridge.start()
     try:
         loop.add_signal_handler(signal.SIGHUP, lambda: reload(config, reloaders))
     except (NotImplementedError, RuntimeError):
         pass
     await stop.wait()
     log.info("shutting down")
+    for bridge in bridges:
+        await bridge.stop()
     tick_task.cancel()
     server.close()
     try:
