@@ -1,0 +1,245 @@
+"""What the bridge tests share: a TCP proxy that can cut the uplink, gateway configuration,
+publishers and a collector on the upstream, and the oracle that compares them.
+
+The oracle is the local publishers' record of what the gateway acknowledged (PUBACK/PUBREC),
+never the bridge's word: every acknowledged QoS 1/2 message must arrive at the upstream
+subscriber, QoS 2 exactly once, and in the order each publisher sent them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from fault.mqttclient import Publisher, Subscriber
+
+
+class Proxy:
+    """A TCP proxy between the gateway and the upstream: ``down()`` is an uplink outage.
+
+    ``cut_every`` (bytes, from the gateway to the upstream) makes it drop each connection
+    after a random amount of traffic in [cut_every/2, cut_every]: a flaky link that breaks
+    mid-packet.
+    """
+
+    def __init__(self, target_host: str, target_port: int, cut_every: int = 0, seed: int = 1) -> None:
+        self.target = (target_host, target_port)
+        self.cut_every = cut_every
+        self.rng = random.Random(seed)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.is_up = True
+        self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.connections = 0
+        self.cuts = 0
+
+    async def start(self) -> Proxy:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        self.down()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def down(self) -> None:
+        """Refuse new connections (accept and drop them) and cut the current ones."""
+        self.is_up = False
+        for client, upstream in list(self.pairs):
+            for writer in (client, upstream):
+                writer.transport.abort()
+        self.pairs.clear()
+
+    def up(self) -> None:
+        self.is_up = True
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if not self.is_up:
+            client_writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self.connections += 1
+        pair = (client_writer, up_writer)
+        self.pairs.add(pair)
+        budget = self.rng.randint(self.cut_every // 2, self.cut_every) if self.cut_every else 0
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limited: bool) -> None:
+            nonlocal budget
+            try:
+                while True:
+                    data = await reader.read(4096)
+                    if not data:
+                        break
+                    if limited and self.cut_every:
+                        if len(data) >= budget:
+                            writer.write(data[:budget])  # the cut falls inside a packet
+                            self.cuts += 1
+                            break
+                        budget -= len(data)
+                    writer.write(data)
+            except OSError:
+                pass
+            for w in pair:
+                w.transport.abort()
+
+        await asyncio.gather(pump(client_reader, up_writer, True), pump(up_reader, client_writer, False))
+        self.pairs.discard(pair)
+
+
+def bridge_config(
+    upstream_port: int,
+    *,
+    version: str = "3.1.1",
+    extra: str = "",
+    topics: str = "",
+    qos: int = 2,
+) -> str:
+    """A gateway forwarding site/sensors/# as gw1/sensors/# and receiving gw1/cmd/# as site/cmd/#."""
+    topics = topics or f"""
+[[bridge.topic]]
+pattern = "sensors/#"
+direction = "out"
+qos = {qos}
+local_prefix = "site/"
+remote_prefix = "gw1/"
+
+[[bridge.topic]]
+pattern = "cmd/#"
+direction = "in"
+qos = 1
+local_prefix = "site/"
+remote_prefix = "gw1/"
+"""
+    return f"""
+[mqtt]
+sys_interval = 1
+
+[[bridge]]
+name = "cloud"
+address = "127.0.0.1:{upstream_port}"
+protocol_version = "{version}"
+client_id = "gateway-1"
+keepalive = 5
+restart_timeout = 1
+{extra}
+{topics}
+"""
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+                     progress: Callable[[], object] | None = None) -> None:
+    """Wait for ``condition``; while ``progress`` keeps changing the deadline moves (busy CI)."""
+    deadline = time.monotonic() + timeout
+    last = progress() if progress else None
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+        if progress is not None:
+            now = progress()
+            if now != last:
+                last = now
+                deadline = max(deadline, time.monotonic() + timeout)
+
+
+async def wait_log(process: object, pattern: str, count: int = 1, timeout: float = 15) -> None:
+    """Wait (without blocking the event loop: the proxy runs on it) for ``count`` matching lines."""
+    import re
+
+    def enough() -> bool:
+        return len(re.findall(pattern, process.log(all_runs=True))) >= count  # type: ignore[attr-defined]
+
+    await wait_until(enough, timeout, f"{count} log lines matching {pattern!r}")
+
+
+class Collector:
+    """The upstream subscriber, reconnecting whenever its broker comes back."""
+
+    def __init__(self, subscriber: Subscriber, host: str, port_of: Callable[[], int]) -> None:
+        self.subscriber = subscriber
+        self.host = host
+        self.port_of = port_of
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _loop(self) -> None:
+        while not self.stop.is_set():
+            await self.subscriber.run(self.host, self.port_of(), self.stop)
+            if not self.stop.is_set():
+                await asyncio.sleep(0.1)
+
+    async def start(self) -> Collector:
+        self.task = asyncio.ensure_future(self._loop())
+        await wait_until(lambda: self.subscriber.subscribed, 10, "the upstream subscription")
+        return self
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await self.task
+
+
+async def publish(publishers: list[Publisher], port: int, count: int,
+                  interrupt: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Each publisher sends ``count`` new messages and waits for their acknowledgements.
+
+    With ``interrupt`` the phase ends when it returns (it kills the gateway, say); the
+    publishers keep what is unacknowledged and re-send it on their next connection.
+    """
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(p.run("127.0.0.1", port, count, 0.002, stop)) for p in publishers]
+    if interrupt is not None:
+        await interrupt()
+    else:
+        goal = {p.client_id: p.seq + count for p in publishers}
+
+        def finished() -> bool:
+            return all(p.seq >= goal[p.client_id] and p.done for p in publishers)
+
+        await wait_until(finished, 30, "the gateway's acknowledgements",
+                         lambda: sum(len(p.acknowledged) for p in publishers))
+    stop.set()
+    await asyncio.gather(*tasks)
+
+
+async def reconnect_publishers(publishers: list[Publisher], port: int) -> None:
+    """Re-send what is unacknowledged after a crash of the gateway."""
+    await publish(publishers, port, 0)
+
+
+def check_delivery(publishers: list[Publisher], subscriber: Subscriber) -> dict[str, int]:
+    """Every acknowledged message arrived; QoS 2 once; first arrivals in each publisher's order per QoS."""
+    arrived = Counter(d.msg_id for d in subscriber.deliveries)
+    acknowledged = {m: qos for p in publishers for m, (_, qos) in p.acknowledged.items()}
+    missing = sorted(m for m in acknowledged if m not in arrived)
+    duplicated = sorted(m for m, qos in acknowledged.items() if qos == 2 and arrived[m] > 1)
+    # Order per publisher and QoS level: MQTT orders messages within one QoS only, and
+    # mosquitto hands a QoS 2 message on at PUBREL, after QoS 1 messages sent behind it.
+    reordered = 0
+    last: dict[tuple[str, int], int] = {}
+    seen: set[str] = set()
+    for delivery in subscriber.deliveries:
+        if delivery.msg_id in seen or delivery.msg_id not in acknowledged:
+            continue
+        seen.add(delivery.msg_id)
+        client, _, seq = delivery.msg_id.rpartition(":")
+        stream = (client, acknowledged[delivery.msg_id])
+        if int(seq) < last.get(stream, 0):
+            reordered += 1
+        last[stream] = max(last.get(stream, 0), int(seq))
+    problems = subscriber.violations + [v for p in publishers for v in p.violations]
+    assert not missing, f"{len(missing)} acknowledged messages never arrived upstream: {missing[:10]}"
+    assert not duplicated, f"{len(duplicated)} QoS 2 messages arrived more than once: {duplicated[:10]}"
+    assert not reordered, f"{reordered} messages arrived out of their publisher's order"
+    assert not problems, problems
+    return {"acknowledged": len(acknowledged), "arrived": len(arrived),
+            "duplicates": sum(arrived.values()) - len(arrived)}
