@@ -269,3 +269,40 @@ def test_state_topic_follows_the_link(broker_factory, mosquitto_factory):
         await proxy.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(("upstream_kind", "version"), [("mosquitto", "3.1.1"), ("mosquitto", "5"), ("ours", "5")])
+def test_both_directions_without_an_echo(broker_factory, mosquitto_factory, upstream_kind, version):
+    """``direction = "both"``: a local message goes up once and does not come back (No Local
+    for v5; mosquitto's try_private for 3.1.1); an upstream message comes down once."""
+    upstream = upstream_of(upstream_kind, broker_factory, mosquitto_factory)
+    topics = """
+[[bridge.topic]]
+pattern = "shared/#"
+direction = "both"
+qos = 1
+"""
+
+    async def main() -> None:
+        gateway = broker_factory(config=bridge_config(upstream.port, version=version, topics=topics))
+        await wait_log(gateway, "Bridge cloud connected")
+        local = await Collector(Subscriber("local-app", MQTT_5, [("shared/#", 1)]),
+                                "127.0.0.1", lambda: gateway.port).start()
+        remote = await Collector(Subscriber("cloud-app", MQTT_5, [("shared/#", 1)]),
+                                 upstream.host, lambda: upstream.port).start()
+        try:
+            device = Publisher("dev", MQTT_5, [("shared/down", 1)], random.Random(1))
+            await publish([device], gateway.port, 5)
+            cloud = Publisher("cloud", MQTT_5, [("shared/up", 1)], random.Random(2))
+            await publish([cloud], upstream.port, 5)
+            await wait_until(lambda: len(local.subscriber.deliveries) >= 10 and len(remote.subscriber.deliveries) >= 10,
+                             15, "both directions")
+            await asyncio.sleep(1.0)  # an echo would come now
+            for side in (local.subscriber, remote.subscriber):
+                ids = sorted(d.msg_id for d in side.deliveries)
+                assert ids == sorted([f"dev:{i}" for i in range(1, 6)] + [f"cloud:{i}" for i in range(1, 6)]), ids
+        finally:
+            await local.close()
+            await remote.close()
+
+    asyncio.run(main())
