@@ -123,6 +123,7 @@ class Bridge:
         self.name = config.name
         self.limits = QueueLimits(0, config.backlog_max_bytes, config.backlog_full_policy)
         engine.queue_limits[config.local_clientid] = self.limits
+        engine.bridge_client_ids.add(config.local_clientid)
         self.outgoing = [t for t in config.topics if t.outgoing]
         self.incoming = [t for t in config.topics if t.incoming]
         self.local: Connection | None = None
@@ -355,7 +356,7 @@ class Bridge:
             requests.append(encode(Subscribe(1, [
                 (f, SubscriptionOptions(t.qos, no_local=True, retain_as_published=True, retain_handling=1))
                 for f, t in wanted.items()
-            ], {P.SUBSCRIPTION_IDENTIFIER: [1]}), LOCAL_VERSION))
+            ]), LOCAL_VERSION))
             self.local_acks_awaited.add(1)
         if stale:
             requests.append(encode(Unsubscribe(2, stale), LOCAL_VERSION))

@@ -329,6 +329,9 @@ class Connection:
             if version == MQTT_5:
                 assigned_id = client_id
         self.client_id = client_id
+        if client_id in engine.bridge_client_ids and self.transport.listener.protocol != "bridge":
+            # The session of a bridge is its store-and-forward backlog: no device may take it over.
+            return self.refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, f"client id {client_id!r} is reserved for a bridge")
         if version == MQTT_5 and P.AUTHENTICATION_METHOD in props:
             return self.refuse(RC.BAD_AUTHENTICATION_METHOD, f"unsupported authentication method {props[P.AUTHENTICATION_METHOD]!r}")
         keepalive = packet.keepalive

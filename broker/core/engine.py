@@ -85,6 +85,8 @@ class Engine:
         self.dropped_messages = 0
         # Sessions with their own queue limits (bridges' backlogs), by client id.
         self.queue_limits: dict[str, QueueLimits] = {}
+        # Client ids that only a bridge (a transport of protocol "bridge") may use.
+        self.bridge_client_ids: set[str] = set()
         self.stats = Stats()
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}

@@ -178,3 +178,26 @@ def test_max_rate_paces_the_drain(broker_factory, mosquitto_factory):
             await proxy.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_no_device_can_take_the_bridge_session(broker_factory, mosquitto_factory, version):
+    """The bridge's local session is its backlog: a client using its id is refused."""
+    from broker.protocol.packets import Connect
+
+    from fault.mqttclient import Link
+
+    upstream = mosquitto_factory()
+    gateway = broker_factory(config=bridge_config(upstream.port))
+
+    async def main() -> None:
+        await wait_log(gateway, "Bridge cloud connected")
+        opened = await Link.open("127.0.0.1", gateway.port, Connect("$bridge/cloud", version, clean_start=False))
+        assert opened is not None
+        link, connack = opened
+        assert connack.reason_code == (0x85 if version == 5 else 0x02)  # client identifier not valid
+        link.abort()
+
+    asyncio.run(main())
+    forwards(gateway, upstream)  # the bridge was not disturbed
+    assert gateway.log().count("Bridge cloud connected") == 1
