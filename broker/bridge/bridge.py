@@ -206,7 +206,12 @@ class Bridge:
                     last_reason = reason
                     continue
                 started = time.monotonic()
-                await self._serve(link, connack, host, port)
+                try:
+                    await self._serve(link, connack, host, port)
+                except Exception:
+                    if self.stopping:
+                        return
+                    log.exception("Bridge %s: relaying failed; reconnecting", self.name)
                 if self.stopping:
                     return
                 failures = 0 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
@@ -277,9 +282,13 @@ class Bridge:
             if self.release_timer is not None:
                 self.release_timer.cancel()
                 self.release_timer = None
-            self._detach_local(f"upstream connection lost: {link.close_reason}")
+            self._detach_local(f"upstream connection lost: {link.close_reason or 'bridge stopping'}")
             if not link.closed:
-                link.abort("bridge stopping")
+                if self.stopping:
+                    link.write(encode(Disconnect(), self.upstream_version))
+                    link.close("bridge stopping")
+                else:
+                    link.abort("relaying failed")
             if was_connected:
                 log.warning("Bridge %s disconnected from %s:%d: %s", self.name, host, port,
                             link.close_reason or "closed")

@@ -223,22 +223,24 @@ async def reconnect_publishers(publishers: list[Publisher], port: int) -> None:
 def delivery_report(publishers: list[Publisher], subscriber: Subscriber) -> dict[str, object]:
     """Compare what the gateway acknowledged with what arrived upstream.
 
-    Order is checked per publisher and QoS level: MQTT orders messages within one QoS only,
-    and mosquitto hands a QoS 2 message on at PUBREL, after QoS 1 messages sent behind it.
+    Order is checked per publisher and QoS level (MQTT orders messages within one QoS only),
+    in the order the upstream took the messages in: the packet ids it gave them towards the
+    subscriber, connection by connection. Arrival order would also count the upstream's own
+    shuffling: mosquitto 2.0.11 sometimes delivers a message with packet id n+1 before n.
     """
     arrived = Counter(d.msg_id for d in subscriber.deliveries)
     acknowledged = {m: qos for p in publishers for m, (_, qos) in p.acknowledged.items()}
     missing = sorted(m for m in acknowledged if m not in arrived)
     duplicated = sorted(m for m, qos in acknowledged.items() if qos == 2 and arrived[m] > 1)
+    first: dict[str, tuple[int, int, int]] = {}
+    for index, delivery in enumerate(subscriber.deliveries):
+        if delivery.msg_id in acknowledged and delivery.msg_id not in first:
+            first[delivery.msg_id] = (delivery.connection, delivery.packet_id or 0, index)
     reordered = 0
     last: dict[tuple[str, int], int] = {}
-    seen: set[str] = set()
-    for delivery in subscriber.deliveries:
-        if delivery.msg_id in seen or delivery.msg_id not in acknowledged:
-            continue
-        seen.add(delivery.msg_id)
-        client, _, seq = delivery.msg_id.rpartition(":")
-        stream = (client, acknowledged[delivery.msg_id])
+    for msg_id in sorted(first, key=first.__getitem__):
+        client, _, seq = msg_id.rpartition(":")
+        stream = (client, acknowledged[msg_id])
         if int(seq) < last.get(stream, 0):
             reordered += 1
         last[stream] = max(last.get(stream, 0), int(seq))
