@@ -284,3 +284,43 @@ qos = 1
             await remote.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("upstream_kind", ["mosquitto", "ours"])
+def test_inbound_exactly_once_through_a_gateway_crash(broker_factory, mosquitto_factory, upstream_kind):
+    """Upstream -> local with QoS 1 and 2 while the gateway is killed: every message the upstream
+    acknowledged reaches the local device, QoS 2 exactly once (the packet id is kept locally)."""
+    upstream = upstream_of(upstream_kind, broker_factory, mosquitto_factory)
+    topics = """
+[[bridge.topic]]
+pattern = "cmd/#"
+direction = "in"
+qos = 2
+local_prefix = "site/"
+remote_prefix = "gw1/"
+"""
+
+    async def main() -> None:
+        gateway = broker_factory(config=bridge_config(upstream.port, version="5", topics=topics))
+        await wait_log(gateway, "Bridge cloud connected")
+        device = await Collector(Subscriber("valve-7", MQTT_5, [("site/cmd/#", 2)]),
+                                 "127.0.0.1", lambda: gateway.port).start()
+        cloud = [Publisher("cloud", MQTT_5, [("gw1/cmd/a", 1), ("gw1/cmd/a", 2)], random.Random(4), window=20)]
+        try:
+            async def crash() -> None:
+                await wait_until(lambda: len(device.subscriber.deliveries) >= 60, 30, "commands arriving")
+                gateway.kill()
+                await asyncio.sleep(0.5)  # the upstream keeps taking commands meanwhile
+
+            await publish(cloud, upstream.port, 300, crash)
+            gateway.restart()
+            await wait_log(gateway, "Bridge cloud connected", 2)
+            await publish(cloud, upstream.port, 0)  # whatever was unacknowledged
+            total = len(cloud[0].acknowledged)
+            await wait_until(lambda: len({d.msg_id for d in device.subscriber.deliveries}) >= total, 30,
+                             "every command", lambda: len(device.subscriber.deliveries))
+            check_delivery(cloud, device.subscriber)
+        finally:
+            await device.close()
+
+    asyncio.run(main())
