@@ -4,6 +4,7 @@ Run from the repository root:
 
     python bench/bridge_drain.py --messages 200000            # v3.1.1 upstream, window 20
     python bench/bridge_drain.py --messages 200000 --version 5
+    python bench/bridge_drain.py --messages 50000 --qos 2
 
 Not a CI test (the figure depends on the machine and its disk). Steps:
 
@@ -34,7 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.brokers import free_port  # noqa: E402
-from bench.durability import Broker, Client, Receiver, publish_qos1  # noqa: E402
+from bench.durability import V311, Broker, Client, Receiver, publish_qos1  # noqa: E402
+from broker.protocol.codec import encode, encode_publish  # noqa: E402
+from broker.protocol.packets import Pubcomp, Pubrec, Pubrel  # noqa: E402
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 
@@ -71,7 +74,43 @@ class Mosquitto:
             self.proc.wait(60)
 
 
-def gateway_config(port: int, version: str, max_rate: int) -> str:
+async def publish_qos2(port: int, topics: list[str], per_topic: int, payload_size: int) -> float:
+    """One pipelined QoS 2 publisher (window 20); seconds until the last PUBCOMP."""
+    client, _ = await Client.connect(port, "bench-pub-qos2", clean=True)
+    jobs = [(t, n) for n in range(per_topic) for t in topics]
+    window = asyncio.Semaphore(20)
+    done = asyncio.Event()
+    completed = 0
+
+    async def read_acks() -> None:
+        nonlocal completed
+        async for packets in client.packets():
+            out = []
+            for packet in packets:
+                if isinstance(packet, Pubrec):
+                    out.append(encode(Pubrel(packet.packet_id), V311))
+                elif isinstance(packet, Pubcomp):
+                    completed += 1
+                    window.release()
+            if out:
+                client.writer.write(b"".join(out))
+            if completed == len(jobs):
+                done.set()
+                return
+
+    started = time.monotonic()
+    reader = asyncio.ensure_future(read_acks())
+    for index, (topic, n) in enumerate(jobs):
+        await window.acquire()
+        payload = f"{topic}:{n}|".encode().ljust(payload_size, b".")
+        client.writer.write(encode_publish(topic, payload, 2, False, False, index % 65535 + 1, None, V311))
+    await done.wait()
+    reader.cancel()
+    await client.close()
+    return time.monotonic() - started
+
+
+def gateway_config(port: int, version: str, max_rate: int, qos: int = 1) -> str:
     return f"""
 [storage]
 sync = "full"
@@ -86,13 +125,13 @@ max_rate = {max_rate}
 
 [[bridge.topic]]
 pattern = "sensors/#"
-qos = 1
+qos = {qos}
 local_prefix = "site/"
 remote_prefix = "gw1/"
 """
 
 
-async def run(messages: int, size: int, version: str, max_rate: int) -> dict[str, float]:
+async def run(messages: int, size: int, version: str, max_rate: int, qos: int = 1) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bridge-drain-") as tmp:
         workdir = Path(tmp)
         (workdir / "gw").mkdir()
@@ -104,11 +143,12 @@ async def run(messages: int, size: int, version: str, max_rate: int) -> dict[str
         await sub.close()
         upstream.stop()
 
-        gateway = Broker(workdir / "gw", gateway_config(upstream.port, version, max_rate))
+        gateway = Broker(workdir / "gw", gateway_config(upstream.port, version, max_rate, qos))
         gateway.start()
         try:
             topics = [f"site/sensors/{i}" for i in range(10)]
-            fill = await publish_qos1(gateway.port, topics, messages // len(topics), size)
+            fill_with = publish_qos2 if qos == 2 else publish_qos1
+            fill = await fill_with(gateway.port, topics, messages // len(topics), size)
             total = messages // len(topics) * len(topics)
 
             await upstream.start()
@@ -132,9 +172,10 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=100, help="payload bytes (default 100)")
     parser.add_argument("--version", choices=("3.1.1", "5"), default="3.1.1")
     parser.add_argument("--max-rate", type=int, default=0, help="the bridge's max_rate (default 0: no limit)")
+    parser.add_argument("--qos", type=int, choices=(1, 2), default=1, help="QoS of the messages (default 1)")
     args = parser.parse_args()
-    result = asyncio.run(run(args.messages, args.size, args.version, args.max_rate))
-    print(f"backlog of {result['messages']} QoS 1 messages of {args.size} bytes, upstream mosquitto "
+    result = asyncio.run(run(args.messages, args.size, args.version, args.max_rate, args.qos))
+    print(f"backlog of {result['messages']} QoS {args.qos} messages of {args.size} bytes, upstream mosquitto "
           f"(MQTT {args.version}), gateway sync=full")
     print(f"  filled in {result['fill_seconds']:.1f} s ({result['fill_rate']:.0f} msg/s acknowledged)")
     print(f"  drained in {result['drain_seconds']:.1f} s ({result['drain_rate']:.0f} msg/s)")
