@@ -636,8 +636,10 @@ class Bridge:
         self._publish("state", "1" if self.connected else "0")
 
     def publish_status(self) -> None:
+        self._publish_state()  # mosquitto's notification: published even when sys_interval = 0
+        if not self.engine.config.sys_interval:
+            return
         messages, size = self.backlog()
-        self._publish_state()
         self._publish("backlog/messages", str(messages))
         self._publish("backlog/bytes", str(size))
         self._publish("dropped", str(self.limits.dropped))
@@ -660,6 +662,16 @@ class Bridge:
                     logged_drops = dropped
             except Exception:
                 log.exception("Bridge %s: publishing its state failed", self.name)
+
+
+def warn_about_orphans(engine: Engine, bridges: list[Bridge]) -> None:
+    """A bridge removed from the configuration leaves its session (and backlog) behind: say so."""
+    configured = {bridge.config.local_clientid for bridge in bridges}
+    for client_id, session in engine.sessions.items():
+        if client_id.startswith("$bridge/") and client_id not in configured:
+            log.warning("session %s belongs to a bridge that is no longer configured; it keeps %d queued "
+                        "messages and never expires: configure the bridge again to send them", client_id,
+                        session.queued_count)
 
 
 def cast_id(packet: Publish) -> int:

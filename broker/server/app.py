@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from broker.bridge.bridge import Bridge
+from broker.bridge.bridge import Bridge, warn_about_orphans
 from broker.config import Config
 from broker.core.engine import Engine
 from broker.server.transport import MQTTProtocol
@@ -73,6 +73,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
 
     tick_task = asyncio.ensure_future(ticker())
     bridges = [Bridge(engine, bridge_config) for bridge_config in config.bridges]
+    warn_about_orphans(engine, bridges)
     for bridge in bridges:
         await bridge.start()
     try:

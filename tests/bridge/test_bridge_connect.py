@@ -201,3 +201,12 @@ def test_no_device_can_take_the_bridge_session(broker_factory, mosquitto_factory
     asyncio.run(main())
     forwards(gateway, upstream)  # the bridge was not disturbed
     assert gateway.log().count("Bridge cloud connected") == 1
+
+
+def test_a_removed_bridge_leaves_a_warning(broker_factory, mosquitto_factory):
+    upstream = mosquitto_factory()
+    gateway = broker_factory(config=bridge_config(upstream.port))
+    forwards(gateway, upstream)
+    assert gateway.stop() == 0
+    plain = broker_factory(data_dir=gateway.data_dir)
+    plain.wait_for_log(r"session \$bridge/cloud belongs to a bridge that is no longer configured")
