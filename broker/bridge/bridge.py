@@ -164,7 +164,12 @@ class Bridge:
         The session must exist before the upstream is ever reached: a gateway that boots
         without uplink keeps what its devices publish from the first message on.
         """
-        await self._attach_local(0)
+        try:
+            await self._attach_local(0)
+        except RuntimeError as exc:
+            log.error("Bridge %s not started: %s", self.name, exc)
+            self._detach_local("bridge not started")
+            return
         self._detach_local("bridge starting; upstream not connected yet")
         self._publish_state()
         self.tasks.append(asyncio.ensure_future(self._run()))
