@@ -92,17 +92,24 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ["x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext"],
         ]
+    (d / "elsewhere.ext").write_text("subjectAltName=DNS:elsewhere.example\n")
+    steps += [
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "elsewhere.key", "-out", "elsewhere.csr",
+         "-subj", "/CN=elsewhere.example"],
+        ["x509", "-req", "-in", "elsewhere.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "elsewhere.crt", "-days", "2", "-extfile", "elsewhere.ext"],
+    ]
     for step in steps:
         result = subprocess.run([openssl, *step], cwd=d, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
     return d
 
 
-def tls_upstream(mosquitto_factory, certs: Path):
+def tls_upstream(mosquitto_factory, certs: Path, server: str = "server"):
     port = free_port()
     upstream = mosquitto_factory(config=(
         f"listener {port} 127.0.0.1\n"
-        f"cafile {certs / 'ca.crt'}\ncertfile {certs / 'server.crt'}\nkeyfile {certs / 'server.key'}\n"
+        f"cafile {certs / 'ca.crt'}\ncertfile {certs / (server + '.crt')}\nkeyfile {certs / (server + '.key')}\n"
         "require_certificate true\n"
     ))
     return upstream, port
@@ -210,3 +217,22 @@ def test_a_removed_bridge_leaves_a_warning(broker_factory, mosquitto_factory):
     assert gateway.stop() == 0
     plain = broker_factory(data_dir=gateway.data_dir)
     plain.wait_for_log(r"session \$bridge/cloud belongs to a bridge that is no longer configured")
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_host_name_check_is_off_only_on_request(broker_factory, mosquitto_factory, certs, insecure):
+    """A certificate for another host name is refused unless ``insecure = true`` says otherwise."""
+    upstream, tls_port = tls_upstream(mosquitto_factory, certs, "elsewhere")
+    extra = (f'cafile = "{certs / "ca.crt"}"\ncertfile = "{certs / "client.crt"}"\n'
+             f'keyfile = "{certs / "client.key"}"\ninsecure = {"true" if insecure else "false"}')
+    gateway = broker_factory(config=bridge_config(tls_port, extra=extra).replace("127.0.0.1:", "localhost:"))
+    if insecure:
+        forwards(gateway, upstream)
+        return
+
+    async def main() -> None:
+        await wait_log(gateway, r"Bridge cloud: connecting to localhost:\d+ failed: ")
+
+    asyncio.run(main())
+    assert re.search(r"failed: TLS: server certificate not accepted: .*[Hh]ostname mismatch", gateway.log()), \
+        gateway.log()
