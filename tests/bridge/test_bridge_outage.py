@@ -249,10 +249,13 @@ def test_state_topic_follows_the_link(broker_factory, mosquitto_factory):
     asyncio.run(main())
 
 
-@pytest.mark.parametrize(("upstream_kind", "version"), [("mosquitto", "3.1.1"), ("mosquitto", "5"), ("ours", "5")])
-def test_both_directions_without_an_echo(broker_factory, mosquitto_factory, upstream_kind, version):
+@pytest.mark.parametrize(("upstream_kind", "version", "echoes"),
+                         [("mosquitto", "3.1.1", 0), ("mosquitto", "5", 0), ("ours", "5", 0), ("ours", "3.1.1", 1)])
+def test_both_directions_without_an_echo(broker_factory, mosquitto_factory, upstream_kind, version, echoes):
     """``direction = "both"``: a local message goes up once and does not come back (No Local
-    for v5; mosquitto's try_private for 3.1.1); an upstream message comes down once."""
+    for v5; mosquitto's try_private for 3.1.1); an upstream message comes down once. A 3.1.1
+    upstream without try_private (ours) echoes a local message back once, never in a loop
+    (the README says to use MQTT 5 there)."""
     upstream = upstream_of(upstream_kind, broker_factory, mosquitto_factory)
     topics = """
 [[bridge.topic]]
@@ -276,9 +279,11 @@ qos = 1
             await wait_until(lambda: len(local.subscriber.deliveries) >= 10 and len(remote.subscriber.deliveries) >= 10,
                              15, "both directions")
             await asyncio.sleep(1.0)  # an echo would come now
-            for side in (local.subscriber, remote.subscriber):
-                ids = sorted(d.msg_id for d in side.deliveries)
-                assert ids == sorted([f"dev:{i}" for i in range(1, 6)] + [f"cloud:{i}" for i in range(1, 6)]), ids
+            once = [f"dev:{i}" for i in range(1, 6)] + [f"cloud:{i}" for i in range(1, 6)]
+            remote_ids = sorted(d.msg_id for d in remote.subscriber.deliveries)
+            assert remote_ids == sorted(once), remote_ids
+            local_ids = sorted(d.msg_id for d in local.subscriber.deliveries)
+            assert local_ids == sorted(once + [f"dev:{i}" for i in range(1, 6)] * echoes), local_ids
         finally:
             await local.close()
             await remote.close()
