@@ -194,22 +194,22 @@ class Bridge:
 
     # ---- the connection loop ----------------------------------------------------------------
     async def _run(self) -> None:
-        failures = 0
-        last_reason = ""
+        failures = 0  # rounds over every address that ended without a lasting connection
+        logged: dict[tuple[str, int], tuple[int, str]] = {}  # address -> (failures logged, last reason)
         while not self.stopping:
             for host, port in self.config.addresses:
                 try:
                     link, connack = await self._open(host, port)
                 except LinkFailure as exc:
-                    failures += 1
-                    reason = f"{host}:{port}: {exc}"
-                    if failures <= ATTEMPTS_LOGGED or reason != last_reason:
+                    count, last_reason = logged.get((host, port), (0, ""))
+                    if count < ATTEMPTS_LOGGED or str(exc) != last_reason:
                         log.warning("Bridge %s: connecting to %s:%d failed: %s", self.name, host, port, exc)
-                    if failures == ATTEMPTS_LOGGED:
-                        log.warning("Bridge %s: will keep retrying; further failures are logged only "
-                                    "when the reason changes", self.name)
-                    last_reason = reason
+                        if count + 1 == ATTEMPTS_LOGGED:
+                            log.warning("Bridge %s: will keep retrying %s:%d; further failures are logged only "
+                                        "when the reason changes", self.name, host, port)
+                    logged[(host, port)] = (count + 1, str(exc))
                     continue
+                logged.clear()
                 started = time.monotonic()
                 try:
                     await self._serve(link, connack, host, port)
@@ -219,11 +219,11 @@ class Bridge:
                     log.exception("Bridge %s: relaying failed; reconnecting", self.name)
                 if self.stopping:
                     return
-                failures = 0 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
-                last_reason = ""
+                failures = 0 if time.monotonic() - started >= STABLE_SECONDS else failures
                 break
             if self.stopping:
                 return
+            failures += 1
             await asyncio.sleep(self._delay(failures))
 
     async def _open(self, host: str, port: int) -> tuple[UpstreamLink, Connack]:

@@ -75,10 +75,21 @@ def connack_reason(version: int, code: int) -> str:
 
 
 def tls_context(config: BridgeConfig) -> ssl.SSLContext:
-    """Client-side TLS as mosquitto's bridge_cafile/certfile/keyfile/alpn/insecure do it."""
-    context = ssl.create_default_context(cafile=config.cafile, capath=config.capath)
+    """Client-side TLS as mosquitto's bridge_cafile/certfile/keyfile/alpn/insecure do it.
+
+    Raises LinkFailure naming the file that cannot be used.
+    """
+    try:
+        context = ssl.create_default_context(cafile=config.cafile, capath=config.capath)
+    except (OSError, ssl.SSLError) as exc:
+        where = f"cafile {config.cafile}" if config.cafile else f"capath {config.capath}"
+        raise LinkFailure(f"TLS set-up: {where}: {describe_error(exc)}") from None
     if config.certfile:
-        context.load_cert_chain(config.certfile, config.keyfile)
+        try:
+            context.load_cert_chain(config.certfile, config.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise LinkFailure(f"TLS set-up: certfile {config.certfile} / keyfile {config.keyfile}: "
+                              f"{describe_error(exc)}") from None
     if config.alpn:
         context.set_alpn_protocols(list(config.alpn))
     if config.insecure:

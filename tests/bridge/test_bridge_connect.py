@@ -130,8 +130,11 @@ def test_mutual_tls(broker_factory, mosquitto_factory, certs):
         ('cafile = "{d}/other.crt"\ncertfile = "{d}/client.crt"\nkeyfile = "{d}/client.key"',
          r"TLS: server certificate not accepted: .*(self.signed|unable to get local issuer)"),
         ('cafile = "{d}/ca.crt"', r"TLS|closed by the upstream broker|connection reset"),
+        ('cafile = "{d}/missing.pem"', r"TLS set-up: cafile .*missing\.pem: no such file or directory"),
+        ('cafile = "{d}/ca.crt"\ncertfile = "{d}/client.crt"\nkeyfile = "{d}/server.key"',
+         r"TLS set-up: certfile .*client\.crt / keyfile .*server\.key: TLS: KEY_VALUES_MISMATCH"),
     ],
-    ids=["unknown-server-ca", "no-client-certificate"],
+    ids=["unknown-server-ca", "no-client-certificate", "missing-cafile", "key-of-another-certificate"],
 )
 def test_tls_failures_are_explained(broker_factory, mosquitto_factory, certs, extra, reason):
     _, tls_port = tls_upstream(mosquitto_factory, certs)
