@@ -229,17 +229,18 @@ class Bridge:
     async def _open(self, host: str, port: int) -> tuple[UpstreamLink, Connack]:
         """Connect; with try_private first, and without it where the upstream refuses the bridge bit."""
         receive_maximum = self.engine.config.max_inflight_messages
+        packet_size = self.engine.config.max_packet_size
         private = (self.config.try_private and self.upstream_version == 4
                    and (host, port) not in self.private_unsupported)
         try:
-            return await open_link(self.config, host, port, private, receive_maximum)
+            return await open_link(self.config, host, port, private, receive_maximum, packet_size)
         except LinkFailure as exc:
             if not exc.unsupported_private:
                 raise
         log.info("Bridge %s: %s:%d does not accept the bridge protocol bit (try_private); "
                  "connecting as a plain 3.1.1 client", self.name, host, port)
         self.private_unsupported.add((host, port))
-        return await open_link(self.config, host, port, False, receive_maximum)
+        return await open_link(self.config, host, port, False, receive_maximum, packet_size)
 
     def _delay(self, failures: int) -> float:
         """Exponential backoff from 1 s up to ``restart_timeout``, with jitter (half to full)."""
@@ -581,7 +582,8 @@ class Bridge:
         ready = self.local_ready
         if local is None or ready is None or not ready.done() or ready.exception() is not None:
             return
-        room = self.engine.config.max_inflight_messages
+        config = self.engine.config
+        room = config.max_inflight_messages
         batch: list[bytes] = []
         if self.inbound_pubrel:
             # Never behind a PUBLISH waiting for room: the PUBCOMP they bring makes the room.
@@ -597,22 +599,36 @@ class Bridge:
             topic = next((t for t in self.incoming if topic_matches(t.remote_filter, packet.topic)), None)
             if topic is None:
                 # Not ours to deliver (a subscription of an older configuration): finish it upstream.
-                if packet.qos == 1:
-                    acks.append(encode(Puback(cast_id(packet)), self.upstream_version))
-                elif packet.qos == 2:
-                    self.inbound_unmatched.add(cast_id(packet))
-                    acks.append(encode(Pubrec(cast_id(packet)), self.upstream_version))
+                acks.extend(self._finish_upstream(packet))
                 continue
             props = {k: v for k, v in packet.properties.items() if k not in HOP_PROPERTIES} \
                 if packet.properties else None
+            # What the local broker would refuse by closing the connection must not reach it: the
+            # upstream would send it again after every reconnect.
+            retain = packet.retain and config.retain_available
+            data = encode_publish(topic.to_local(packet.topic), packet.payload, packet.qos, retain,
+                                  packet.dup, packet.packet_id, props, LOCAL_VERSION)
+            if len(data) > config.max_packet_size:
+                log.warning("Bridge %s: dropping a message on %s from the upstream: %d bytes, more than "
+                            "max_packet_size", self.name, packet.topic, len(data))
+                acks.extend(self._finish_upstream(packet))
+                continue
             if packet.qos:
                 self.inbound_open.add(cast_id(packet))
-            batch.append(encode_publish(topic.to_local(packet.topic), packet.payload, packet.qos, packet.retain,
-                                        packet.dup, packet.packet_id, props, LOCAL_VERSION))
+            batch.append(data)
         if acks:
             self._write_up(acks)
         if batch:
             local.data_received(b"".join(batch))
+
+    def _finish_upstream(self, packet: Publish) -> list[bytes]:
+        """Acknowledge an upstream message that will not be delivered locally."""
+        if packet.qos == 1:
+            return [encode(Puback(cast_id(packet)), self.upstream_version)]
+        if packet.qos == 2:
+            self.inbound_unmatched.add(cast_id(packet))
+            return [encode(Pubrec(cast_id(packet)), self.upstream_version)]
+        return []
 
     def _write_up(self, chunks: list[bytes]) -> None:
         link = self.link

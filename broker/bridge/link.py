@@ -200,11 +200,14 @@ class UpstreamLink(asyncio.Protocol):
             self.transport.close()
 
 
-def connect_packet(config: BridgeConfig, receive_maximum: int) -> Connect:
+def connect_packet(config: BridgeConfig, receive_maximum: int, maximum_packet_size: int = 0) -> Connect:
+    """The upstream CONNECT; v5 says how much the local broker takes (window and packet size)."""
     props: dict[int, object] = {}
     if config.protocol_version == MQTT_5:
         props[P.SESSION_EXPIRY_INTERVAL] = config.session_expiry
         props[P.RECEIVE_MAXIMUM] = receive_maximum
+        if maximum_packet_size:
+            props[P.MAXIMUM_PACKET_SIZE] = maximum_packet_size
     password = config.password.encode() if config.password is not None else None
     return Connect(config.client_id, config.protocol_version, "MQTT", config.clean_start, config.keepalive,
                    config.username, password, None, props)
@@ -225,6 +228,7 @@ async def open_link(
     port: int,
     private: bool,
     receive_maximum: int,
+    maximum_packet_size: int = 0,
 ) -> tuple[UpstreamLink, Connack]:
     """Connect, send CONNECT, wait for a successful CONNACK; LinkFailure otherwise."""
     loop = asyncio.get_running_loop()
@@ -240,7 +244,7 @@ async def open_link(
         )
     except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
         raise LinkFailure(describe_error(exc)) from None
-    link.write(encode_connect(connect_packet(config, receive_maximum), private))
+    link.write(encode_connect(connect_packet(config, receive_maximum, maximum_packet_size), private))
     try:
         connack = await asyncio.wait_for(asyncio.shield(link.connack), config.connect_timeout)
     except asyncio.TimeoutError:

@@ -329,3 +329,35 @@ remote_prefix = "gw1/"
             await device.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("version", ["3.1.1", "5"])
+def test_a_message_too_large_for_the_gateway_does_not_break_the_bridge(broker_factory, mosquitto_factory, version):
+    """The gateway's max_packet_size: a v5 upstream is told and drops it; a 3.1.1 upstream sends
+    it and the bridge drops it (acknowledged upstream, so it is not sent again and again)."""
+    upstream = mosquitto_factory()
+    config = '[limits]\nmax_packet_size = "1KB"\n' + bridge_config(upstream.port, version=version)
+
+    async def main() -> None:
+        gateway = broker_factory(config=config)
+        await wait_log(gateway, "Bridge cloud connected")
+        device = await Collector(Subscriber("valve-7", MQTT_5, [("site/cmd/#", 1)]),
+                                 "127.0.0.1", lambda: gateway.port).start()
+        try:
+            opened = await Link.open(upstream.host, upstream.port, connect_packet("cloud-cmd", MQTT_5))
+            assert opened is not None
+            link, _ = opened
+            link.send(Publish("gw1/cmd/big", b"big|" + b"x" * 2000, 1, False, False, 1))
+            link.send(Publish("gw1/cmd/small", b"small|", 1, False, False, 2))
+            assert await link.recv(5) is not None and await link.recv(5) is not None  # two PUBACKs
+            await link.disconnect()
+            await wait_until(lambda: bool(device.subscriber.deliveries), 10, "the small command")
+            await asyncio.sleep(0.5)
+            assert [d.msg_id for d in device.subscriber.deliveries] == ["small"]
+            assert connections(gateway) == 1, "the bridge had to reconnect"
+            dropped_here = "dropping a message on gw1/cmd/big from the upstream" in gateway.log()
+            assert dropped_here == (version == "3.1.1")
+        finally:
+            await device.close()
+
+    asyncio.run(main())
