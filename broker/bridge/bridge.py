@@ -153,6 +153,7 @@ class Bridge:
         self.last_forward: float | None = None
         self.forwarded = 0
         self.rejected = 0
+        self.rejected_logged_at = float("-inf")
         self.tasks: list[asyncio.Task[None]] = []
         self.stopping = False
         self._published: dict[str, str] = {}
@@ -535,8 +536,8 @@ class Bridge:
                 assert isinstance(packet, Publish)
                 self.inbound_waiting.append(packet)
             elif kind is Puback or kind is Pubcomp:
-                code = packet.reason_code  # type: ignore[union-attr]
-                if code >= 0x80:
+                assert isinstance(packet, (Puback, Pubcomp))
+                if packet.reason_code >= 0x80:
                     self._rejected(packet)
                 self.forwarded += 1
                 self.last_forward = time.time()
@@ -572,9 +573,19 @@ class Bridge:
         if self.inbound_waiting or self.inbound_pubrel:
             self._release_inbound()
 
-    def _rejected(self, packet: Packet) -> None:
+    def _rejected(self, packet: Puback | Pubrec | Pubcomp) -> None:
+        """The upstream took a message but refused it (v5 reason code): finished, and counted.
+
+        Logged at most once a minute: a wrong upstream ACL would refuse every message.
+        """
         self.rejected += 1
-        log.warning("Bridge %s: the upstream refused a message: %s", self.name, packet)
+        now = time.monotonic()
+        if now - self.rejected_logged_at >= DROP_LOG_SECONDS:
+            log.warning("Bridge %s: the upstream refused a message (code %#04x%s); %d refused since start",
+                        self.name, packet.reason_code,
+                        f", {packet.properties[P.REASON_STRING]}" if P.REASON_STRING in packet.properties else "",
+                        self.rejected)
+            self.rejected_logged_at = now
 
     def _release_inbound(self) -> None:
         """Feed upstream PUBLISH to the local broker while its receive window has room."""
@@ -664,6 +675,7 @@ class Bridge:
         self._publish("backlog/messages", str(messages))
         self._publish("backlog/bytes", str(size))
         self._publish("dropped", str(self.limits.dropped))
+        self._publish("refused", str(self.rejected))
         if self.last_forward is not None:
             self._publish("last_forward", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_forward)))
 

@@ -239,3 +239,28 @@ def test_host_name_check_is_off_only_on_request(broker_factory, mosquitto_factor
     asyncio.run(main())
     assert re.search(r"failed: TLS: server certificate not accepted: .*[Hh]ostname mismatch", gateway.log()), \
         gateway.log()
+
+
+def test_messages_the_upstream_refuses_do_not_block_the_backlog(broker_factory, mosquitto_factory, tmp_path):
+    """A v5 upstream answers PUBACK 0x87 (not authorized) for a topic its ACL denies: those messages
+    are finished (counted, logged once), the others keep flowing."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite gw1/sensors/ok/#\ntopic read gw1/sensors/#\n")
+    upstream = mosquitto_factory(config=f"acl_file {acl}")
+    gateway = broker_factory(config=bridge_config(upstream.port, version="5"))
+
+    async def main() -> None:
+        collector = await Collector(Subscriber("cloud-app", MQTT_5, [("gw1/sensors/#", 1)]),
+                                    upstream.host, lambda: upstream.port).start()
+        try:
+            await wait_log(gateway, "Bridge cloud connected")
+            await publish([Publisher("dev", MQTT_5, [("site/sensors/denied", 1)], random.Random(1))], gateway.port, 5)
+            await publish([Publisher("dev2", MQTT_5, [("site/sensors/ok/x", 1)], random.Random(1))], gateway.port, 1)
+            await wait_until(lambda: bool(collector.subscriber.deliveries), 10, "the allowed message")
+            assert [d.msg_id for d in collector.subscriber.deliveries] == ["dev2:1"]
+            await wait_log(gateway, r"Bridge cloud: the upstream refused a message \(code 0x87")
+        finally:
+            await collector.close()
+
+    asyncio.run(main())
+    assert gateway.log().count("the upstream refused a message") == 1
