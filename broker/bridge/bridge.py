@@ -37,6 +37,7 @@ from typing import Any
 
 from broker.bridge.config import NEVER_EXPIRES, BridgeConfig, TopicConfig
 from broker.bridge.link import LinkFailure, UpstreamLink, open_link
+from broker.bridge.pacing import Pacer
 from broker.core.connection import Connection
 from broker.core.engine import Engine
 from broker.core.queuelimits import QueueLimits
@@ -142,12 +143,7 @@ class Bridge:
         self.inbound_open: set[int] = set()  # packet ids fed to the local broker, not yet finished
         self.inbound_unmatched: set[int] = set()  # QoS 2 no topic mapped: acknowledged, not delivered
         self.released_locally: set[int] = set()  # PUBREL we made up ourselves: swallow the PUBCOMP
-        # pacing (max_rate): packets held back, in order
-        self.held: deque[tuple[bytes, bool]] = deque()
-        self.held_bytes = 0
-        self.tokens = 0.0
-        self.tokens_at = time.monotonic()
-        self.release_timer: asyncio.TimerHandle | None = None
+        self.pacer = Pacer(config.max_rate, self._write_up)
         self.private_unsupported: set[tuple[str, int]] = set()
         self.suback: asyncio.Future[Suback] | None = None
         self.last_forward: float | None = None
@@ -256,9 +252,7 @@ class Bridge:
         self.inbound_pubrel.clear()
         self.inbound_open.clear()
         self.inbound_unmatched.clear()
-        self.held.clear()
-        self.held_bytes = 0
-        self.tokens = 0.0
+        self.pacer.reset()
         v5 = self.upstream_version == MQTT_5
         if v5:
             self.window = min(connack.properties.get(P.RECEIVE_MAXIMUM, 65535), MAX_WINDOW)
@@ -286,9 +280,7 @@ class Bridge:
             was_connected = self.connected
             self.connected = False
             self.link = None
-            if self.release_timer is not None:
-                self.release_timer.cancel()
-                self.release_timer = None
+            self.pacer.reset()
             self._detach_local(f"upstream connection lost: {link.close_reason or 'bridge stopping'}")
             if not link.closed:
                 if self.stopping:
@@ -410,7 +402,7 @@ class Bridge:
 
     def upstream_backlog_bytes(self) -> int:
         link = self.link
-        return self.held_bytes + (link.buffer_size() if link is not None else 0)
+        return self.pacer.held_bytes + (link.buffer_size() if link is not None else 0)
 
     # ---- local -> upstream ----------------------------------------------------------------------
     def from_local(self, data: bytes) -> None:
@@ -451,7 +443,7 @@ class Bridge:
         link = self.link
         if link is None or link.closed:
             return  # nothing goes up without a link; the session re-sends after the next attach
-        self._send_up(link, out)
+        self.pacer.send(out)
         if self.inbound_waiting:
             self._release_inbound()
 
@@ -486,46 +478,6 @@ class Bridge:
             self.last_forward = time.time()
         return encode_publish(remote, packet.payload, packet.qos, packet.retain, packet.dup, packet.packet_id,
                               props, self.upstream_version)
-
-    def _send_up(self, link: UpstreamLink, out: list[tuple[bytes, bool]]) -> None:
-        rate = self.config.max_rate
-        if not rate:
-            if len(out) == 1:
-                link.write(out[0][0])
-            elif out:
-                link.writelines([data for data, _ in out])
-            return
-        for item in out:
-            self.held.append(item)
-            self.held_bytes += len(item[0])
-        self._release_held()
-
-    def _release_held(self) -> None:
-        """Send what the rate allows now; come back when the next token is due."""
-        self.release_timer = None
-        link = self.link
-        if link is None or link.closed:
-            return
-        rate = float(self.config.max_rate)
-        now = time.monotonic()
-        burst = max(1.0, rate / 10)
-        self.tokens = min(burst, self.tokens + (now - self.tokens_at) * rate)
-        self.tokens_at = now
-        batch: list[bytes] = []
-        held = self.held
-        while held:
-            data, is_publish = held[0]
-            if is_publish:
-                if self.tokens < 1:
-                    break
-                self.tokens -= 1
-            held.popleft()
-            self.held_bytes -= len(data)
-            batch.append(data)
-        if batch:
-            link.writelines(batch)
-        if held and self.release_timer is None:
-            self.release_timer = asyncio.get_running_loop().call_later((1 - self.tokens) / rate, self._release_held)
 
     # ---- upstream -> local ------------------------------------------------------------------------
     def _from_upstream(self, packets: list[Packet]) -> None:
@@ -644,7 +596,10 @@ class Bridge:
     def _write_up(self, chunks: list[bytes]) -> None:
         link = self.link
         if link is not None and not link.closed:
-            link.writelines(chunks)
+            if len(chunks) == 1:
+                link.write(chunks[0])
+            else:
+                link.writelines(chunks)
 
     # ---- state for operators ($SYS, like mosquitto's) ----------------------------------------------
     def backlog(self) -> tuple[int, int]:
