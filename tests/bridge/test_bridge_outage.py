@@ -361,3 +361,41 @@ def test_a_message_too_large_for_the_gateway_does_not_break_the_bridge(broker_fa
             await device.close()
 
     asyncio.run(main())
+
+
+def test_qos0_is_forwarded_while_connected_and_not_kept_through_an_outage(broker_factory, mosquitto_factory):
+    """As documented: QoS 0 crosses while the link is up; during an outage it is not queued."""
+    upstream = mosquitto_factory()
+
+    async def main() -> None:
+        proxy = await Proxy(upstream.host, upstream.port).start()
+        gateway = broker_factory(config=bridge_config(proxy.port))
+        collector = await Collector(Subscriber("cloud-app", MQTT_5, [("gw1/sensors/#", 0)]),
+                                    upstream.host, lambda: upstream.port).start()
+        deliveries = collector.subscriber.deliveries
+
+        async def send(payload: bytes) -> None:
+            opened = await Link.open("127.0.0.1", gateway.port, connect_packet("sensor-q0", MQTT_5, 0))
+            assert opened is not None
+            link, _ = opened
+            link.send(Publish("site/sensors/t", payload, 0))
+            await link.disconnect()
+
+        try:
+            await wait_log(gateway, "Bridge cloud connected")
+            await send(b"before|")
+            await wait_until(lambda: len(deliveries) == 1, 10, "QoS 0 while connected")
+            proxy.down()
+            await wait_log(gateway, "Bridge cloud disconnected")
+            await send(b"during|")
+            proxy.up()
+            await wait_until(lambda: connections(gateway) >= 2, 15, "the bridge to reconnect")
+            await send(b"after|")
+            await wait_until(lambda: len(deliveries) >= 2, 10, "QoS 0 after the outage")
+            await asyncio.sleep(0.3)
+            assert [(d.msg_id, d.qos) for d in deliveries] == [("before", 0), ("after", 0)]
+        finally:
+            await collector.close()
+            await proxy.close()
+
+    asyncio.run(main())
