@@ -7,6 +7,10 @@ README). The loader lives in ``config_file.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.bridge.config import BridgeConfig
 
 MAX_PACKET_SIZE_LIMIT = 268_435_455  # the largest remaining length MQTT can express (+5)
 
@@ -112,6 +116,10 @@ class Config:
     metrics_enabled: bool = False
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = 9883  # 0 = let the OS pick (tests); the chosen port is logged
+
+
+    # [[bridge]] tables (broker/bridge/config.py reads them; not a section of SCHEMA)
+    bridges: list[BridgeConfig] = field(default_factory=list)
 
 
 def listener_settings(config: Config) -> list[ListenerConfig]:

@@ -277,11 +277,16 @@ TABLE_ARRAYS: dict[str, TableArray] = {
     ),
 }
 
+# Arrays of tables read by their own module (``[[bridge]]`` with its nested ``[[bridge.topic]]``):
+# TOML name -> Config field.
+OWN_TABLE_ARRAYS = {"bridge": "bridges"}
+
 
 def _check_schema_matches_config() -> None:
     """Every Config field is a key of exactly one section or an array of tables, and the reverse."""
     keys = [key for section in SCHEMA.values() for key in section]
     keys += [array.field for array in TABLE_ARRAYS.values()]
+    keys += list(OWN_TABLE_ARRAYS.values())
     fields = list(Config.__dataclass_fields__)
     if sorted(keys) != sorted(fields):
         raise AssertionError(f"config schema {sorted(keys)} does not match Config {sorted(fields)}")
@@ -508,5 +513,13 @@ def load_config(path: str, base: Config | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         line, message = _syntax_line(exc, text)
         raise ConfigError(f"{path}:{line}: TOML syntax error: {message}") from None
+    bridge_tables = data.pop("bridge", None)
     apply_table(config, data, text, path)
+    if bridge_tables is not None:
+        from broker.bridge.config import BridgeConfigError, parse_bridges
+
+        try:
+            config.bridges = parse_bridges(bridge_tables, text, path)
+        except BridgeConfigError as exc:
+            raise ConfigError(str(exc)) from None
     return config

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from broker.config import Config
+from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.sessions import SessionLifecycle
@@ -125,6 +126,10 @@ class Engine:
         self.retained = RetainedStore()
         self.connections: set[ClientConnection] = set()
         self.dropped_messages = 0
+        # Sessions with their own queue limits (bridges' backlogs), by client id.
+        self.queue_limits: dict[str, QueueLimits] = {}
+        # Client ids that only a bridge (a transport of protocol "bridge") may use.
+        self.bridge_client_ids: set[str] = set()
         self.stats = Stats()
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}

@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from broker.bridge.bridge import Bridge, warn_about_orphans
 from broker.config import Config
 from broker.core.engine import Engine
 from broker.ops.runtime import Service
@@ -91,8 +92,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
                 log.exception("housekeeping failed")
 
     tick_task = asyncio.ensure_future(ticker())
+    bridges = [Bridge(engine, bridge_config) for bridge_config in config.bridges]
+    warn_about_orphans(engine, bridges)
+    for bridge in bridges:
+        await bridge.start()
     await stop.wait()
     log.info("shutting down")
+    for bridge in bridges:
+        await bridge.stop()
     service.begin_shutdown()
     tick_task.cancel()
     listeners.close()
