@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 
 from broker import __version__
-from broker.config import Config
+from broker.config import Config, with_plain_listener
 from broker.config_file import ConfigError, load_config
-from broker.logsetup import setup_logging
+from broker.logsetup import setup_logging, use_priority_prefix
 
 PROG = "edgemq-broker"  # the console script's name
 EXIT_CONFIG_ERROR = 2  # like argparse's usage errors
@@ -46,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", help="TOML configuration file (see config/broker.toml)"
     )
     parser.add_argument(
-        "--bind", metavar="ADDR", help=f"address to listen on (default {defaults.bind})"
+        "--bind", metavar="ADDR", help=f"address of the plain MQTT listener (default {defaults.bind})"
     )
     parser.add_argument(
         "-p", "--port", type=_port, metavar="PORT",
-        help=f"TCP port to listen on; 0 picks a free one (default {defaults.port})",
+        help=f"TCP port of the plain MQTT listener; 0 picks a free one (default {defaults.port}); "
+        "with [[listener]] tables: the first plain one",
     )
     parser.add_argument(
         "--data-dir", metavar="DIR",
@@ -60,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory", action="store_true",
         help="keep everything in memory (nothing is persisted; sessions are lost on stop)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages and every packet in and out, as mosquitto -v")
+    parser.add_argument(
+        "--check-config", action="store_true",
+        help="check the configuration and the files it names, list the problems, exit 0 (fine) or 2",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -72,12 +77,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config.bind = args.bind
     if args.port is not None:
         config.port = args.port
+    if config.listeners and (args.bind is not None or args.port is not None):
+        config.listeners = with_plain_listener(config.listeners, args.bind, args.port, config)
     if args.data_dir is not None:
         config.data_dir = args.data_dir
     if args.memory:
         config.backend = "memory"
     if args.verbose:
         config.verbose = True
+    if config.verbose:
+        config.log_packets = True
     return config
 
 
@@ -85,6 +94,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # They are imported only when used, so the broker itself loads none of them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one line of help)
+    "certs": ("broker.certs.cli", "make a CA, the broker's TLS certificate and device certificates"),
+    "backup": ("broker.ops.backup", "copy the database consistently, also while the broker runs"),
+    "inspect": ("broker.ops.inspect", "sessions, queues, retained messages and database size (read-only)"),
 }
 
 
@@ -102,18 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return run_subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    if args.check_config:
+        from broker.ops.check_config import check_and_report
+
+        return check_and_report(lambda: config_from_args(args), args.config)
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    setup_logging(config.verbose)
+    setup_logging(config.verbose, priority_prefix=use_priority_prefix(config.priority_prefix))
     if args.config:
         log.info("configuration loaded from %s", args.config)
     from broker.server.app import run  # after parsing, so --help works even if the server cannot import
 
     try:
-        return run(config)
+        return run(config, args.config)
     except KeyboardInterrupt:  # Ctrl-C before the server installed its own handler
         return 130
 

@@ -3,7 +3,10 @@
 Everything here is synchronous and runs on the event loop thread; it never
 awaits except in start-up/shutdown and when a reconnecting session's stored
 queue is read. Storage writes are buffered (see ``storage.base``) and made
-durable by group commits that connections wait for before acknowledging.
+durable by group commits that connections wait for before acknowledging; whether
+a commit is pending is the storage's own state (``Storage.dirty``), never a copy.
+The life cycle of sessions (create, resume, take over, expire, wills) is in
+``sessions.py``.
 """
 
 from __future__ import annotations
@@ -12,67 +15,111 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.config import Config
+from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
-from broker.core.subscriptions import SubscriptionTree
+from broker.core.sessions import SessionLifecycle
 from broker.core.slow_consumer import Congestion
+from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
 from broker.core.takeovers import TakeoverWatch
 from broker.core.timers import Timers
 from broker.core.topic_limits import TopicLimits
-from broker.protocol import properties as P
-from broker.protocol.packets import Will
+from broker.core.transport import Transport
+from broker.protocol.packets import SubscriptionOptions
 from broker.protocol.topics import split_shared
-from broker.storage.base import NEVER_EXPIRES, SessionRecord, Storage, StoredMessage, SubscriptionRecord
+from broker.message import Message
+from broker.storage.base import Storage, SubscriptionRecord
 
-if TYPE_CHECKING:
-    from broker.core.connection import Connection
+
+
+class ClientConnection(Protocol):
+    """What the engine (and what reads its state: $SYS, metrics) needs of the connections
+    it serves (``core/connection.py``)."""
+
+    session: Session | None  # set once CONNECT is accepted
+    version: int  # MQTT protocol level
+    transport: Transport
+
+    def check_keepalive(self, now: float) -> float | None:
+        """Close the connection if it is past its deadline; else the time to look again."""
+
+    def shutdown(self) -> None: ...
 
 log = logging.getLogger("broker")
 
-# Properties of a PUBLISH that travel with the message to subscribers.
-FORWARDED_PROPERTIES = (
-    P.PAYLOAD_FORMAT_INDICATOR,
-    P.CONTENT_TYPE,
-    P.RESPONSE_TOPIC,
-    P.CORRELATION_DATA,
-    P.USER_PROPERTY,
-)
+# Upper bounds (seconds) of the storage commit latency histogram (``broker.ops.metrics``).
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, properties: dict) -> StoredMessage:
-    """Build the stored form of an incoming PUBLISH or will (expiry made absolute)."""
-    if not properties:
-        return StoredMessage(topic, payload, qos, retain, {}, None)
-    forwarded = {k: v for k, v in properties.items() if k in FORWARDED_PROPERTIES} if properties else {}
-    expires_at = None
-    if properties:
-        interval = properties.get(P.MESSAGE_EXPIRY_INTERVAL)
-        if interval is not None:
-            expires_at = time.time() + interval
-    return StoredMessage(topic, payload, qos, retain, forwarded, expires_at)
+# Connection.close reasons -> metric label; reasons not listed are protocol errors, except
+# lost connections ("connection lost: ...", "closed by client").
+DISCONNECT_REASONS = {
+    "disconnected": "client_disconnect",
+    "disconnected with will": "client_disconnect",
+    "closed by client": "connection_lost",
+    "keepalive timeout": "keepalive_timeout",
+    "session taken over": "session_taken_over",
+    "broker shutting down": "broker_shutdown",
+    "storage commit failed": "storage_error",
+    "storage read failed": "storage_error",
+    "protocol_error": "protocol_error",
+}
 
 
 class Stats:
-    """Counters for ``$SYS``: one attribute increment on the hot path each."""
+    """Counters for ``$SYS`` and metrics: plain integers, read at scrape time, one
+    increment on the hot path each (metrics code never runs per message)."""
 
-    __slots__ = ("publish_received", "publish_sent")
+    __slots__ = (
+        "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
+        "connections_opened", "connects", "disconnects", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
+        "commits", "commit_seconds_sum", "commit_buckets",
+    )
 
     def __init__(self) -> None:
-        self.publish_received = 0
-        self.publish_sent = 0
+        self.received_by_qos = [0, 0, 0]  # PUBLISH packets, by QoS
+        self.sent_by_qos = [0, 0, 0]
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.connections_opened = 0
+        self.connects = 0  # CONNECT accepted
+        self.disconnects = dict.fromkeys(DISCONNECT_REASONS.values(), 0)
+        # engine.dropped_messages counts every drop; these say why (the rest: queue full).
+        self.dropped_slow_consumer = 0
+        self.dropped_too_large = 0
+        self.dropped_expired = 0
+        self.commits = 0
+        self.commit_seconds_sum = 0.0
+        self.commit_buckets = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)  # the last one: +Inf
 
+    @property
+    def publish_received(self) -> int:
+        return sum(self.received_by_qos)
 
-class PendingWill:
-    __slots__ = ("due", "message", "client_id")
+    @property
+    def publish_sent(self) -> int:
+        return sum(self.sent_by_qos)
 
-    def __init__(self, due: float, message: StoredMessage, client_id: str) -> None:
-        self.due = due
-        self.message = message
-        self.client_id = client_id
+    def count_disconnect(self, why: str) -> None:
+        """One connected client gone, filed under a fixed set of reasons (metric labels)."""
+        reason = DISCONNECT_REASONS.get(why)
+        if reason is None:
+            reason = "connection_lost" if why.startswith(("connection lost", "closed by client")) else "protocol_error"
+        self.disconnects[reason] += 1
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commits += 1
+        self.commit_seconds_sum += seconds
+        buckets = self.commit_buckets
+        for i, bound in enumerate(COMMIT_SECONDS_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+                return
+        buckets[-1] += 1
 
 
 class Engine:
@@ -84,19 +131,20 @@ class Engine:
         self.topic_limits = TopicLimits(config.max_topic_levels, config.max_topic_length)
         self.takeovers = TakeoverWatch(config.max_takeovers_per_minute)
         self.retained = RetainedStore()
-        self.pending_wills: dict[str, PendingWill] = {}
-        self.connections: set[Connection] = set()
+        self.connections: set[ClientConnection] = set()
         # Housekeeping deadlines (see timers.py): a tick pops what is due instead of scanning.
         self.expiry_timers: Timers[Session] = Timers()  # offline persistent sessions (wall clock)
         self.will_timers: Timers[str] = Timers()  # delayed wills by client id (wall clock)
-        self.keepalive_timers: Timers[Connection] = Timers()  # CONNECT deadline, keepalive (monotonic)
+        self.keepalive_timers: Timers[ClientConnection] = Timers()  # CONNECT deadline, keepalive (monotonic)
         self.purge_timers: Timers[Session] = Timers()  # stored messages that expire (wall clock)
-        self.storage_dirty = False
         self.dropped_messages = 0
+        # Sessions with their own queue limits (bridges' backlogs), by client id.
+        self.queue_limits: dict[str, QueueLimits] = {}
+        # Client ids that only a bridge (a transport of protocol "bridge") may use.
+        self.bridge_client_ids: set[str] = set()
         self.stats = Stats()
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}
-        self._next_auto_id = 0
         self.failure: BaseException | None = None
         self.loop = asyncio.get_running_loop()  # the engine lives on the loop that serves it
         self.congestion = Congestion(self.loop)  # publishers paused for subscribers that read slowly
@@ -106,114 +154,50 @@ class Engine:
         self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
         # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
         self.queue_page = max(500, 2 * config.max_inflight_messages)
+        self.lifecycle = SessionLifecycle(self)
 
     # ---- start-up and shutdown ----------------------------------------------------
     async def start(self) -> None:
         now = time.time()
         records = await self.storage.load_sessions()
-        for record in records:
-            session = Session(self, record.client_id, record.expiry_interval, record.protocol_level)
-            # A session that was online when the broker stopped counts as disconnected now.
-            session.disconnected_at = record.disconnected_at if record.disconnected_at is not None else now
-            session.inbound_qos2 = set(record.inbound_qos2)
-            session.queued_count = record.queued_count
-            session.queued_bytes = record.queued_bytes
-            session.last_seq = record.last_seq
-            session.stored = True
-            session.backlog = True
-            if record.queued_count:
-                session.earliest_expiry = now  # unknown: the first tick scans the queue once
-            for sub in record.subscriptions:
-                problem = self.topic_limits.filter_problem(sub.topic_filter)
-                if problem is not None:  # stored before a limit was lowered: never fatal
-                    log.warning("skipping a stored subscription of %s: %s", record.client_id, problem)
-                    continue
-                self._add_subscription(session, sub.topic_filter, sub.options, sub.subscription_id)
-            self.sessions[session.client_id] = session
-            self._schedule_expiry(session)
         for message in await self.storage.load_retained():
             self.retained.set(message)
-        for client_id, message, due in await self.storage.load_wills():
-            self.pending_wills[client_id] = PendingWill(due, message, client_id)
-            self.will_timers.schedule(client_id, due)
-        self.expire_sessions(now)
-        self.publish_due_wills(now)
-        if self.storage_dirty:
+        self.lifecycle.load(records, await self.storage.load_wills(), now)
+        if self.storage.dirty:
             await self.storage.commit()
-            self.storage_dirty = False
         log.info("loaded %d persistent sessions and %d retained messages", len(self.sessions), len(self.retained))
 
     async def shutdown(self) -> None:
         """Close every connection (v5: DISCONNECT 0x8B) and make the state durable."""
         for conn in list(self.connections):
-            conn.shutdown()
+            try:
+                conn.shutdown()
+            except Exception:
+                # One connection's socket error must not cost everyone the final commit.
+                log.exception("closing a connection at shutdown failed")
         await self.storage.close()  # commits everything buffered
         if self._next_commit is not None and not self._next_commit.done():
             self._next_commit.set_result(None)
 
-    # ---- sessions -----------------------------------------------------------------
-    def new_client_id(self) -> str:
-        self._next_auto_id += 1
-        return f"auto-{time.monotonic_ns():x}-{self._next_auto_id}"
-
-    def save_session(self, session: Session) -> None:
-        if session.persistent:
-            self._schedule_expiry(session)
-            session.stored = True
-            self.storage.save_session(
-                SessionRecord(
-                    session.client_id, session.expiry_interval, session.protocol_level, session.disconnected_at
-                )
-            )
-            self.storage_dirty = True
-
-    def discard_session(self, session: Session) -> None:
-        """End a session: its subscriptions, queue and stored state go away."""
-        for topic_filter in list(session.subscriptions):
-            self._remove_from_tree(session, topic_filter)
-        session.subscriptions.clear()
-        self.expiry_timers.cancel(session)
-        self.purge_timers.cancel(session)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
-        if session.stored:
-            self.storage.delete_session(session.client_id)
-            self.storage_dirty = True
-
-    def _schedule_expiry(self, session: Session) -> None:
-        """An offline persistent session ends at disconnected_at + expiry_interval."""
-        if session.connection is None and session.disconnected_at is not None:
-            if session.expiry_interval != NEVER_EXPIRES:
-                self.expiry_timers.schedule(session, session.disconnected_at + session.expiry_interval)
-
-    def expire_sessions(self, now: float) -> None:
-        for session in self.expiry_timers.due(now):
-            if self.sessions.get(session.client_id) is not session or not session.expired(now):
-                continue  # ended already, or back online (its next disconnect schedules it again)
-            log.info("session %s expired", session.client_id)
-            will = self.pending_wills.get(session.client_id)
-            if will is not None:
-                self._publish_will(will)  # the session ends before the will's delay
-            self.discard_session(session)
-
     # ---- subscriptions --------------------------------------------------------------
-    def _add_subscription(
-        self, session: Session, topic_filter: str, options, subscription_id: int | None
-    ) -> tuple[bool, Subscription]:
+    def add_subscription(
+        self, session: Session, topic_filter: str, options: SubscriptionOptions, subscription_id: int | None
+    ) -> bool:
+        """Add or replace a subscription in RAM; returns True if it did not exist before."""
         group, _ = split_shared(topic_filter)
         sub = Subscription(session.client_id, topic_filter, options, subscription_id, group)
         session.subscriptions[topic_filter] = sub
-        is_new = self.tree.add(session.client_id, topic_filter, sub)
-        return is_new, sub
+        return self.tree.add(session.client_id, topic_filter, sub)
 
-    def subscribe(self, session: Session, topic_filter: str, options, subscription_id: int | None) -> bool:
-        """Add or replace a subscription; returns True if it did not exist before."""
-        is_new, _ = self._add_subscription(session, topic_filter, options, subscription_id)
+    def subscribe(
+        self, session: Session, topic_filter: str, options: SubscriptionOptions, subscription_id: int | None
+    ) -> bool:
+        """Add or replace a subscription (stored for a persistent session); True if new."""
+        is_new = self.add_subscription(session, topic_filter, options, subscription_id)
         if session.persistent:
             self.storage.save_subscription(
                 session.client_id, SubscriptionRecord(topic_filter, options, subscription_id)
             )
-            self.storage_dirty = True
         return is_new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -222,8 +206,13 @@ class Engine:
         self._remove_from_tree(session, topic_filter)
         if session.persistent:
             self.storage.delete_subscription(session.client_id, topic_filter)
-            self.storage_dirty = True
         return True
+
+    def remove_subscriptions(self, session: Session) -> None:
+        """Every subscription of an ending session leaves the tree (storage: with the session)."""
+        for topic_filter in session.subscriptions:
+            self._remove_from_tree(session, topic_filter)
+        session.subscriptions.clear()
 
     def _remove_from_tree(self, session: Session, topic_filter: str) -> None:
         """Unsubscribe in the trie; a shared group's round-robin cursor goes with its last member."""
@@ -232,15 +221,14 @@ class Engine:
         if group is not None and not self.tree.has_subscribers(topic_filter):
             self._share_cursor.pop((group, plain), None)
 
-    def retained_for(self, topic_filter: str) -> list[StoredMessage]:
+    def retained_for(self, topic_filter: str) -> list[Message]:
         return self.retained.matching(topic_filter, self._clear_retained_in_storage)
 
     def _clear_retained_in_storage(self, topic: str) -> None:
         self.storage.set_retained(topic, None)
-        self.storage_dirty = True
 
     # ---- routing --------------------------------------------------------------------
-    def route(self, message: StoredMessage, sender_id: str | None, persist_retained: bool = True) -> int:
+    def route(self, message: Message, sender_id: str | None, persist_retained: bool = True) -> int:
         """Deliver a published message to every matching session; returns how many matched.
 
         Updates the retained store when the message carries the retain flag.
@@ -249,12 +237,9 @@ class Engine:
             if message.payload:
                 self.retained.set(message)
                 if persist_retained:
-                    self.storage.store_message(message)
                     self.storage.set_retained(message.topic, message)
-                    self.storage_dirty = True
             elif self.retained.clear(message.topic) and persist_retained:
                 self.storage.set_retained(message.topic, None)
-                self.storage_dirty = True
         match = self.tree.match(message.topic)
         normal = match.normal
         if len(normal) == 1 and not match.shared:
@@ -311,6 +296,28 @@ class Engine:
                 )
         return matched
 
+    def needs_storage(self, topic: str, retain: bool, qos: int, publisher: Session) -> bool:
+        """Would routing this QoS 1/2 message write to storage? (Asked while storage is full.)
+
+        True for a retained message, for QoS 2 from a persistent session (its packet id is
+        stored), and when a persistent session subscribes: a superset of what ``route``
+        writes, so a False answer means the message can be acknowledged without a commit.
+        """
+        if retain or (qos == 2 and publisher.persistent):
+            return True
+        match = self.tree.match(topic)
+        sessions = self.sessions
+        for client_id, _ in match.normal:
+            session = sessions.get(client_id)
+            if session is not None and session.persistent:
+                return True
+        for _, _, members in match.shared:
+            for client_id in members:
+                session = sessions.get(client_id)
+                if session is not None and session.persistent:
+                    return True
+        return False
+
     def _pick_share_member(self, group: str, topic_filter: str, members: dict[str, Subscription]) -> Subscription | None:
         """Round robin over members, preferring online ones with room in their receive window."""
         subs = list(members.values())
@@ -337,51 +344,17 @@ class Engine:
         self._share_cursor[key] = (start + i + 1) % count
         return sub
 
-    # ---- wills ------------------------------------------------------------------------
-    def schedule_will(self, client_id: str, will: Will, session_expiry: int) -> None:
-        """Publish a will now, or after its v5 delay (or when the session ends, if sooner)."""
-        message = message_from_publish(will.topic, will.payload, will.qos, will.retain, will.properties)
-        delay = will.properties.get(P.WILL_DELAY_INTERVAL, 0) if will.properties else 0
-        delay = min(delay, session_expiry)
-        if delay <= 0:
-            self.route(message, None)
-        else:
-            due = time.time() + delay
-            self.pending_wills[client_id] = PendingWill(due, message, client_id)
-            self.will_timers.schedule(client_id, due)
-            # Kept in storage: a restart within the delay must not lose it.
-            self.storage.save_will(client_id, message, due)
-            self.storage_dirty = True
-
-    def cancel_will(self, client_id: str) -> None:
-        if self.pending_wills.pop(client_id, None) is not None:
-            self.will_timers.cancel(client_id)
-            self.storage.delete_will(client_id)
-            self.storage_dirty = True
-
-    def _publish_will(self, will: PendingWill) -> None:
-        del self.pending_wills[will.client_id]
-        self.will_timers.cancel(will.client_id)
-        self.storage.delete_will(will.client_id)
-        self.storage_dirty = True
-        self.route(will.message, None)
-
-    def publish_due_wills(self, now: float) -> None:
-        for client_id in self.will_timers.due(now):
-            will = self.pending_wills.get(client_id)
-            if will is not None:
-                self._publish_will(will)
-
     # ---- housekeeping ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        """Twice a second: keepalive timeouts, due wills, expired sessions; each costs what is due."""
+        """Every TICK_SECONDS (server/app.py): keepalive timeouts, due wills, expired sessions;
+        each costs what is due (timers.py), not what exists."""
         monotonic = time.monotonic()
         for conn in self.keepalive_timers.due(monotonic):
             next_check = conn.check_keepalive(monotonic)
             if next_check is not None:
                 self.keepalive_timers.schedule(conn, next_check)
-        self.publish_due_wills(now)
-        self.expire_sessions(now)
+        self.lifecycle.publish_due_wills(now)
+        self.lifecycle.expire(now)
         self.sys_topics.publish(now)
         if not self._purging:
             due = []
@@ -398,7 +371,7 @@ class Engine:
             if due:
                 self._purging = True
                 asyncio.ensure_future(self._purge_expired(due))
-        if self.storage_dirty:
+        if self.storage.dirty:
             self.commit()
 
     async def _purge_expired(self, sessions: list[Session]) -> None:
@@ -425,7 +398,7 @@ class Engine:
         None when nothing is buffered or being committed. All calls within one event-loop
         iteration share one future; the storage commit starts at the end of the iteration.
         """
-        if self.storage_dirty:
+        if self.storage.dirty:
             future = self._next_commit
             if future is None:
                 future = self._next_commit = self.loop.create_future()
@@ -441,11 +414,12 @@ class Engine:
         if future is None or future.done():
             return  # shutdown committed it already
         self._next_commit = None
-        self.storage_dirty = False
         self._running_commit = future
+        started = time.perf_counter()
         stored = self.storage.commit()
 
         def done(result: asyncio.Future[None]) -> None:
+            self.stats.observe_commit(time.perf_counter() - started)
             if future.done():
                 return
             if result.cancelled():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from broker.storage.base import StoredMessage
+from broker.message import Message
 
 
 class _Level:
@@ -22,20 +22,20 @@ class _Level:
 
     def __init__(self) -> None:
         self.children: dict[str, _Level] = {}
-        self.message: StoredMessage | None = None
+        self.message: Message | None = None
 
 
 class RetainedStore:
     __slots__ = ("_messages", "_root")
 
     def __init__(self) -> None:
-        self._messages: dict[str, StoredMessage] = {}
+        self._messages: dict[str, Message] = {}
         self._root = _Level()
 
     def __len__(self) -> int:
         return len(self._messages)
 
-    def set(self, message: StoredMessage) -> None:
+    def set(self, message: Message) -> None:
         node = self._root
         for level in message.topic.split("/"):
             child = node.children.get(level)
@@ -45,7 +45,7 @@ class RetainedStore:
         node.message = message
         self._messages[message.topic] = message
 
-    def get(self, topic: str) -> StoredMessage | None:
+    def get(self, topic: str) -> Message | None:
         """The retained message of exactly ``topic`` (expired or not)."""
         return self._messages.get(topic)
 
@@ -65,7 +65,7 @@ class RetainedStore:
             del path[depth - 1].children[levels[depth - 1]]
         return True
 
-    def matching(self, topic_filter: str, on_expired: Callable[[str], None]) -> list[StoredMessage]:
+    def matching(self, topic_filter: str, on_expired: Callable[[str], None]) -> list[Message]:
         """Unexpired retained messages whose topic matches the (non-shared) filter.
 
         Expired ones are dropped here and reported through ``on_expired`` so the
@@ -86,8 +86,8 @@ class RetainedStore:
                 live.append(message)
         return live
 
-    def _walk(self, levels: list[str]) -> list[StoredMessage]:
-        found: list[StoredMessage] = []
+    def _walk(self, levels: list[str]) -> list[Message]:
+        found: list[Message] = []
         last = len(levels)
         stack: list[tuple[_Level, int]] = [(self._root, 0)]
         while stack:

@@ -21,7 +21,7 @@ from broker.core.slow_consumer import SOFT_BYTES
 if TYPE_CHECKING:
     from broker.core.connection import Connection
     from broker.core.session import Session
-    from broker.storage.base import StoredMessage
+    from broker.message import Message
 
 PAGE = 100  # messages per event-loop iteration
 WAIT_BYTES = SOFT_BYTES // 4  # unsent output beyond which the next page waits
@@ -37,7 +37,7 @@ class RetainedSender:
         self.conn = conn
         self.session = session
         self.filters = filters[::-1]  # popped from the end, in SUBSCRIBE order
-        self.messages: list[StoredMessage] = []  # of the current filter, reversed
+        self.messages: list[Message] = []  # of the current filter, reversed
         self.qos = 0
         self.sub_ids: list[int] = []
 

@@ -12,16 +12,41 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from broker.protocol.packets import SubscriptionOptions
-from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry, StoredMessage
+from broker.message import Message
+from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry
 
 log = logging.getLogger("broker")
 
 if TYPE_CHECKING:
-    from broker.core.connection import Connection
+    from broker.config import Config
+    from broker.core.queuelimits import QueueLimits
     from broker.core.engine import Engine
+
+
+class Outlet(Protocol):
+    """What a session needs of the connection it is attached to (``core/connection.py``)."""
+
+    send_quota: int  # the client's receive window: QoS 1/2 PUBLISH in flight at most
+    peer: str  # the client's address, for log lines (a takeover names both)
+
+    def send_publish(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: list[int],
+        packet_id: int | None,
+        dup: bool,
+        after_commit: bool = False,
+    ) -> bool:
+        """False if the message cannot be sent to this client (larger than it accepts)."""
+
+    def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None: ...
+
+    def close(self, why: str, reason_code: int | None, publish_will: bool = True, linger: bool = False) -> None: ...
 
 
 class Subscription:
@@ -79,7 +104,7 @@ class Session:
         self.expiry_interval = expiry_interval  # seconds; 0 = ends with the connection
         self.protocol_level = protocol_level
         self.subscriptions: dict[str, Subscription] = {}
-        self.connection: Connection | None = None
+        self.connection: Outlet | None = None
         self.loading = False  # reading the stored queue after a reconnect
         self.pending: deque[QueueEntry] = deque()  # online only: queued in RAM, not yet sent
         self.inflight: dict[int, QueueEntry] = {}  # online only: packet id -> SENT/RELEASED entry
@@ -129,7 +154,7 @@ class Session:
         return now >= self.disconnected_at + self.expiry_interval
 
     # ---- delivery -------------------------------------------------------------
-    def deliver(self, message: StoredMessage, qos: int, retain: bool, subscription_ids: list[int]) -> None:
+    def deliver(self, message: Message, qos: int, retain: bool, subscription_ids: list[int]) -> None:
         """Hand one routed message to this session (send now, queue in RAM or in storage)."""
         conn = self.connection
         if qos == 0:
@@ -138,7 +163,7 @@ class Session:
                 return
             if conn is None and not (self.persistent and self.engine.config.queue_qos0_messages):
                 return
-        config = self.engine.config
+        config = self.limits
         size = len(message.payload)
         trim = False
         if self._queue_full(size) and (
@@ -146,7 +171,7 @@ class Session:
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
             if config.max_queued_bytes and size > config.max_queued_bytes:
-                self.engine.dropped_messages += 1
+                self._count_drop()
                 return  # could never fit
             if self.pending:
                 self._drop_expired_pending()
@@ -156,18 +181,18 @@ class Session:
                 # Still full: the oldest are in storage. Take this one and trim exactly there.
                 trim = self._queue_full(size) and self.persistent
             if self._queue_full(size) and not trim:
-                self.engine.dropped_messages += 1
+                self._count_drop()
                 return
         self.last_seq += 1
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
         self.queued_count += 1
         self.queued_bytes += size
-        if self.persistent:
+        # While a stored queue is being read (``backlog``), a message must queue behind it in
+        # storage, also for a session resumed without expiry (v5 clean start 0, expiry 0):
+        # in RAM it would overtake the stored ones, and nothing would ever send it.
+        if self.persistent or self.backlog:
             storage = self.engine.storage
-            if message.message_id == 0:
-                storage.store_message(message)
             storage.enqueue(self.client_id, entry)
-            self.engine.storage_dirty = True
             if trim:
                 self.start_io(self._trim(), True)
         if conn is None or self.backlog or (self.persistent and len(self.pending) >= self.engine.queue_page):
@@ -207,6 +232,7 @@ class Session:
             expires_at = entry.message.expires_at
             if expires_at is not None and expires_at <= now:
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
                 continue
             if entry.qos == 0:
                 conn.send_publish(entry.message, 0, entry.retain, entry.subscription_ids, None, False)
@@ -216,7 +242,6 @@ class Session:
             persistent = self.persistent
             if persistent:
                 self.engine.storage.update_entry(self.client_id, entry.seq, SENT, packet_id)
-                self.engine.storage_dirty = True
             # QoS 2 to a persistent session: the packet id must be on disk before the client
             # sees it, or a crash could make us send the message again under a new id.
             if not conn.send_publish(
@@ -231,15 +256,31 @@ class Session:
         if self.backlog and not self.io_busy and len(pending) < self.engine.queue_page // 2:
             self.start_refill()
 
+    @property
+    def limits(self) -> Config | QueueLimits:
+        """This session's queue limits: its own if it has some (a bridge), else ``[limits]``."""
+        engine = self.engine
+        if engine.queue_limits:
+            own = engine.queue_limits.get(self.client_id)
+            if own is not None:
+                return own
+        return engine.config
+
+    def _count_drop(self) -> None:
+        self.engine.dropped_messages += 1
+        own = self.engine.queue_limits.get(self.client_id)
+        if own is not None:
+            own.dropped += 1
+
     def _queue_full(self, size: int) -> bool:
-        config = self.engine.config
+        config = self.limits
         return bool(
             (config.max_queued_messages and self.queued_count >= config.max_queued_messages)
             or (config.max_queued_bytes and self.queued_bytes + size > config.max_queued_bytes)
         )
 
     def _over_limits(self) -> bool:
-        config = self.engine.config
+        config = self.limits
         return bool(
             (config.max_queued_messages and self.queued_count > config.max_queued_messages)
             or (config.max_queued_bytes and self.queued_bytes > config.max_queued_bytes)
@@ -250,7 +291,7 @@ class Session:
         self.queued_count -= 1
         self.queued_bytes -= len(entry.message.payload)
         self._forget(entry)
-        self.engine.dropped_messages += 1
+        self._count_drop()
 
     def _drop_expired_pending(self) -> None:
         now = time.time()
@@ -261,6 +302,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
             else:
                 kept.append(entry)
         self.pending = kept
@@ -268,7 +310,6 @@ class Session:
     def _forget(self, entry: QueueEntry) -> None:
         if self.persistent:
             self.engine.storage.delete_entry(self.client_id, entry.seq)
-            self.engine.storage_dirty = True
 
     def _allocate_packet_id(self) -> int:
         packet_id = self.next_packet_id
@@ -302,7 +343,6 @@ class Session:
             entry.state = RELEASED
             if self.persistent:
                 self.engine.storage.update_entry(self.client_id, entry.seq, RELEASED, packet_id)
-                self.engine.storage_dirty = True
         conn = self.connection
         if conn is not None:
             # Released must be durable before PUBREL goes out: after a crash we must resend
@@ -326,7 +366,7 @@ class Session:
         if task is not None and not task.done():
             task.cancel()
 
-    def attach(self, conn: Connection) -> None:
+    def attach(self, conn: Outlet) -> None:
         self._cancel_io()
         self.connection = conn
         self.disconnected_at = None
@@ -352,6 +392,16 @@ class Session:
         self.backlog = self.persistent
         self.read_after = 0
         self.io_busy = False
+
+    def begin_loading(self) -> None:
+        """A resumed session: in-flight messages first, then the stored queue, in pages.
+
+        Until the first page is read, routed messages queue in storage behind it.
+        """
+        self.loading = True
+        self.backlog = True
+        self.read_after = 0
+        self.start_refill()
 
     # ---- reading the stored queue ----------------------------------------------------
     # Refill, trim and purge each read the stored queue after ``read_after``; only one runs
@@ -382,7 +432,7 @@ class Session:
                 self.io_busy = False  # (attach() hands the flag to a new connection's reader)
         if self.connection is not conn:
             return
-        if self.engine.config.queue_full_policy == "drop_oldest" and self._over_limits():
+        if self.limits.queue_full_policy == "drop_oldest" and self._over_limits():
             # A trim was refused or cut short while this reader ran: the oldest may be in RAM now.
             while self.pending and self._over_limits():
                 self._drop_pending_head()
@@ -409,8 +459,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 storage.delete_entry(self.client_id, entry.seq)
-                self.engine.storage_dirty = True
-                self.engine.dropped_messages += 1
+                self._count_drop()
 
     async def purge_expired(self) -> None:
         """Delete stored entries whose message expired (they must not take queue room)."""
@@ -433,7 +482,7 @@ class Session:
                     self.queued_count -= 1
                     self.queued_bytes -= len(entry.message.payload)
                     storage.delete_entry(self.client_id, entry.seq)
-                    self.engine.storage_dirty = True
+                    self.engine.stats.dropped_expired += 1
                 elif earliest is None or expires_at < earliest:
                     earliest = expires_at
             if len(page) < 500:

@@ -27,7 +27,7 @@ REFUSED_PACKET_SIZE = 64 * 1024
 # After a final DISCONNECT or refusing CONNACK the client gets this long, and may send this
 # much, before the socket is closed: enough for it to read the reason instead of a reset.
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 256 * 1024
+LINGER_BYTES = 1 << 20
 
 # asyncio (3.11) copies whatever the socket does not take at once into its own buffer: a
 # large PUBLISH would be held twice. Output beyond this many bytes waits in our queue as the
@@ -44,6 +44,16 @@ def describe_peer(transport: asyncio.BaseTransport) -> str:
     if isinstance(sockname, str) and sockname:
         return f"unix:{sockname}"
     return "unknown"
+
+
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """No Nagle delay on TCP: MQTT packets are small and each one is answered at once."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 class StreamTransport:
@@ -130,7 +140,12 @@ class StreamTransport:
         except RuntimeError:
             pass
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client reset the connection meanwhile: nothing to wait for
+                self._linger_left = None
+                transport.close()
+                return
         self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.end_linger)
 
     @property
@@ -173,12 +188,7 @@ class MQTTProtocol(asyncio.Protocol):
         self.address: str | None = None  # set while this connection counts in ``admission``
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
         self.connection = connection = Connection(self.engine, self.stream)
         if self.admission is not None:

@@ -1,0 +1,5 @@
+"""The states of a client connection (``Connection.state``)."""
+
+CONNECTING = 0  # waiting for CONNECT
+CONNECTED = 1  # CONNECT accepted: a session is attached
+CLOSED = 2
