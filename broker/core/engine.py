@@ -49,6 +49,8 @@ class ClientConnection(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def __hash__(self) -> int: ...  # a key of the keepalive timers
+
 log = logging.getLogger("broker")
 
 # Upper bounds (seconds) of the storage commit latency histogram (``broker.ops.metrics``).
