@@ -10,9 +10,19 @@ Unix-socket clients have no address and are limited only by the total.
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import TYPE_CHECKING, Any
 
 from broker.config import Config
+
+if TYPE_CHECKING:
+    from broker.core.connection import Connection
+
+log = logging.getLogger("broker")
+
+# The largest packet read from a connection that will be refused at its CONNECT.
+REFUSED_PACKET_SIZE = 64 * 1024
 
 
 class _Bucket:
@@ -68,6 +78,22 @@ class Admission:
                     return f"connecting too often from {address} (max_connect_rate {self.rate:g}/s)"
             self._per_address[address] = self._per_address.get(address, 0) + 1
         self.total += 1
+        return None
+
+    def admit_connection(self, connection: Connection, peername: Any) -> str | None:
+        """A listener's new ``connection`` from ``peername`` (asyncio's extra info): the address
+        it counts under ("" for none; hand it to ``release`` when it closes), or None if it is
+        over a limit: then it is refused at its CONNECT, and nothing larger than a CONNECT is
+        read from it meanwhile."""
+        address = str(peername[0]) if isinstance(peername, tuple) and peername else None
+        why = self.admit(address)
+        if why is None:
+            return address or ""
+        connection.refusal = why
+        connection.reader.max_packet_size = min(connection.reader.max_packet_size, REFUSED_PACKET_SIZE)
+        line = self.report(why)
+        if line is not None:
+            log.info("%s", line)
         return None
 
     def report(self, why: str, now: float | None = None) -> str | None:

@@ -127,6 +127,7 @@ class Listener(HandshakeObserver):
                 max_message_size=engine.config.max_packet_size,
                 handshake_timeout=float(settings.handshake_timeout),
                 allowed_origins=origins,
+                admission=self.admission,
             )
         return lambda: MQTTProtocol(engine, self.info, admission=self.admission)
 

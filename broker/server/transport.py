@@ -9,7 +9,6 @@ synchronously.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 from collections import deque
 from typing import Any, cast
@@ -18,11 +17,6 @@ from broker.core.connection import Connection
 from broker.core.engine import Engine
 from broker.core.transport import DEFAULT_LISTENER, ListenerInfo
 from broker.server.admission import Admission
-
-log = logging.getLogger("broker")
-
-# The largest packet read from a connection that will be refused at its CONNECT.
-REFUSED_PACKET_SIZE = 64 * 1024
 
 # After a final DISCONNECT or refusing CONNACK the client gets this long, and may send this
 # much, before the socket is closed: enough for it to read the reason instead of a reset.
@@ -192,18 +186,7 @@ class MQTTProtocol(asyncio.Protocol):
         self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
         self.connection = connection = Connection(self.engine, self.stream)
         if self.admission is not None:
-            peer = transport.get_extra_info("peername")
-            address = str(peer[0]) if isinstance(peer, tuple) and peer else None
-            why = self.admission.admit(address)
-            if why is None:
-                self.address = address or ""
-            else:
-                # Answered at its CONNECT (v5: 0x9F); nothing larger than a CONNECT is read meanwhile.
-                connection.refusal = why
-                connection.reader.max_packet_size = min(connection.reader.max_packet_size, REFUSED_PACKET_SIZE)
-                line = self.admission.report(why)
-                if line is not None:
-                    log.info("%s", line)
+            self.address = self.admission.admit_connection(connection, transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
         # asyncio calls this only between connection_made and connection_lost: both are set.

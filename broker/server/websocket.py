@@ -33,6 +33,7 @@ from broker.config import MAX_PACKET_SIZE_LIMIT
 from broker.core.connection import Connection
 from broker.core.engine import Engine
 from broker.core.transport import ListenerInfo
+from broker.server.admission import Admission
 from broker.server.transport import StreamTransport, set_nodelay
 
 log = logging.getLogger("broker")
@@ -148,8 +149,12 @@ class WebSocketProtocol(asyncio.Protocol):
         max_message_size: int = MAX_PACKET_SIZE_LIMIT,
         handshake_timeout: float = 10.0,
         allowed_origins: list[str] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.engine = engine
+        self.admission = admission  # connection limits, counted from the upgrade on
+        self.address: str | None = None  # set while this connection counts in ``admission``
+        self.peername: object = None  # the socket's peer address, as asyncio gives it
         self.listener = listener
         self.path = path
         # No message needs to be larger than the largest packet the broker accepts.
@@ -168,6 +173,7 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         set_nodelay(transport)
+        self.peername = transport.get_extra_info("peername")
         ws = ServerProtocol(subprotocols=SUBPROTOCOLS, max_size=self.max_message_size)
         self.stream = WebSocketTransport(cast(asyncio.Transport, transport), self.listener, ws)
         self.timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self.handshake_timed_out)
@@ -199,8 +205,15 @@ class WebSocketProtocol(asyncio.Protocol):
             self.stream.connection_lost()
         self.lose_connection(exc)
 
+    def resume_writing(self) -> None:
+        if self.connection is not None:
+            self.connection.output_drained()  # publishers waiting for this client may go on
+
     def lose_connection(self, exc: Exception | None = None) -> None:
         """The client is gone for the core (its will is due unless it sent DISCONNECT)."""
+        if self.admission is not None and self.address is not None:
+            self.admission.release(self.address or None)
+            self.address = None
         if self.connection is not None:
             self.connection.connection_lost(exc)
             self.connection = None
@@ -248,7 +261,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self.cancel_timer()
         stream.send_pending()
         log.debug("websocket connection from %s upgraded (subprotocol %s)", stream.peer, ws.subprotocol)
-        self.connection = Connection(self.engine, stream)
+        self.connection = connection = Connection(self.engine, stream)
+        if self.admission is not None:
+            self.address = self.admission.admit_connection(connection, self.peername)
         # Frames the client sent right behind its request were parsed with it.
         self.handle_frames(cast("list[Frame]", events[1:]))
 

@@ -7,6 +7,11 @@ canary (127.0.0.1) is a different address.
 
 from __future__ import annotations
 
+import re
+
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
+
 from bench.robustness import Client, connect
 from broker.config import Config
 from broker.server.admission import Admission
@@ -95,3 +100,34 @@ def test_per_address_limit_and_connect_rate(broker_factory, canary_factory) -> N
     canary.stop().check()
     for client, _ in first:
         client.close()
+
+
+def ws_connack(address: str, client_id: str) -> bytes:
+    """CONNECT (MQTT 5) over a WebSocket listener; the CONNACK's bytes."""
+    with ws_connect(f"ws://{address}/mqtt", subprotocols=[Subprotocol("mqtt")], open_timeout=10) as ws:
+        ws.send(connect(client_id, 5))
+        answer = ws.recv(timeout=10)
+        assert isinstance(answer, bytes)
+        return answer
+
+
+def test_limits_count_websocket_clients_too(broker_factory) -> None:
+    """One Admission for every listener: a WebSocket client over max_connections gets 0x9F."""
+    broker = broker_factory(
+        config='[limits]\nmax_connections = 1\n\n[[listener]]\nport = 0\n\n[[listener]]\nport = 0\nprotocol = "websockets"\n'
+    )
+    found = re.search(r"websockets .*listening on (127\.0\.0\.1:\d+)", broker.wait_for_log("websockets .*listening on").string)
+    assert found is not None
+    address = found.group(1)
+    held, body = connack(broker.port, 4, "127.0.0.1", "held")
+    assert body == b"\x00\x00"
+    over = ws_connack(address, "ws-over")
+    assert over[0] == 0x20 and over[3] == 0x9F, over  # CONNACK (length < 128), 0x9F Connection rate exceeded
+    held.close()
+    broker.wait_for_log("Client held disconnected")
+    accepted = ws_connack(address, "ws-in")
+    assert accepted[0] == 0x20 and accepted[3] == 0x00, accepted  # the released slot is taken
+    broker.wait_for_log("Client ws-in disconnected")
+    again, body = connack(broker.port, 4, "127.0.0.1", "tcp-again")  # and given back by the WebSocket
+    assert body == b"\x00\x00"
+    again.close()

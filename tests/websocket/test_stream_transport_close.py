@@ -38,6 +38,9 @@ class ResetTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         pass
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # StreamTransport sets them (robustness: output beyond WRITE_SLICE waits in its queue)
+
 
 def test_lingering_close_of_a_reset_connection_closes_without_raising() -> None:
     async def scenario() -> None:
