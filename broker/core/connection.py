@@ -12,8 +12,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
+from broker.auth.access import Decision
+from broker.auth.base import Credentials
 from broker.core.engine import Engine, message_from_publish
 from broker.core.session import Session
 from broker.core.transport import Transport
@@ -43,6 +46,7 @@ from broker.protocol.topics import is_valid_topic_filter, is_valid_topic_name, s
 from broker.storage.base import NEVER_EXPIRES, StoredMessage
 
 if TYPE_CHECKING:
+    from broker.auth.access import ClientRights
     from broker.protocol.packets import Packet, Will
 
 log = logging.getLogger("broker")
@@ -51,6 +55,7 @@ log = logging.getLogger("broker")
 CONNECTING = 0
 CONNECTED = 1
 CLOSED = 2
+AUTHENTICATING = 3  # AUTH: CONNECT received, waiting for engine.auth's decision; later packets are held
 
 TOPIC_ALIAS_MIN_LENGTH = 8
 
@@ -88,6 +93,9 @@ class Connection:
         "problem_information",
         "out",
         "closing",
+        "rights",
+        "held",
+        "held_error",
     )
 
     def __init__(self, engine: Engine, transport: Transport) -> None:
@@ -118,6 +126,11 @@ class Connection:
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
         self.out: list[bytes] = []  # written at the end of this event-loop iteration
         self.closing = False
+        # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
+        # received while its CONNECT is being authenticated, handled in order afterwards.
+        self.rights: ClientRights | None = None
+        self.held: list[Packet] = []
+        self.held_error: MQTTError | None = None
         engine.connections.add(self)
 
     # ---- output ---------------------------------------------------------------------------
@@ -204,6 +217,9 @@ class Connection:
 
         With ``after_commit`` it goes out once the storage writes issued so far are durable.
         """
+        rights = self.rights
+        if rights is not None and not rights.may_receive(message.topic):
+            return False  # AUTH: read check on every message (wildcards, retained, queued, $SYS)
         if qos == 0 and self.transport.write_buffer_size() > SLOW_CONSUMER_BYTES:
             # A client that does not read must not make the broker buffer without bound:
             # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
@@ -253,22 +269,37 @@ class Connection:
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
+            if self.state == AUTHENTICATING:  # only one CONNECT passes the codec; cannot happen
+                return
             log.info("client from %s: unsupported protocol level %d", self.peer, exc.protocol_level)
             code = RC.V3_UNACCEPTABLE_PROTOCOL_VERSION if exc.protocol_level < 5 else RC.UNSUPPORTED_PROTOCOL_VERSION
             self._buffer(encode(Connack(False, code), 4 if exc.protocol_level < 5 else 5))
             self.close(f"unsupported protocol level {exc.protocol_level}", None, linger=True)
             return
         except MQTTError as exc:
-            for packet in getattr(exc, "packets_before", ()):
-                self.handle(packet)
-                if self.state == CLOSED:
-                    return
-            self.protocol_violation(str(exc), exc.reason_code)
+            self.handle_all(getattr(exc, "packets_before", ()), exc)
             return
-        for packet in packets:
+        self.handle_all(packets, None)
+
+    def handle_all(self, packets: Iterable[Packet], error: MQTTError | None) -> None:
+        """Handle packets in order, then report ``error`` (a bad packet after them), if any."""
+        if self.state == AUTHENTICATING:
+            self._hold(iter(packets), error)
+            return
+        remaining: Iterator[Packet] = iter(packets)
+        for packet in remaining:
             self.handle(packet)
-            if self.state == CLOSED:
+            if self.state != CONNECTED:
+                if self.state == AUTHENTICATING:  # AUTH: the rest waits for the CONNECT decision
+                    self._hold(remaining, error)
                 return
+        if error is not None:
+            self.protocol_violation(str(error), error.reason_code)
+
+    def _hold(self, packets: Iterator[Packet], error: MQTTError | None) -> None:
+        self.held.extend(packets)
+        if error is not None and self.held_error is None:
+            self.held_error = error
 
     def handle(self, packet: Packet) -> None:
         try:
@@ -355,6 +386,60 @@ class Connection:
             self.topic_alias_max_out = props.get(P.TOPIC_ALIAS_MAXIMUM, 0)
             self.problem_information = props.get(P.REQUEST_PROBLEM_INFORMATION, 1) == 1
 
+        # AUTH: who is this client, may it connect? A password check runs off the event loop;
+        # until it answers, reading stops and pipelined packets wait in ``held``.
+        credentials = Credentials(
+            client_id, packet.username, packet.password, self.peer, self.transport.listener,
+            self.transport.peer_certificate(),
+        )
+        decision = engine.auth.authenticate(credentials, assigned_id is not None)
+        accept = (packet, assigned_id, server_keepalive, expiry, requested_expiry)
+        if isinstance(decision, Decision):
+            self._accept_connect(decision, *accept)
+            return
+        self.state = AUTHENTICATING
+        self.transport.pause_reading()
+        asyncio.ensure_future(decision).add_done_callback(lambda done: self._authenticated(done, accept))
+
+    def _authenticated(self, done: asyncio.Future[Decision], accept: tuple[Any, ...]) -> None:
+        """AUTH: the decision on CONNECT arrived: accept or refuse, then handle what was held."""
+        if self.state != AUTHENTICATING:
+            return  # closed meanwhile
+        try:
+            decision = done.result()
+        except Exception:
+            log.exception("authentication of %s failed", self.client_id)
+            decision = Decision(RC.SERVER_UNAVAILABLE, why="authentication failed")
+        self.state = CONNECTING
+        held, error = self.held, self.held_error
+        self.held, self.held_error = [], None
+        self._accept_connect(decision, *accept)
+        if self.state == CONNECTED:
+            self.transport.resume_reading()
+            self.handle_all(held, error)
+
+    def _accept_connect(
+        self,
+        decision: Decision,
+        packet: Connect,
+        assigned_id: str | None,
+        server_keepalive: int | None,
+        expiry: int,
+        requested_expiry: int,
+    ) -> None:
+        engine = self.engine
+        config = engine.config
+        version = self.version
+        client_id = self.client_id
+        keepalive = self.keepalive
+        if decision.reason_code:
+            return self.refuse(decision.reason_code, decision.why)
+        self.rights = rights = decision.rights
+        if packet.will is not None and rights is not None and not rights.may_publish(packet.will.topic):
+            # AUTH: as mosquitto, a will the client could not publish refuses the connection.
+            log.warning("Client %s from %s refused: will topic %r not authorised.", client_id, self.peer, packet.will.topic)
+            return self.refuse(RC.NOT_AUTHORIZED, "will topic not authorized")
+
         # Take over an existing connection with the same client id.
         session = engine.sessions.get(client_id)
         if session is not None and session.connection is not None:
@@ -396,6 +481,7 @@ class Connection:
             if expiry != requested_expiry:
                 ack_props[P.SESSION_EXPIRY_INTERVAL] = expiry
         self.protocol_label = {3: "p1", 4: "p2", 5: "p5"}.get(version, f"p{version}")
+        username = decision.client.username if decision.client is not None else packet.username
         log.info(
             "New client connected from %s as %s (%s, c%d, k%d%s).",
             self.peer,
@@ -403,7 +489,7 @@ class Connection:
             self.protocol_label,
             1 if packet.clean_start else 0,
             keepalive,
-            f", u'{packet.username}'" if packet.username else "",
+            f", u'{username}'" if username else "",
         )
         # Not held for the commit of the session row: after a crash the client would only see
         # session present 0 and subscribe again. A DISCONNECT never comes before the CONNACK.
@@ -440,6 +526,15 @@ class Connection:
         qos = packet.qos
         if packet.retain and not engine.config.retain_available:
             return self.protocol_violation("retain not supported", RC.RETAIN_NOT_SUPPORTED)
+        rights = self.rights
+        if rights is not None and not rights.may_publish(topic):
+            # AUTH: denied. v5: PUBACK/PUBREC 0x87; v3.1.1 has no way to say it: acknowledged
+            # and dropped, as mosquitto does. The check runs on the topic an alias stands for.
+            log.debug("Denied PUBLISH from %s (q%d, r%d, '%s').", self.client_id, qos, packet.retain, topic)
+            if self.version == MQTT_5 and qos:
+                ack = Puback if qos == 1 else Pubrec
+                return self.send(encode(ack(cast(int, packet.packet_id), RC.NOT_AUTHORIZED), MQTT_5))
+            routed = False
         if qos == 0:
             if routed:
                 engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), self.client_id)
@@ -503,20 +598,27 @@ class Connection:
         subscription_id = sub_ids[0] if sub_ids else None
         codes: list[int] = []
         retained_to_send: list[tuple[StoredMessage, int, int | None]] = []
+        rights = self.rights
         for topic_filter, options in packet.subscriptions:
             if not is_valid_topic_filter(topic_filter):
                 codes.append(RC.TOPIC_FILTER_INVALID if v5 else RC.V3_SUBACK_FAILURE)
                 continue
-            group, _ = split_shared(topic_filter)
+            group, plain_filter = split_shared(topic_filter)
             if group is not None and options.no_local:
                 return self.protocol_violation("no local on a shared subscription", RC.PROTOCOL_ERROR)
+            if rights is not None and not rights.may_subscribe(plain_filter):
+                # AUTH: the filter can match nothing this client may read ($share: its filter).
+                log.debug("Denied SUBSCRIBE from %s to '%s'.", self.client_id, topic_filter)
+                codes.append(RC.NOT_AUTHORIZED if v5 else RC.V3_SUBACK_FAILURE)
+                continue
             qos = options.qos
             is_new = engine.subscribe(session, topic_filter, options, subscription_id)
             codes.append(qos)
             if group is None and (options.retain_handling == 0 or (options.retain_handling == 1 and is_new)):
                 for message in engine.retained_for(topic_filter):
                     retained_to_send.append((message, min(qos, message.qos), subscription_id))
-        suback = encode(Suback(packet.packet_id, codes, self.ack_problem(codes, invalid_filter_reason)), self.version)
+        reason = "not authorized" if RC.NOT_AUTHORIZED in codes else invalid_filter_reason
+        suback = encode(Suback(packet.packet_id, codes, self.ack_problem(codes, reason)), self.version)
         if session.persistent:
             self.send_after_commit(suback)
         else:
@@ -584,6 +686,8 @@ class Connection:
         self.close("broker shutting down", RC.SERVER_SHUTTING_DOWN, publish_will=False)
 
     def check_keepalive(self, now: float) -> None:
+        if self.state == AUTHENTICATING:
+            return  # AUTH: the decision always comes (throttling waits at most a minute)
         if self.state == CONNECTING:
             if now - self.last_received > 30:
                 self.close("no CONNECT within 30 s", None)
@@ -630,7 +734,8 @@ class Connection:
         log.info("Client %s disconnected: %s.", self.client_id, self.close_reason)
         session.detach()
         if self.will is not None and publish_will and not self.disconnected_cleanly:
-            engine.schedule_will(self.client_id, self.will, session.expiry_interval)
+            # AUTH: the will is checked again when published (rights may have changed on reload).
+            engine.schedule_will(self.client_id, self.will, session.expiry_interval, self.rights)
         self.will = None
         if session.persistent:
             engine.save_session(session)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from broker.auth.access import AccessControl
+from broker.auth.file_backend import FileBackend
 from broker.config import Config
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
@@ -25,6 +27,7 @@ from broker.protocol.topics import split_shared
 from broker.storage.base import SessionRecord, Storage, StoredMessage, SubscriptionRecord
 
 if TYPE_CHECKING:
+    from broker.auth.access import ClientRights
     from broker.core.connection import Connection
 
 log = logging.getLogger("broker")
@@ -63,12 +66,13 @@ class Stats:
 
 
 class PendingWill:
-    __slots__ = ("due", "message", "client_id")
+    __slots__ = ("due", "message", "client_id", "rights")
 
-    def __init__(self, due: float, message: StoredMessage, client_id: str) -> None:
+    def __init__(self, due: float, message: StoredMessage, client_id: str, rights: ClientRights | None = None) -> None:
         self.due = due
         self.message = message
         self.client_id = client_id
+        self.rights = rights  # AUTH: checked again when published; None after a restart (checked when scheduled)
 
 
 class Engine:
@@ -94,6 +98,8 @@ class Engine:
         self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
         # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
         self.queue_page = max(500, 2 * config.max_inflight_messages)
+        # AUTH: who may connect and use which topics (broker/auth); the server sets the configured one.
+        self.auth = AccessControl(FileBackend())
 
     # ---- start-up and shutdown ----------------------------------------------------
     async def start(self) -> None:
@@ -302,16 +308,21 @@ class Engine:
         return sub
 
     # ---- wills ------------------------------------------------------------------------
-    def schedule_will(self, client_id: str, will: Will, session_expiry: int) -> None:
+    def schedule_will(
+        self, client_id: str, will: Will, session_expiry: int, rights: ClientRights | None = None
+    ) -> None:
         """Publish a will now, or after its v5 delay (or when the session ends, if sooner)."""
         message = message_from_publish(will.topic, will.payload, will.qos, will.retain, will.properties)
         delay = will.properties.get(P.WILL_DELAY_INTERVAL, 0) if will.properties else 0
         delay = min(delay, session_expiry)
+        if rights is not None and not rights.may_publish(will.topic):
+            log.info("will of %s on %r not published: not authorised", client_id, will.topic)  # AUTH
+            return
         if delay <= 0:
             self.route(message, None)
         else:
             due = time.time() + delay
-            self.pending_wills[client_id] = PendingWill(due, message, client_id)
+            self.pending_wills[client_id] = PendingWill(due, message, client_id, rights)
             # Kept in storage: a restart within the delay must not lose it.
             self.storage.save_will(client_id, message, due)
             self.storage_dirty = True
@@ -325,6 +336,9 @@ class Engine:
         del self.pending_wills[will.client_id]
         self.storage.delete_will(will.client_id)
         self.storage_dirty = True
+        if will.rights is not None and not will.rights.may_publish(will.message.topic):
+            log.info("will of %s on %r not published: not authorised", will.client_id, will.message.topic)  # AUTH
+            return
         self.route(will.message, None)
 
     def publish_due_wills(self, now: float) -> None:

@@ -462,7 +462,9 @@ class Session:
             assert packet_id is not None
             self.inflight[packet_id] = entry
             if entry.state == SENT:
-                conn.send_publish(entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, True)
+                if not conn.send_publish(entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, True):
+                    del self.inflight[packet_id]  # no longer readable (AUTH) or too large: finished
+                    self._forget(entry)
             else:
                 conn.send_pubrel(packet_id)
         if self.inflight:

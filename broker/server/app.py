@@ -7,9 +7,12 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
+from broker.auth import AuthConfigError, access_control_from_config, is_loopback, reload_access_control
 from broker.config import Config
 from broker.core.engine import Engine
+from broker.core.transport import ListenerInfo
 from broker.server.transport import MQTTProtocol
 from broker.storage.base import CorruptDatabase
 from broker.storage.factory import open_storage
@@ -44,23 +47,36 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     try:
+        access = access_control_from_config(config)  # AUTH: before anything listens
+    except AuthConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
         storage = await open_storage(config)
     except (CorruptDatabase, DatabaseInUse, UnsupportedSchema) as exc:
         log.error("cannot open storage: %s", exc)
+        access.close()
         return 1
     engine = Engine(config, storage)
-    reloaders: list[Reloader] = []
+    engine.auth = access
+    reloaders: list[Reloader] = [lambda _config: reload_access_control(engine.auth)]  # AUTH
+    listener = ListenerInfo(name=f"{config.bind}:{config.port}", local=is_loopback(config.bind))
     engine.on_failure = stop.set
     await engine.start()
     try:
-        server = await loop.create_server(lambda: MQTTProtocol(engine), config.bind, config.port, reuse_address=True)
+        server = await loop.create_server(
+            lambda: MQTTProtocol(engine, listener), config.bind, config.port, reuse_address=True
+        )
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.bind, config.port, exc)
         await storage.close()
+        access.close()
         return 1
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
         log.info("listening on %s:%d", host, port)
+        listener = replace(listener, name=f"{host}:{port}")
+    engine.auth.log_listener_policy(listener)  # AUTH: who may connect, and what to configure
 
     async def ticker() -> None:
         while True:
@@ -86,6 +102,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
             engine.failure = exc
             log.critical("final commit failed: %s", exc)
     await server.wait_closed()
+    engine.auth.close()
     if engine.failure is not None:
         log.error("stopped after a storage failure: %s", engine.failure)
         return 1
