@@ -85,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # They are imported only when used, so the broker itself loads none of them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one line of help)
+    "passwd": ("broker.auth.passwd", "manage a password file, like mosquitto_passwd"),
 }
 
 

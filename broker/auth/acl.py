@@ -178,7 +178,8 @@ def filter_covers(outer: str, inner: str) -> bool:
             return False
         other = li[index]
         if other == "#":
-            return False
+            # Only "+/#" at the start matches every topic that a leading "#" does (one level or more).
+            return index == 0 and level == "+" and lo[1:] == ["#"]
         if level == "+":
             continue
         if other == "+" or other != level:
