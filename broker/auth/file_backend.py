@@ -72,6 +72,8 @@ class FileBackend:
         self._users = users
         self._acl = acl
         self._rules = {}
+        if users is not None and self._dummy is None:
+            self._dummy = hashing.dummy_hash()  # now, at start or reload: not on the packet path
 
     def reload(self) -> str:
         self._load()
@@ -107,9 +109,7 @@ class FileBackend:
         known = stored is not None
         if stored is None:
             # Check against a hash anyway: a missing user must take as long as a wrong password.
-            if self._dummy is None:
-                self._dummy = hashing.dummy_hash()
-            stored = self._dummy
+            stored = self._dummy or hashing.dummy_hash()
         password = credentials.password if credentials.password is not None else b""
         loop = asyncio.get_running_loop()
         try:

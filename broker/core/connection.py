@@ -411,6 +411,7 @@ class Connection:
             log.exception("authentication of %s failed", self.client_id)
             decision = Decision(RC.SERVER_UNAVAILABLE, why="authentication failed")
         self.state = CONNECTING
+        self.last_received = time.monotonic()  # the keepalive starts now, not before a throttled wait
         held, error = self.held, self.held_error
         self.held, self.held_error = [], None
         self._accept_connect(decision, *accept)
