@@ -135,3 +135,16 @@ def test_subscribe_decisions(tmp_path: Path) -> None:
     rules = acl.rules_for("u", "c")
     assert may_subscribe(rules, "#") and may_subscribe(rules, "+/x") and may_subscribe(rules, "a")
     assert not may_subscribe(rules, "a/secret/+") and not may_subscribe(rules, "w") and not may_subscribe(rules, "$SYS/#")
+
+
+def test_the_gateway_example_acl_parses_and_means_what_it_says() -> None:
+    path = Path(__file__).resolve().parents[2] / "config" / "gateway-pi.acl"
+    acl = parse_acl(str(path))
+    sensor = acl.rules_for("sensor-01", "sensor-01")
+    assert may_access(sensor, WRITE, "site/sensor-01/state/temp") and may_access(sensor, READ, "site/sensor-01/cmd/led")
+    assert not may_access(sensor, READ, "site/sensor-02/cmd/led")
+    assert may_subscribe(sensor, "site/#")  # overlaps its own commands: granted, delivery filters
+    assert not may_subscribe(sensor, "site/sensor-02/cmd/#")
+    dashboard = acl.rules_for("dashboard", "dashboard-ui")
+    assert may_subscribe(dashboard, "site/#") and may_access(dashboard, WRITE, "site/sensor-01/cmd/led")
+    assert not may_access(dashboard, WRITE, "site/sensor-01/state/temp")
