@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory", action="store_true",
         help="keep everything in memory (nothing is persisted; sessions are lost on stop)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages and every packet in and out, as mosquitto -v")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -78,6 +78,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config.backend = "memory"
     if args.verbose:
         config.verbose = True
+    if config.verbose:
+        config.log_packets = True
     return config
 
 

@@ -38,6 +38,12 @@ class Config:
     # [mqtt]
     allow_zero_length_clientid: bool = True
     retain_available: bool = True
+    # v5 Response Information for clients that request it; %c is replaced by the client id.
+    response_information: str = "$response/%c/"
+    # When set, CONNECTs are refused: v5 with 0x9D Server moved (or 0x9C Use another server)
+    # and this Server Reference, v3.1.1 with return code 3 (server unavailable).
+    server_reference: str = ""
+    server_reference_mode: str = "moved"  # "moved" (0x9D) | "use_another" (0x9C)
 
     sys_interval: int = 10  # seconds between $SYS/broker/... updates; 0 = no $SYS topics
 
@@ -50,3 +56,4 @@ class Config:
 
     # [log]
     verbose: bool = False
+    log_packets: bool = False  # every packet in and out, as mosquitto -v (also on with verbose)

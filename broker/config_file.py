@@ -89,6 +89,7 @@ class _Key:
     low: int | None = None
     high: int | None = None
     choices: tuple[str, ...] = ()
+    empty_ok: bool = False  # "" is a meaningful value (for example: feature off)
 
     def convert(self, value: object) -> object:
         """The Python value for a TOML value, or ValueError saying what is expected."""
@@ -112,7 +113,7 @@ class _Key:
             if self.choices and value not in self.choices:
                 options = ", ".join(f'"{c}"' for c in self.choices)
                 raise ValueError(f"must be one of {options}, got {value!r}")
-            if not value:
+            if not value and not self.empty_ok:
                 raise ValueError("must not be empty")
             return value
         number: int
@@ -154,9 +155,13 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "allow_zero_length_clientid": _Key("bool"),
         "retain_available": _Key("bool"),
         "sys_interval": _Key("duration", 0, 86400),
+        "response_information": _Key("str"),
+        "server_reference": _Key("str", empty_ok=True),
+        "server_reference_mode": _Key("str", choices=("moved", "use_another")),
     },
     "log": {
         "verbose": _Key("bool"),
+        "log_packets": _Key("bool"),
     },
     "auth": {
         "password_file": _Key("path"),

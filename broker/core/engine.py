@@ -3,7 +3,10 @@
 Everything here is synchronous and runs on the event loop thread; it never
 awaits except in start-up/shutdown and when a reconnecting session's stored
 queue is read. Storage writes are buffered (see ``storage.base``) and made
-durable by group commits that connections wait for before acknowledging.
+durable by group commits that connections wait for before acknowledging; whether
+a commit is pending is the storage's own state (``Storage.dirty``), never a copy.
+The life cycle of sessions (create, resume, take over, expire, wills) is in
+``sessions.py``.
 """
 
 from __future__ import annotations
@@ -12,48 +15,30 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from broker.auth.access import AccessControl
 from broker.auth.file_backend import FileBackend
 from broker.config import Config
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
+from broker.core.sessions import SessionLifecycle
 from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
-from broker.protocol import properties as P
-from broker.protocol.packets import Will
+from broker.protocol.packets import SubscriptionOptions
 from broker.protocol.topics import split_shared
-from broker.storage.base import SessionRecord, Storage, StoredMessage, SubscriptionRecord
+from broker.storage.base import Storage, StoredMessage, SubscriptionRecord
 
-if TYPE_CHECKING:
-    from broker.auth.access import ClientRights
-    from broker.core.connection import Connection
+
+
+class ClientConnection(Protocol):
+    """What the engine needs of the connections it serves (``core/connection.py``)."""
+
+    def check_keepalive(self, now: float) -> None: ...
+
+    def shutdown(self) -> None: ...
 
 log = logging.getLogger("broker")
-
-# Properties of a PUBLISH that travel with the message to subscribers.
-FORWARDED_PROPERTIES = (
-    P.PAYLOAD_FORMAT_INDICATOR,
-    P.CONTENT_TYPE,
-    P.RESPONSE_TOPIC,
-    P.CORRELATION_DATA,
-    P.USER_PROPERTY,
-)
-
-
-def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, properties: dict) -> StoredMessage:
-    """Build the stored form of an incoming PUBLISH or will (expiry made absolute)."""
-    if not properties:
-        return StoredMessage(topic, payload, qos, retain, {}, None)
-    forwarded = {k: v for k, v in properties.items() if k in FORWARDED_PROPERTIES} if properties else {}
-    expires_at = None
-    if properties:
-        interval = properties.get(P.MESSAGE_EXPIRY_INTERVAL)
-        if interval is not None:
-            expires_at = time.time() + interval
-    return StoredMessage(topic, payload, qos, retain, forwarded, expires_at)
-
 
 class Stats:
     """Counters for ``$SYS``: one attribute increment on the hot path each."""
@@ -65,16 +50,6 @@ class Stats:
         self.publish_sent = 0
 
 
-class PendingWill:
-    __slots__ = ("due", "message", "client_id", "rights")
-
-    def __init__(self, due: float, message: StoredMessage, client_id: str, rights: ClientRights | None = None) -> None:
-        self.due = due
-        self.message = message
-        self.client_id = client_id
-        self.rights = rights  # AUTH: checked again when published; None after a restart (checked when scheduled)
-
-
 class Engine:
     def __init__(self, config: Config, storage: Storage) -> None:
         self.config = config
@@ -82,14 +57,11 @@ class Engine:
         self.sessions: dict[str, Session] = {}
         self.tree: SubscriptionTree[Subscription] = SubscriptionTree()
         self.retained = RetainedStore()
-        self.pending_wills: dict[str, PendingWill] = {}
-        self.connections: set[Connection] = set()
-        self.storage_dirty = False
+        self.connections: set[ClientConnection] = set()
         self.dropped_messages = 0
         self.stats = Stats()
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}
-        self._next_auto_id = 0
         self.failure: BaseException | None = None
         self.loop = asyncio.get_running_loop()  # the engine lives on the loop that serves it
         self._next_commit: asyncio.Future[None] | None = None
@@ -98,6 +70,7 @@ class Engine:
         self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
         # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
         self.queue_page = max(500, 2 * config.max_inflight_messages)
+        self.lifecycle = SessionLifecycle(self)
         # AUTH: who may connect and use which topics (broker/auth); the server sets the configured one.
         self.auth = AccessControl(FileBackend())
 
@@ -105,30 +78,11 @@ class Engine:
     async def start(self) -> None:
         now = time.time()
         records = await self.storage.load_sessions()
-        for record in records:
-            session = Session(self, record.client_id, record.expiry_interval, record.protocol_level)
-            # A session that was online when the broker stopped counts as disconnected now.
-            session.disconnected_at = record.disconnected_at if record.disconnected_at is not None else now
-            session.inbound_qos2 = set(record.inbound_qos2)
-            session.queued_count = record.queued_count
-            session.queued_bytes = record.queued_bytes
-            session.last_seq = record.last_seq
-            session.stored = True
-            session.backlog = True
-            if record.queued_count:
-                session.earliest_expiry = now  # unknown: the first tick scans the queue once
-            for sub in record.subscriptions:
-                self._add_subscription(session, sub.topic_filter, sub.options, sub.subscription_id)
-            self.sessions[session.client_id] = session
         for message in await self.storage.load_retained():
             self.retained.set(message)
-        for client_id, message, due in await self.storage.load_wills():
-            self.pending_wills[client_id] = PendingWill(due, message, client_id)
-        self.expire_sessions(now)
-        self.publish_due_wills(now)
-        if self.storage_dirty:
+        self.lifecycle.load(records, await self.storage.load_wills(), now)
+        if self.storage.dirty:
             await self.storage.commit()
-            self.storage_dirty = False
         log.info("loaded %d persistent sessions and %d retained messages", len(self.sessions), len(self.retained))
 
     async def shutdown(self) -> None:
@@ -139,58 +93,25 @@ class Engine:
         if self._next_commit is not None and not self._next_commit.done():
             self._next_commit.set_result(None)
 
-    # ---- sessions -----------------------------------------------------------------
-    def new_client_id(self) -> str:
-        self._next_auto_id += 1
-        return f"auto-{time.monotonic_ns():x}-{self._next_auto_id}"
-
-    def save_session(self, session: Session) -> None:
-        if session.persistent:
-            session.stored = True
-            self.storage.save_session(
-                SessionRecord(
-                    session.client_id, session.expiry_interval, session.protocol_level, session.disconnected_at
-                )
-            )
-            self.storage_dirty = True
-
-    def discard_session(self, session: Session) -> None:
-        """End a session: its subscriptions, queue and stored state go away."""
-        for topic_filter in list(session.subscriptions):
-            self.tree.remove(session.client_id, topic_filter)
-        session.subscriptions.clear()
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
-        if session.stored:
-            self.storage.delete_session(session.client_id)
-            self.storage_dirty = True
-
-    def expire_sessions(self, now: float) -> None:
-        for session in [s for s in self.sessions.values() if s.expired(now)]:
-            log.info("session %s expired", session.client_id)
-            will = self.pending_wills.get(session.client_id)
-            if will is not None:
-                self._publish_will(will)  # the session ends before the will's delay
-            self.discard_session(session)
-
     # ---- subscriptions --------------------------------------------------------------
-    def _add_subscription(
-        self, session: Session, topic_filter: str, options, subscription_id: int | None
-    ) -> tuple[bool, Subscription]:
+    def add_subscription(
+        self, session: Session, topic_filter: str, options: SubscriptionOptions, subscription_id: int | None
+    ) -> bool:
+        """Add or replace a subscription in RAM; returns True if it did not exist before."""
         group, _ = split_shared(topic_filter)
         sub = Subscription(session.client_id, topic_filter, options, subscription_id, group)
         session.subscriptions[topic_filter] = sub
-        is_new = self.tree.add(session.client_id, topic_filter, sub)
-        return is_new, sub
+        return self.tree.add(session.client_id, topic_filter, sub)
 
-    def subscribe(self, session: Session, topic_filter: str, options, subscription_id: int | None) -> bool:
-        """Add or replace a subscription; returns True if it did not exist before."""
-        is_new, _ = self._add_subscription(session, topic_filter, options, subscription_id)
+    def subscribe(
+        self, session: Session, topic_filter: str, options: SubscriptionOptions, subscription_id: int | None
+    ) -> bool:
+        """Add or replace a subscription (stored for a persistent session); True if new."""
+        is_new = self.add_subscription(session, topic_filter, options, subscription_id)
         if session.persistent:
             self.storage.save_subscription(
                 session.client_id, SubscriptionRecord(topic_filter, options, subscription_id)
             )
-            self.storage_dirty = True
         return is_new
 
     def unsubscribe(self, session: Session, topic_filter: str) -> bool:
@@ -199,15 +120,19 @@ class Engine:
         self.tree.remove(session.client_id, topic_filter)
         if session.persistent:
             self.storage.delete_subscription(session.client_id, topic_filter)
-            self.storage_dirty = True
         return True
+
+    def remove_subscriptions(self, session: Session) -> None:
+        """Every subscription of an ending session leaves the tree (storage: with the session)."""
+        for topic_filter in session.subscriptions:
+            self.tree.remove(session.client_id, topic_filter)
+        session.subscriptions.clear()
 
     def retained_for(self, topic_filter: str) -> list[StoredMessage]:
         return self.retained.matching(topic_filter, self._clear_retained_in_storage)
 
     def _clear_retained_in_storage(self, topic: str) -> None:
         self.storage.set_retained(topic, None)
-        self.storage_dirty = True
 
     # ---- routing --------------------------------------------------------------------
     def route(self, message: StoredMessage, sender_id: str | None, persist_retained: bool = True) -> int:
@@ -221,10 +146,8 @@ class Engine:
                 if persist_retained:
                     self.storage.store_message(message)
                     self.storage.set_retained(message.topic, message)
-                    self.storage_dirty = True
             elif self.retained.clear(message.topic) and persist_retained:
                 self.storage.set_retained(message.topic, None)
-                self.storage_dirty = True
         match = self.tree.match(message.topic)
         normal = match.normal
         if len(normal) == 1 and not match.shared:
@@ -307,53 +230,14 @@ class Engine:
         self._share_cursor[key] = (start + i + 1) % count
         return sub
 
-    # ---- wills ------------------------------------------------------------------------
-    def schedule_will(
-        self, client_id: str, will: Will, session_expiry: int, rights: ClientRights | None = None
-    ) -> None:
-        """Publish a will now, or after its v5 delay (or when the session ends, if sooner)."""
-        message = message_from_publish(will.topic, will.payload, will.qos, will.retain, will.properties)
-        delay = will.properties.get(P.WILL_DELAY_INTERVAL, 0) if will.properties else 0
-        delay = min(delay, session_expiry)
-        if rights is not None and not rights.may_publish(will.topic):
-            log.info("will of %s on %r not published: not authorised", client_id, will.topic)  # AUTH
-            return
-        if delay <= 0:
-            self.route(message, None)
-        else:
-            due = time.time() + delay
-            self.pending_wills[client_id] = PendingWill(due, message, client_id, rights)
-            # Kept in storage: a restart within the delay must not lose it.
-            self.storage.save_will(client_id, message, due)
-            self.storage_dirty = True
-
-    def cancel_will(self, client_id: str) -> None:
-        if self.pending_wills.pop(client_id, None) is not None:
-            self.storage.delete_will(client_id)
-            self.storage_dirty = True
-
-    def _publish_will(self, will: PendingWill) -> None:
-        del self.pending_wills[will.client_id]
-        self.storage.delete_will(will.client_id)
-        self.storage_dirty = True
-        if will.rights is not None and not will.rights.may_publish(will.message.topic):
-            log.info("will of %s on %r not published: not authorised", will.client_id, will.message.topic)  # AUTH
-            return
-        self.route(will.message, None)
-
-    def publish_due_wills(self, now: float) -> None:
-        for will in [w for w in self.pending_wills.values() if w.due <= now]:
-            self._publish_will(will)
-
     # ---- housekeeping ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        """Once a second: keepalive timeouts, due wills, expired sessions."""
+        """Every TICK_SECONDS (server/app.py): keepalive timeouts, due wills, expired sessions."""
         monotonic = time.monotonic()
         for conn in list(self.connections):
             conn.check_keepalive(monotonic)
-        if self.pending_wills:
-            self.publish_due_wills(now)
-        self.expire_sessions(now)
+        self.lifecycle.publish_due_wills(now)
+        self.lifecycle.expire(now)
         self.sys_topics.publish(now)
         if not self._purging:
             due = [
@@ -364,7 +248,7 @@ class Engine:
             if due:
                 self._purging = True
                 asyncio.ensure_future(self._purge_expired(due))
-        if self.storage_dirty:
+        if self.storage.dirty:
             self.commit()
 
     async def _purge_expired(self, sessions: list[Session]) -> None:
@@ -391,7 +275,7 @@ class Engine:
         None when nothing is buffered or being committed. All calls within one event-loop
         iteration share one future; the storage commit starts at the end of the iteration.
         """
-        if self.storage_dirty:
+        if self.storage.dirty:
             future = self._next_commit
             if future is None:
                 future = self._next_commit = self.loop.create_future()
@@ -407,7 +291,6 @@ class Engine:
         if future is None or future.done():
             return  # shutdown committed it already
         self._next_commit = None
-        self.storage_dirty = False
         self._running_commit = future
         stored = self.storage.commit()
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from broker.protocol.packets import SubscriptionOptions
 from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry, StoredMessage
@@ -20,8 +20,29 @@ from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntr
 log = logging.getLogger("broker")
 
 if TYPE_CHECKING:
-    from broker.core.connection import Connection
     from broker.core.engine import Engine
+
+
+class Outlet(Protocol):
+    """What a session needs of the connection it is attached to (``core/connection.py``)."""
+
+    send_quota: int  # the client's receive window: QoS 1/2 PUBLISH in flight at most
+
+    def send_publish(
+        self,
+        message: StoredMessage,
+        qos: int,
+        retain: bool,
+        subscription_ids: list[int],
+        packet_id: int | None,
+        dup: bool,
+        after_commit: bool = False,
+    ) -> bool:
+        """False if the message cannot be sent to this client (larger than it accepts)."""
+
+    def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None: ...
+
+    def close(self, why: str, reason_code: int | None, publish_will: bool = True, linger: bool = False) -> None: ...
 
 
 class Subscription:
@@ -78,7 +99,7 @@ class Session:
         self.expiry_interval = expiry_interval  # seconds; 0 = ends with the connection
         self.protocol_level = protocol_level
         self.subscriptions: dict[str, Subscription] = {}
-        self.connection: Connection | None = None
+        self.connection: Outlet | None = None
         self.loading = False  # reading the stored queue after a reconnect
         self.pending: deque[QueueEntry] = deque()  # online only: queued in RAM, not yet sent
         self.inflight: dict[int, QueueEntry] = {}  # online only: packet id -> SENT/RELEASED entry
@@ -150,12 +171,14 @@ class Session:
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
         self.queued_count += 1
         self.queued_bytes += size
-        if self.persistent:
+        # While a stored queue is being read (``backlog``), a message must queue behind it in
+        # storage, also for a session resumed without expiry (v5 clean start 0, expiry 0):
+        # in RAM it would overtake the stored ones, and nothing would ever send it.
+        if self.persistent or self.backlog:
             storage = self.engine.storage
             if message.message_id == 0:
                 storage.store_message(message)
             storage.enqueue(self.client_id, entry)
-            self.engine.storage_dirty = True
             if trim:
                 self.start_io(self._trim(), True)
         if conn is None or self.backlog or (self.persistent and len(self.pending) >= self.engine.queue_page):
@@ -204,7 +227,6 @@ class Session:
             persistent = self.persistent
             if persistent:
                 self.engine.storage.update_entry(self.client_id, entry.seq, SENT, packet_id)
-                self.engine.storage_dirty = True
             # QoS 2 to a persistent session: the packet id must be on disk before the client
             # sees it, or a crash could make us send the message again under a new id.
             if not conn.send_publish(
@@ -256,7 +278,6 @@ class Session:
     def _forget(self, entry: QueueEntry) -> None:
         if self.persistent:
             self.engine.storage.delete_entry(self.client_id, entry.seq)
-            self.engine.storage_dirty = True
 
     def _allocate_packet_id(self) -> int:
         packet_id = self.next_packet_id
@@ -290,7 +311,6 @@ class Session:
             entry.state = RELEASED
             if self.persistent:
                 self.engine.storage.update_entry(self.client_id, entry.seq, RELEASED, packet_id)
-                self.engine.storage_dirty = True
         conn = self.connection
         if conn is not None:
             # Released must be durable before PUBREL goes out: after a crash we must resend
@@ -307,7 +327,7 @@ class Session:
         self.pump()
 
     # ---- connection life cycle ---------------------------------------------------
-    def attach(self, conn: Connection) -> None:
+    def attach(self, conn: Outlet) -> None:
         self.connection = conn
         self.disconnected_at = None
         self.io_busy = False  # a reader of the previous connection gives up when it sees this one
@@ -331,6 +351,16 @@ class Session:
         self.backlog = self.persistent
         self.read_after = 0
         self.io_busy = False
+
+    def begin_loading(self) -> None:
+        """A resumed session: in-flight messages first, then the stored queue, in pages.
+
+        Until the first page is read, routed messages queue in storage behind it.
+        """
+        self.loading = True
+        self.backlog = True
+        self.read_after = 0
+        self.start_refill()
 
     # ---- reading the stored queue ----------------------------------------------------
     # Refill, trim and purge each read the stored queue after ``read_after``; only one runs
@@ -388,7 +418,6 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 storage.delete_entry(self.client_id, entry.seq)
-                self.engine.storage_dirty = True
                 self.engine.dropped_messages += 1
 
     async def purge_expired(self) -> None:
@@ -412,7 +441,6 @@ class Session:
                     self.queued_count -= 1
                     self.queued_bytes -= len(entry.message.payload)
                     storage.delete_entry(self.client_id, entry.seq)
-                    self.engine.storage_dirty = True
                 elif earliest is None or expires_at < earliest:
                     earliest = expires_at
             if len(page) < 500:

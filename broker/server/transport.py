@@ -19,7 +19,7 @@ from broker.core.transport import DEFAULT_LISTENER, ListenerInfo
 # After a final DISCONNECT or refusing CONNACK the client gets this long, and may send this
 # much, before the socket is closed: enough for it to read the reason instead of a reset.
 LINGER_SECONDS = 2.0
-LINGER_BYTES = 256 * 1024
+LINGER_BYTES = 1 << 20
 
 
 def describe_peer(transport: asyncio.BaseTransport) -> str:

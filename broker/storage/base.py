@@ -105,6 +105,15 @@ class Storage(ABC):
     async def close(self) -> None:
         """Commit everything buffered, then release resources."""
 
+    @property
+    @abstractmethod
+    def dirty(self) -> bool:
+        """True when writes were issued that no ``commit()`` call covers yet.
+
+        The one place that says "a commit is pending": the engine asks here before it
+        waits for (or skips) a commit, so no caller has to remember to flag its writes.
+        """
+
     @abstractmethod
     def commit(self) -> asyncio.Future[None]:
         """A future that resolves when every write issued so far is durable.

@@ -67,6 +67,10 @@ class MemoryStorage(Storage):
     async def close(self) -> None:
         self._collect()
 
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
     def commit(self) -> asyncio.Future[None]:
         future = asyncio.get_running_loop().create_future()
         if self._dirty:

@@ -312,6 +312,10 @@ class SqliteStorage(Storage):
             conn, self._conn = self._conn, None
             await conn.close()
 
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
     def commit(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
