@@ -52,27 +52,31 @@ class Decision:
 
 
 class ClientRights:
-    """One connection's topic checks, each answer cached until the next reload."""
+    """One connection's topic checks, each answer cached until the next reload.
 
-    __slots__ = ("client", "_backend", "_receive", "_publish", "_subscribe", "__weakref__")
+    The hot paths may read ``receive`` / ``publish`` (topic -> allowed) directly and call
+    the method only on a miss: a dict look-up costs less than a method call per message.
+    """
+
+    __slots__ = ("client", "_backend", "receive", "publish", "_subscribe", "__weakref__")
 
     def __init__(self, client: Client, backend: AuthBackend) -> None:
         self.client = client
         self._backend = backend
-        self._receive: dict[str, bool] = {}
-        self._publish: dict[str, bool] = {}
+        self.receive: dict[str, bool] = {}
+        self.publish: dict[str, bool] = {}
         self._subscribe: dict[str, bool] = {}
 
     def may_receive(self, topic: str) -> bool:
-        allowed = self._receive.get(topic)
+        allowed = self.receive.get(topic)
         if allowed is None:
-            allowed = self._decide(self._receive, RECEIVE, topic)
+            allowed = self._decide(self.receive, RECEIVE, topic)
         return allowed
 
     def may_publish(self, topic: str) -> bool:
-        allowed = self._publish.get(topic)
+        allowed = self.publish.get(topic)
         if allowed is None:
-            allowed = self._decide(self._publish, PUBLISH, topic)
+            allowed = self._decide(self.publish, PUBLISH, topic)
         return allowed
 
     def may_subscribe(self, topic_filter: str) -> bool:
@@ -94,8 +98,8 @@ class ClientRights:
         return allowed
 
     def forget(self) -> None:
-        self._receive.clear()
-        self._publish.clear()
+        self.receive.clear()
+        self.publish.clear()
         self._subscribe.clear()
 
 

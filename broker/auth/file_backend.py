@@ -17,6 +17,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import sys
 from concurrent.futures.process import BrokenProcessPool
 
 from broker.auth import hashing
@@ -39,6 +40,12 @@ log = logging.getLogger("broker")
 # Leave a core for the event loop; a Raspberry Pi 4 gets 3 workers, a Pi Zero 1.
 HASH_WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))
 _RULES_CACHE_LIMIT = 10_000
+
+
+def _lower_priority() -> None:
+    """In each hash worker: the event loop comes first when the cores are busy."""
+    if sys.platform != "win32":
+        os.nice(10)
 
 
 class FileBackend:
@@ -91,7 +98,7 @@ class FileBackend:
     def _pool(self) -> concurrent.futures.Executor:
         if self._executor is None:
             self._executor = concurrent.futures.ProcessPoolExecutor(
-                HASH_WORKERS, mp_context=multiprocessing.get_context("spawn")
+                HASH_WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
             )
         return self._executor
 

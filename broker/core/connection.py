@@ -219,7 +219,7 @@ class Connection:
         Nothing about the connection changes (aliases, statistics) unless it is really sent.
         """
         rights = self.rights
-        if rights is not None and not rights.may_receive(message.topic):
+        if rights is not None and not (rights.receive.get(message.topic) or rights.may_receive(message.topic)):
             return False  # AUTH: read check on every message (wildcards, retained, queued, $SYS)
         if qos == 0 and self.transport.write_buffer_size() > SLOW_CONSUMER_BYTES:
             # A client that does not read must not make the broker buffer without bound:

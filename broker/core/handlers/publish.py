@@ -51,7 +51,7 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     if packet.retain and not engine.config.retain_available:
         raise ProtocolError("retain not supported", RC.RETAIN_NOT_SUPPORTED)
     rights = conn.rights
-    if rights is not None and not rights.may_publish(topic):
+    if rights is not None and not (rights.publish.get(topic) or rights.may_publish(topic)):
         # AUTH: denied. v5: PUBACK/PUBREC 0x87; v3.1.1 has no way to say it: acknowledged and
         # dropped, as mosquitto does. Checked on the topic an alias stands for.
         log.debug("Denied PUBLISH from %s (q%d, r%d, '%s').", conn.client_id, qos, packet.retain, topic)
