@@ -5,6 +5,8 @@
    password at once, against the same publisher with no logins going on.
 3. QoS 0 fan-in (publishers -> one subscriber on a wildcard) with a 100-rule ACL
    against no ACL, same password file, alternating runs, median of each.
+4. The same fan-in through the sans-I/O core in this process, timed in CPU seconds of
+   this process only: on a shared machine the steadiest figure of what an ACL costs.
 
 The broker runs as ``python -m broker`` from this checkout; the clients are
 raw asyncio sockets in this process (MQTT 3.1.1 bytes, no client library).
@@ -250,6 +252,78 @@ async def fan_in(port: int, publishers: int, messages: int) -> float:
     return received / elapsed
 
 
+# ---- 4. fan-in through the core, in process --------------------------------------------------------
+class _CountingTransport:
+    """The core's Transport, counting what is written; clients are named by their certificate."""
+
+    def __init__(self, listener: object, common_name: str) -> None:
+        self.listener = listener
+        self.peer = f"cert:{common_name}"
+        self.cert = {"subject": ((("commonName", common_name),),)}
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.written += sum(len(c) for c in chunks)
+
+    def write_buffer_size(self) -> int:
+        return 0
+
+    def close(self, linger: bool = False) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def peer_certificate(self) -> dict:
+        return self.cert
+
+
+async def core_fan_in(acl_path: str | None, publishers: int, messages: int) -> float:
+    """CPU seconds of this process to route ``messages`` QoS 0 PUBLISH through the core."""
+    from broker.auth.access import AccessControl
+    from broker.auth.file_backend import FileBackend
+    from broker.config import Config
+    from broker.core.connection import Connection
+    from broker.core.engine import Engine
+    from broker.core.transport import ListenerInfo
+    from broker.storage.memory import MemoryStorage
+
+    storage = MemoryStorage()
+    await storage.open()
+    engine = Engine(Config(backend="memory", sys_interval=0), storage)
+    await engine.start()
+    engine.auth = AccessControl(FileBackend(None, acl_path))
+    listener = ListenerInfo(name="bench", local=True, tls=True, use_identity_as_username=True)
+    sub_transport = _CountingTransport(listener, "collector")
+    subscriber = Connection(engine, sub_transport)  # type: ignore[arg-type]
+    subscriber.data_received(connect_packet("collector") + subscribe_packet("devices/#"))
+    conns = []
+    for i in range(publishers):
+        conn = Connection(engine, _CountingTransport(listener, "device"))  # type: ignore[arg-type]
+        conn.data_received(connect_packet(f"dev{i}"))
+        conns.append(conn)
+    await asyncio.sleep(0)
+    batches = [b"".join(publish_packet(f"devices/dev{i}/sensor{j % 8}", b"21.5") for j in range(100)) for i in range(publishers)]
+    before = sub_transport.written
+    start = time.process_time()
+    for _ in range(messages // (100 * publishers)):
+        for conn, batch in zip(conns, batches):
+            conn.data_received(batch)
+        await asyncio.sleep(0)  # the end-of-iteration writes
+    await asyncio.sleep(0)
+    elapsed = time.process_time() - start
+    delivered = (sub_transport.written - before) // len(publish_packet("devices/dev0/sensor0", b"21.5"))
+    assert delivered == messages // (100 * publishers) * 100 * publishers, delivered
+    await storage.close()
+    return elapsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.auth_cost", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=500, help="clients logging in at once (default 500)")
@@ -297,6 +371,15 @@ def main(argv: list[str] | None = None) -> int:
         plain_cpu, acl_cpu = (statistics.median(cpu_used[k]) / args.messages * 1e6 for k in ("no ACL", "100-rule ACL"))
         print(f"   broker CPU per message (median): no ACL {plain_cpu:.2f} us, 100-rule ACL {acl_cpu:.2f} us"
               f" ({(acl_cpu / plain_cpu - 1) * 100:+.1f}%)")
+
+        print(f"4. the same fan-in through the core in this process (CPU time), {args.messages} messages")
+        core: dict[str, list[float]] = {"no ACL": [], "100-rule ACL": []}
+        for _ in range(max(3, args.runs)):
+            for name, path in (("no ACL", None), ("100-rule ACL", str(work / "acl"))):
+                core[name].append(asyncio.run(core_fan_in(path, args.publishers, args.messages)))
+        plain_core, acl_core = (statistics.median(core[k]) / args.messages * 1e6 for k in ("no ACL", "100-rule ACL"))
+        print(f"   CPU per message (median of {len(core['no ACL'])}): no ACL {plain_core:.2f} us,"
+              f" 100-rule ACL {acl_core:.2f} us ({(acl_core / plain_core - 1) * 100:+.1f}%)")
     return 0
 
 
