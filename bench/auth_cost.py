@@ -80,7 +80,9 @@ async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return first, await reader.readexactly(length)
 
 
-async def open_client(port: int, client_id: str, user: str | None = None, password: str | None = None):
+async def open_client(
+    port: int, client_id: str, user: str | None = None, password: str | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
     writer.write(connect_packet(client_id, user, password))
     first, body = await read_packet(reader)
@@ -168,7 +170,7 @@ async def login_storm(port: int, clients: int, user: str, password: str) -> floa
     start = time.perf_counter()
 
     async def one(i: int) -> asyncio.StreamWriter:
-        _, writer = await open_client(port, f"storm-{i}", user, password)
+        _reader, writer = await open_client(port, f"storm-{i}", user, password)
         return writer
 
     writers = await asyncio.gather(*(one(i) for i in range(clients)))
@@ -185,7 +187,7 @@ def percentile(values: list[float], p: float) -> float:
 
 async def storm_latency(port: int, clients: int) -> None:
     for phase in ("idle", "storm"):
-        stop, samples = asyncio.Event(), []
+        stop, samples = asyncio.Event(), list[float]()
         probe = asyncio.ensure_future(latency_probe(port, stop, samples))
         await asyncio.sleep(0.3)
         samples.clear()
@@ -259,7 +261,7 @@ class _CountingTransport:
     def __init__(self, listener: object, common_name: str) -> None:
         self.listener = listener
         self.peer = f"cert:{common_name}"
-        self.cert = {"subject": ((("commonName", common_name),),)}
+        self.cert: dict[str, object] = {"subject": ((("commonName", common_name),),)}
         self.written = 0
 
     def write(self, data: bytes) -> None:
@@ -280,7 +282,7 @@ class _CountingTransport:
     def resume_reading(self) -> None:
         pass
 
-    def peer_certificate(self) -> dict:
+    def peer_certificate(self) -> dict[str, object]:
         return self.cert
 
 
