@@ -259,6 +259,11 @@ class Connection:
         (self.send_after_commit if after_commit else self.send)(data)
         return True
 
+    def may_receive(self, topic: str) -> bool:
+        """AUTH: the read check ``send_publish`` makes, for choosing a shared subscription's member."""
+        rights = self.rights
+        return rights is None or rights.may_receive(topic)
+
     def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None:
         self.send_packet(Pubrel(packet_id, reason_code), after_commit)
 

@@ -191,7 +191,7 @@ class Engine:
             if session is not None:
                 session.deliver(message, granted if granted < qos else qos, retain and rap, sub_ids)
         for group, topic_filter, members in match.shared:
-            member = self._pick_share_member(group, topic_filter, members)
+            member = self._pick_share_member(group, topic_filter, members, message.topic)
             if member is None:
                 continue
             matched += 1
@@ -204,8 +204,12 @@ class Engine:
                 )
         return matched
 
-    def _pick_share_member(self, group: str, topic_filter: str, members: dict[str, Subscription]) -> Subscription | None:
-        """Round robin over members, preferring online ones with room in their receive window."""
+    def _pick_share_member(
+        self, group: str, topic_filter: str, members: dict[str, Subscription], topic: str
+    ) -> Subscription | None:
+        """Round robin over members, preferring online ones with room in their receive window.
+
+        AUTH: members whose ACL does not let them read ``topic`` are passed over."""
         subs = list(members.values())
         if not subs:
             return None
@@ -219,6 +223,8 @@ class Engine:
             if session is None:
                 continue
             conn = session.connection
+            if conn is not None and not conn.may_receive(topic):
+                continue
             if conn is not None and not session.pending and len(session.inflight) < conn.send_quota:
                 self._share_cursor[key] = (start + i + 1) % count
                 return sub

@@ -42,6 +42,9 @@ class Outlet(Protocol):
 
     def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None: ...
 
+    def may_receive(self, topic: str) -> bool:
+        """AUTH: whether the client may read ``topic`` (its ACL; True without one)."""
+
     def close(self, why: str, reason_code: int | None, publish_will: bool = True, linger: bool = False) -> None: ...
 
 

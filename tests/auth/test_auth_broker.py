@@ -339,6 +339,22 @@ def test_shared_subscription_checks_its_filter(secured) -> None:
         client.close()
 
 
+def test_shared_group_gives_each_message_to_a_member_that_may_read_it(secured) -> None:
+    """A member that may not read a topic is passed over, so the group loses nothing."""
+    broker = secured()
+    bob = raw(broker, "bob", "bob-group")
+    alice = raw(broker, "alice", "alice-group")
+    for client in (bob, alice):
+        assert client.subscribe([("$share/g/home/#", 0)]).reason_codes == [0]
+    admin = raw(broker, "admin", "admin-group")
+    for i in range(6):
+        admin.publish("home/x/humidity", str(i).encode(), qos=1)
+    assert [p for _, p in published(alice)] == [str(i).encode() for i in range(6)]
+    assert published(bob, 0.2) == []
+    for client in (bob, alice, admin):
+        client.close()
+
+
 def test_will_is_checked_at_connect_and_when_published(secured, tmp_path: Path) -> None:
     broker = secured()
     with RawClient(broker.host, broker.port, 5) as client:
