@@ -211,6 +211,10 @@ def contract_tests(factory: Factory) -> dict[str, Callable[[], None]]:
                 assert not backend.authorize(client, RECEIVE, topic), (client_id, topic)
                 assert not backend.authorize(client, PUBLISH, topic), (client_id, topic)
             assert not backend.authorize(client, SUBSCRIBE, "devices/sensor8/#"), client_id
+        for username in ("bob/x", "+", "#"):  # %u: users/bob/x/inbox is not this user's inbox
+            client = _client(username, "c9")
+            assert not backend.authorize(client, RECEIVE, "users/bob/x/inbox"), username
+            assert not backend.authorize(client, SUBSCRIBE, "users/+/inbox"), username
 
     def authorize_is_synchronous_and_fast(backend: AuthBackend) -> None:
         """authorize answers a plain bool without waiting (the core calls it on the packet path)."""

@@ -183,6 +183,18 @@ def test_mosquitto_clients_with_u_and_p(secured) -> None:
     assert "not authorised" in refused.stderr.lower() or "bad user name or password" in refused.stderr.lower()
 
 
+@pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto_passwd not installed")
+def test_password_file_written_by_mosquitto_passwd(broker_factory, tmp_path: Path) -> None:
+    """People bring their mosquitto password files: $7$ (mosquitto 2) and $6$ (1.x) entries log in."""
+    path = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(path), "new", "pbkdf2-pw"], check=True, capture_output=True)
+    subprocess.run(["mosquitto_passwd", "-H", "sha512", "-b", str(path), "old", "sha-pw"], check=True, capture_output=True)
+    broker = broker_factory("--memory", config=f'[auth]\npassword_file = "{path}"\nallow_anonymous = false\n')
+    for user, password, expected in (("new", b"pbkdf2-pw", 0), ("old", b"sha-pw", 0), ("new", b"sha-pw", 4)):
+        with RawClient(broker.host, broker.port, 4) as client:
+            assert client.connect(f"m-{user}", username=user, password=password).reason_code == expected
+
+
 def test_pipelined_connect_subscribe_publish_in_one_write(secured) -> None:
     """Packets behind a CONNECT that is still being checked are handled afterwards, in order."""
     broker = secured()
