@@ -39,6 +39,8 @@ log = logging.getLogger("broker")
 CACHE_LIMIT = 4096
 # An address whose next login slot is further away than this is refused at once.
 MAX_THROTTLE_WAIT = 60.0
+# Failures from one address, over all user names, before its every attempt slows down.
+ADDRESS_FREE_FAILURES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +123,13 @@ class AccessControl:
         allow_anonymous: bool | None = None,
         clientid_prefix_username: bool = False,
         throttle: LoginThrottle | None = None,
+        address_throttle: LoginThrottle | None = None,
     ) -> None:
         self.backend = backend
         self.allow_anonymous = allow_anonymous  # the configured default; None: loopback only
         self.clientid_prefix_username = clientid_prefix_username
-        self.throttle = throttle or LoginThrottle()
+        self.throttle = throttle or LoginThrottle()  # per address and user name
+        self.address_throttle = address_throttle or LoginThrottle(free=ADDRESS_FREE_FAILURES)
         self._rights: weakref.WeakSet[ClientRights] = weakref.WeakSet()
 
     # ---- listeners ------------------------------------------------------------------------
@@ -180,7 +184,9 @@ class AccessControl:
 
     async def _check(self, credentials: Credentials, assigned_client_id: bool) -> Decision:
         address = address_of(credentials.peer)
-        wait = self.throttle.reserve(address)
+        wait = max(
+            self.throttle.reserve(f"{address} {credentials.username}"), self.address_throttle.reserve(address)
+        )
         if wait > MAX_THROTTLE_WAIT:
             log.warning(
                 "Client %s from %s refused without checking: too many failed logins from %s",
@@ -202,7 +208,9 @@ class AccessControl:
         if result.outcome == NOT_MINE:
             return self._anonymous(credentials)
         outcome = result.outcome if result.outcome in (BAD_CREDENTIALS, NOT_AUTHORIZED) else NOT_AUTHORIZED
-        failures = self.throttle.failed(address_of(credentials.peer))
+        address = address_of(credentials.peer)
+        self.address_throttle.failed(address)
+        failures = self.throttle.failed(f"{address} {credentials.username}")
         return self._refused(credentials, outcome, result.reason, failures)
 
     def _accepted(self, credentials: Credentials, username: str, assigned_client_id: bool) -> Decision:
@@ -238,7 +246,7 @@ class AccessControl:
             credentials.peer,
             "bad user name or password" if code == RC.BAD_USER_NAME_OR_PASSWORD else "not authorised",
             user + (f", {reason}" if reason else ""),
-            f", failure {failures} from this address" if failures > 1 else "",
+            f", failure {failures} for this user from this address" if failures > 1 else "",
         )
         return Decision(code, why="bad user name or password" if code == RC.BAD_USER_NAME_OR_PASSWORD else "not authorized")
 

@@ -1,11 +1,17 @@
 """Failed logins slow down further attempts from the same address.
 
-After n failures from one address its next attempt waits ``base * 2**(n-1)``
+After n counted failures for a key its next attempt waits ``base * 2**(n-1)``
 seconds (at most ``cap``) after the previous one, concurrent attempts included:
 each takes the next free slot, so opening many connections at once does not
-multiply the guesses per second. Failures are forgotten ``forget_after`` seconds
-after the last one. A success does not reset the count: a valid account must not
-let its holder guess another account's password at full speed.
+multiply the guesses per second. The first ``free`` failures are not counted.
+Failures are forgotten ``forget_after`` seconds after the last one. A success does
+not reset the count: a valid account must not let its holder guess another
+account's password at full speed.
+
+``AccessControl`` keeps two: one per address and user name (every failure counts:
+guessing one user's password), and one per address that starts counting after
+some failures (trying many user names), so that one device stuck with a wrong
+password does not hold up the other devices behind the same NAT address.
 """
 
 from __future__ import annotations
@@ -23,15 +29,19 @@ class _Entry:
 
 
 class LoginThrottle:
-    def __init__(self, base: float = 0.5, cap: float = 30.0, forget_after: float = 600.0, max_addresses: int = 10_000):
+    def __init__(
+        self, base: float = 0.5, cap: float = 30.0, forget_after: float = 600.0, max_addresses: int = 10_000, free: int = 0
+    ):
         self.base = base
         self.cap = cap
+        self.free = free
         self.forget_after = forget_after
         self.max_addresses = max_addresses
         self._entries: dict[str, _Entry] = {}
 
     def _backoff(self, failures: int) -> float:
-        return min(self.cap, self.base * 2 ** (failures - 1)) if failures else 0.0
+        counted = failures - self.free
+        return min(self.cap, self.base * 2 ** (counted - 1)) if counted > 0 else 0.0
 
     def _entry(self, address: str, now: float) -> _Entry | None:
         entry = self._entries.get(address)
@@ -44,7 +54,7 @@ class LoginThrottle:
         """Seconds this attempt must wait before its credentials are checked (0: none)."""
         now = time.monotonic() if now is None else now
         entry = self._entry(address, now)
-        if entry is None or not entry.failures:
+        if entry is None or entry.failures <= self.free:
             return 0.0
         slot = max(now, entry.next_slot)
         entry.next_slot = slot + self._backoff(entry.failures)

@@ -185,3 +185,35 @@ def test_is_loopback(address: str, loopback: bool) -> None:
 def test_credentials_never_show_the_password() -> None:
     shown = repr(creds(LOOPBACK, "alice", b"hunter2-secret"))
     assert "hunter2-secret" not in shown and "alice" in shown
+
+
+def test_throttle_free_failures() -> None:
+    throttle = LoginThrottle(base=1.0, free=2)
+    throttle.failed("a", now=0.0)
+    throttle.failed("a", now=0.0)
+    assert throttle.reserve("a", now=0.0) == 0.0
+    throttle.failed("a", now=0.0)
+    assert throttle.reserve("a", now=0.0) == pytest.approx(1.0)
+
+
+def test_a_user_failing_does_not_slow_other_users_from_the_same_address(tmp_path: Path) -> None:
+    """One device stuck with a wrong password behind a NAT must not hold up the others; many
+    user names failing from one address slows that address down."""
+    passwords, acl = write_scenario(SCENARIO, tmp_path)
+    control = AccessControl(
+        FileBackend(str(passwords), str(acl)),
+        throttle=LoginThrottle(base=100.0, cap=100.0),
+        address_throttle=LoginThrottle(base=100.0, cap=100.0, free=2),
+    )
+    try:
+        assert decide(control, creds(NETWORK, "alice", b"wrong")).reason_code == RC.BAD_USER_NAME_OR_PASSWORD
+        # alice's next attempt would wait 100 s (over the limit: refused at once, busy) ...
+        assert decide(control, creds(NETWORK, "alice", b"alice-pw")).reason_code == RC.SERVER_BUSY
+        # ... bob from the same address is not held up.
+        assert decide(control, creds(NETWORK, "bob", SCENARIO.users["bob"].encode())).reason_code == 0
+        for user in ("x1", "x2"):  # more user names fail: the address itself is slowed now
+            assert decide(control, creds(NETWORK, user, b"nope")).reason_code == RC.BAD_USER_NAME_OR_PASSWORD
+        assert decide(control, creds(NETWORK, "dev1", b"dev1-pw")).reason_code == RC.SERVER_BUSY
+        assert decide(control, creds(NETWORK, "dev1", b"dev1-pw", peer="192.0.2.99:1")).reason_code == 0
+    finally:
+        control.close()

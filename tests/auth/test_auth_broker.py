@@ -238,7 +238,7 @@ def test_failed_logins_are_throttled_per_address(secured) -> None:
         durations.append(time.monotonic() - start)
     # After 1 failure the next attempt waits 0.5 s, after 2 failures 1 s (LoginThrottle defaults).
     assert durations[1] >= 0.45 and durations[2] >= 0.95, durations
-    broker.wait_for_log(r"failure 3 from this address")
+    broker.wait_for_log(r"failure 3 for this user from this address")
     # The right password still gets in, after its wait: throttling slows, it does not lock out.
     with RawClient(broker.host, broker.port, 4) as client:
         assert client.connect("owner", username="alice", password=b"alice-pw").reason_code == 0
