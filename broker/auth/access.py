@@ -41,6 +41,10 @@ CACHE_LIMIT = 4096
 MAX_THROTTLE_WAIT = 60.0
 # Failures from one address, over all user names, before its every attempt slows down.
 ADDRESS_FREE_FAILURES = 10
+# Credential checks waiting or running at once; more are refused with 0x89 Server busy (a
+# flood of CONNECTs with passwords must not queue work and memory without bound). A power
+# cut's worth of devices reconnecting (500 on a site) fits.
+MAX_PENDING_CHECKS = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +135,8 @@ class AccessControl:
         self.throttle = throttle or LoginThrottle()  # per address and user name
         self.address_throttle = address_throttle or LoginThrottle(free=ADDRESS_FREE_FAILURES)
         self._rights: weakref.WeakSet[ClientRights] = weakref.WeakSet()
+        self.pending_checks = 0
+        self.max_pending_checks = MAX_PENDING_CHECKS
 
     # ---- listeners ------------------------------------------------------------------------
     def anonymous_allowed(self, listener: ListenerInfo) -> bool:
@@ -180,7 +186,20 @@ class AccessControl:
             return self._accepted(credentials, name, assigned_client_id)
         if credentials.username is None and credentials.password is None:
             return self._anonymous(credentials)
-        return asyncio.ensure_future(self._check(credentials, assigned_client_id))
+        if self.pending_checks >= self.max_pending_checks:
+            log.warning(
+                "Client %s from %s refused: %d logins are being checked already",
+                credentials.client_id, credentials.peer, self.pending_checks,
+            )
+            return Decision(RC.SERVER_BUSY, why="too many logins at once, retry later")
+        self.pending_checks += 1
+        return asyncio.ensure_future(self._check_counted(credentials, assigned_client_id))
+
+    async def _check_counted(self, credentials: Credentials, assigned_client_id: bool) -> Decision:
+        try:
+            return await self._check(credentials, assigned_client_id)
+        finally:
+            self.pending_checks -= 1
 
     async def _check(self, credentials: Credentials, assigned_client_id: bool) -> Decision:
         address = address_of(credentials.peer)

@@ -217,3 +217,23 @@ def test_a_user_failing_does_not_slow_other_users_from_the_same_address(tmp_path
         assert decide(control, creds(NETWORK, "dev1", b"dev1-pw", peer="192.0.2.99:1")).reason_code == 0
     finally:
         control.close()
+
+
+def test_too_many_checks_at_once_are_refused_busy(tmp_path: Path) -> None:
+    passwords, acl = write_scenario(SCENARIO, tmp_path)
+    control = AccessControl(FileBackend(str(passwords), str(acl)))
+    control.max_pending_checks = 3
+
+    async def run() -> list[int]:
+        results = [control.authenticate(creds(NETWORK, "alice", b"alice-pw", client_id=f"c{i}")) for i in range(5)]
+        codes = []
+        for result in results:
+            codes.append((result if isinstance(result, Decision) else await result).reason_code)
+        return codes
+
+    try:
+        assert asyncio.run(run()) == [0, 0, 0, RC.SERVER_BUSY, RC.SERVER_BUSY]
+        assert control.pending_checks == 0
+        assert decide(control, creds(NETWORK, "alice", b"alice-pw")).reason_code == 0  # room again
+    finally:
+        control.close()
