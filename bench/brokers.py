@@ -27,6 +27,21 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+TLS_LISTENING = re.compile(r"mqtt over TLS \S+ .*listening on (\S+):(\d+)")
+
+
+class TLSFiles:
+    """The CA, server certificate and key that every broker's TLS listener uses (from broker.certs)."""
+
+    def __init__(self, directory: Path) -> None:
+        from broker import certs
+
+        where = certs.paths(directory)
+        if not where.server_cert.exists():
+            certs.init(directory, hosts=["localhost"], ips=["127.0.0.1"])
+        self.ca = where.ca_cert
+        self.cert = where.server_cert
+        self.key = where.server_key
 
 # Mosquitto's settings, chosen to match ours where the behaviour under load depends on them.
 MOSQUITTO_SETTINGS = (
@@ -89,11 +104,13 @@ class Broker:
     key = "broker"
     label = "broker"
 
-    def __init__(self, workdir: Path, nofile: int) -> None:
+    def __init__(self, workdir: Path, nofile: int, tls: TLSFiles | None = None) -> None:
         self.workdir = workdir
         self.nofile = nofile
         self.host = "127.0.0.1"
         self.port = 0
+        self.tls = tls  # with files: a second listener, MQTT over TLS, on tls_port
+        self.tls_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{self.key}.log"
         self.starts = 0
@@ -116,16 +133,17 @@ class Broker:
         raise NotImplementedError
 
     def _wait_ready(self, deadline: float) -> None:
-        """Default readiness: the port accepts TCP connections."""
-        while True:
-            self._check_alive("before accepting connections")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"{self.label} not accepting connections on port {self.port}\n{self.log_tail()}")
-                time.sleep(0.05)
+        """Default readiness: the port (and the TLS port) accept TCP connections."""
+        for port in (self.port, self.tls_port) if self.tls is not None else (self.port,):
+            while True:
+                self._check_alive("before accepting connections")
+                try:
+                    with socket.create_connection((self.host, port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise BrokerError(f"{self.label} not accepting connections on port {port}\n{self.log_tail()}")
+                    time.sleep(0.05)
 
     # --- shared behaviour
     @property
@@ -195,17 +213,27 @@ class OursBroker(Broker):
     key = "ours"
     label = "ours"
 
-    def __init__(self, workdir: Path, nofile: int, extra_args: list[str] | None = None) -> None:
-        super().__init__(workdir, nofile)
+    def __init__(
+        self, workdir: Path, nofile: int, extra_args: list[str] | None = None, tls: TLSFiles | None = None
+    ) -> None:
+        super().__init__(workdir, nofile, tls)
         self.extra_args = list(extra_args or [])
         self.data_dir = workdir / "ours-data"
+        self.tls_config = workdir / "ours-tls.toml"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "broker", "--port", "0", "--data-dir", str(self.data_dir), *self.extra_args]
+        # With TLS: one [[listener]] table for it; --port 0 adds the plain listener in front.
+        config = ["-c", str(self.tls_config)] if self.tls is not None else []
+        return [sys.executable, "-m", "broker", *config, "--port", "0", "--data-dir", str(self.data_dir),
+                *self.extra_args]
 
     def prepare(self) -> None:
         # A fresh database for each start, so one round's leftovers never slow the next.
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.tls is not None:
+            self.tls_config.write_text(
+                f'[[listener]]\nport = 0\ncertfile = "{self.tls.cert}"\nkeyfile = "{self.tls.key}"\n'
+            )
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -217,11 +245,14 @@ class OursBroker(Broker):
             self._check_alive("before listening")
             with open(self.log_path, "rb") as log:
                 log.seek(self._log_offset)
-                match = LISTENING.search(log.read().decode(errors="replace"))
-            if match:
+                text = log.read().decode(errors="replace")
+                match = LISTENING.search(text)
+            tls_match = TLS_LISTENING.search(text) if self.tls is not None else None
+            if match and (self.tls is None or tls_match):
                 host = match.group(1).strip("[]")
                 self.host = {"0.0.0.0": "127.0.0.1"}.get(host, host)
                 self.port = int(match.group(2))
+                self.tls_port = int(tls_match.group(2)) if tls_match else 0
                 return
             if time.monotonic() > deadline:
                 raise BrokerError(f"ours printed no 'listening on HOST:PORT' line\n{self.log_tail()}")
@@ -239,7 +270,10 @@ class OursBroker(Broker):
     def settings(self) -> list[str]:
         mode = "`--memory` (nothing persisted)" if "--memory" in self.extra_args else "default durable mode (SQLite, QoS 1/2 acknowledged after the group commit's fsync)"
         args = f" {shlex.join(self.extra_args)}" if self.extra_args else ""
-        return [f"`python -m broker --port 0 --data-dir DIR{args}`: {mode}, defaults otherwise (20 in-flight messages per client)"]
+        lines = [f"`python -m broker --port 0 --data-dir DIR{args}`: {mode}, defaults otherwise (20 in-flight messages per client)"]
+        if self.tls is not None:
+            lines.append("TLS scenarios: a `[[listener]]` with `port`, `certfile`, `keyfile` (ECDSA P-256 from `python -m broker certs`; TLS 1.2+)")
+        return lines
 
 
 class MosquittoBroker(Broker):
@@ -249,8 +283,8 @@ class MosquittoBroker(Broker):
     label = "mosquitto"
     stop_signal = signal.SIGTERM
 
-    def __init__(self, workdir: Path, nofile: int) -> None:
-        super().__init__(workdir, nofile)
+    def __init__(self, workdir: Path, nofile: int, tls: TLSFiles | None = None) -> None:
+        super().__init__(workdir, nofile, tls)
         self.config_path = workdir / "mosquitto.conf"
 
     def command(self) -> list[str]:
@@ -260,18 +294,23 @@ class MosquittoBroker(Broker):
         import pwd
 
         user = pwd.getpwuid(os.getuid()).pw_name  # as root, mosquitto would switch to user "mosquitto"
-        return [
+        lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             f"user {user}",
             "log_dest stderr",
             *MOSQUITTO_SETTINGS,
         ]
+        if self.tls is not None:
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
+        return lines
 
     def prepare(self) -> None:
         if not os.path.exists(MOSQUITTO):
             raise BrokerError(f"{MOSQUITTO} not found: apt-get install mosquitto")
         self.port = free_port()
+        if self.tls is not None:
+            self.tls_port = free_port()
         self.config_path.write_text("\n".join(self.config_lines()) + "\n")
 
     def version(self) -> str:
@@ -280,7 +319,10 @@ class MosquittoBroker(Broker):
         return match.group(1) if match else "unknown"
 
     def settings(self) -> list[str]:
-        return ["mosquitto.conf: `listener PORT 127.0.0.1`, `allow_anonymous true`, " + ", ".join(f"`{s}`" for s in MOSQUITTO_SETTINGS)]
+        lines = ["mosquitto.conf: `listener PORT 127.0.0.1`, `allow_anonymous true`, " + ", ".join(f"`{s}`" for s in MOSQUITTO_SETTINGS)]
+        if self.tls is not None:
+            lines.append("TLS scenarios: `listener TLSPORT 127.0.0.1` with `certfile` and `keyfile` (the same files as ours)")
+        return lines
 
 
 class AmqttBroker(Broker):
@@ -325,11 +367,14 @@ class AmqttBroker(Broker):
 BROKER_KEYS = ("ours", "mosquitto", "amqtt")
 
 
-def make_broker(key: str, workdir: Path, nofile: int, ours_args: list[str]) -> Broker:
+TLS_BROKERS = ("ours", "mosquitto")  # amqtt is measured without TLS
+
+
+def make_broker(key: str, workdir: Path, nofile: int, ours_args: list[str], tls: TLSFiles | None = None) -> Broker:
     if key == "ours":
-        return OursBroker(workdir, nofile, ours_args)
+        return OursBroker(workdir, nofile, ours_args, tls)
     if key == "mosquitto":
-        return MosquittoBroker(workdir, nofile)
+        return MosquittoBroker(workdir, nofile, tls)
     if key == "amqtt":
         return AmqttBroker(workdir, nofile)
     raise ValueError(f"unknown broker {key!r} (choose from {', '.join(BROKER_KEYS)})")

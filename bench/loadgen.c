@@ -17,6 +17,8 @@
  *   loadgen idle --port P --connections N [--concurrency C] [--tag STR]
  *                prints "ready ESTABLISHED FAILED SECONDS" once connected, holds the
  *                connections until a line or EOF on stdin, then disconnects.
+ *   Both modes take --tls CAFILE: MQTT over TLS (OpenSSL), the broker's certificate
+ *   checked against CAFILE; each connection's handshake is done before its CONNECT.
  *
  * Payload layout (little endian, native): u32 publisher index, u32 sequence
  * number, u64 CLOCK_MONOTONIC send time in ns, then filler up to --payload.
@@ -42,6 +44,9 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #define OUT_CHUNK (64 * 1024)   /* bytes of PUBLISH packets generated per send() */
 #define IN_CHUNK (256 * 1024)   /* bytes read per recv() */
@@ -262,10 +267,80 @@ static int connect_tcp(const char *host, int port, int nonblocking) {
     return fd;
 }
 
+/* ------------------------------------------------------------------ TLS (--tls CAFILE) */
+
+static SSL_CTX *tls_ctx;  /* NULL: plain TCP */
+static SSL **tls_of_fd;   /* the TLS session on each descriptor, NULL for plain ones */
+static int tls_fd_limit;
+
+static void tls_init(const char *cafile) {
+    tls_ctx = SSL_CTX_new(TLS_client_method());
+    if (!tls_ctx || SSL_CTX_load_verify_locations(tls_ctx, cafile, NULL) != 1)
+        die("--tls %s: cannot load the CA certificates", cafile);
+    SSL_CTX_set_verify(tls_ctx, SSL_VERIFY_PEER, NULL);
+    /* Non-blocking writes of large buffers: partial writes, and a retry may pass a moved buffer. */
+    SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    struct rlimit rl;
+    getrlimit(RLIMIT_NOFILE, &rl);
+    tls_fd_limit = rl.rlim_cur == RLIM_INFINITY ? 1 << 20 : (int)rl.rlim_cur;
+    tls_of_fd = calloc((size_t)tls_fd_limit, sizeof(SSL *));
+    if (!tls_of_fd) die("out of memory");
+}
+
+/* The TLS handshake on a connected blocking socket; returns 0 or an error message. */
+static const char *tls_attach(int fd) {
+    if (!tls_ctx) return NULL;
+    if (fd >= tls_fd_limit) return "descriptor beyond the open-file limit";
+    SSL *ssl = SSL_new(tls_ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1) return "SSL_new failed";
+    if (SSL_connect(ssl) != 1) {
+        static char why[200];
+        unsigned long e = ERR_get_error();
+        snprintf(why, sizeof why, "TLS handshake: %s", e ? ERR_reason_error_string(e) : strerror(errno));
+        SSL_free(ssl);
+        return why;
+    }
+    tls_of_fd[fd] = ssl;
+    return NULL;
+}
+
+/* send()/recv() on plain or TLS descriptors; -1 with errno EAGAIN when TLS must wait for the socket. */
+static ssize_t io_send(int fd, const void *data, size_t n, int flags) {
+    SSL *ssl = tls_ctx ? tls_of_fd[fd] : NULL;
+    if (!ssl) return send(fd, data, n, flags);
+    int w = SSL_write(ssl, data, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (w > 0) return w;
+    int err = SSL_get_error(ssl, w);
+    if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) errno = EAGAIN;
+    else if (err != SSL_ERROR_SYSCALL || errno == 0) errno = EIO;
+    return -1;
+}
+
+static ssize_t io_recv(int fd, void *data, size_t n) {
+    SSL *ssl = tls_ctx ? tls_of_fd[fd] : NULL;
+    if (!ssl) return recv(fd, data, n, 0);
+    int r = SSL_read(ssl, data, n > INT32_MAX ? INT32_MAX : (int)n);
+    if (r > 0) return r;
+    int err = SSL_get_error(ssl, r);
+    if (err == SSL_ERROR_ZERO_RETURN) return 0;
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) { errno = EAGAIN; return -1; }
+    if (err == SSL_ERROR_SYSCALL && errno == 0) return 0; /* EOF without close_notify */
+    if (err != SSL_ERROR_SYSCALL) errno = EIO;
+    return -1;
+}
+
+static void io_close(int fd) {
+    if (tls_ctx && fd >= 0 && fd < tls_fd_limit && tls_of_fd[fd]) {
+        SSL_free(tls_of_fd[fd]);
+        tls_of_fd[fd] = NULL;
+    }
+    close(fd);
+}
+
 static void send_all_blocking(int fd, const void *data, size_t n) {
     const unsigned char *p = data;
     while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t w = io_send(fd, p, n, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR) continue;
             die("send during setup: %s", strerror(errno));
@@ -277,7 +352,7 @@ static void send_all_blocking(int fd, const void *data, size_t n) {
 
 static void recv_exact(int fd, unsigned char *p, size_t n, const char *what) {
     while (n) {
-        ssize_t r = recv(fd, p, n, 0);
+        ssize_t r = io_recv(fd, p, n);
         if (r == 0) die("broker closed the connection while waiting for %s", what);
         if (r < 0) {
             if (errno == EINTR) continue;
@@ -317,6 +392,8 @@ static int mqtt_connect_blocking(const char *host, int port, const char *client_
     int fd = connect_tcp(host, port, 0);
     if (fd < 0) die("connect to %s:%d: %s", host, port, strerror(errno));
     set_timeout(fd, 30);
+    const char *tls_error = tls_attach(fd);
+    if (tls_error) die("%s:%d: %s", host, port, tls_error);
     unsigned char pkt[600], body[64];
     size_t n = encode_connect(pkt, client_id, clean), len;
     send_all_blocking(fd, pkt, n);
@@ -337,13 +414,13 @@ static void disconnect_and_close(int fd) {
     static const unsigned char disconnect[2] = {0xe0, 0};
     set_nonblocking(fd, 0);
     set_timeout(fd, 2);
-    if (send(fd, disconnect, 2, MSG_NOSIGNAL) == 2) {
+    if (io_send(fd, disconnect, 2, MSG_NOSIGNAL) == 2) {
         shutdown(fd, SHUT_WR);
         unsigned char junk[4096];
-        while (recv(fd, junk, sizeof junk, 0) > 0) {
+        while (io_recv(fd, junk, sizeof junk) > 0) {
         }
     }
-    close(fd);
+    io_close(fd);
 }
 
 /* ------------------------------------------------------------------ bitmaps of seen sequence numbers */
@@ -454,7 +531,7 @@ static void conn_closed(conn_t *c, const char *why) {
 /* Write as much of the output buffer as the socket takes; arm EPOLLOUT if some is left. */
 static void flush_out(conn_t *c) {
     while (!c->closed && buf_pending(&c->out)) {
-        ssize_t w = send(c->fd, c->out.data + c->out.off, buf_pending(&c->out), MSG_NOSIGNAL);
+        ssize_t w = io_send(c->fd, c->out.data + c->out.off, buf_pending(&c->out), MSG_NOSIGNAL);
         if (w > 0) {
             c->out.off += (size_t)w;
             continue;
@@ -558,7 +635,7 @@ static void handle_packet(conn_t *c, const unsigned char *p, size_t hl, size_t r
 static void handle_read(conn_t *c) {
     for (int round = 0; round < 2 && !c->closed; round++) {
         buf_reserve(&c->in, IN_CHUNK);
-        ssize_t r = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
+        ssize_t r = io_recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) conn_closed(c, strerror(errno));
@@ -816,7 +893,7 @@ static void run_mode(void) {
                     if (c->distinct >= expected) continue;
                     missing_before_reconnect += expected - c->distinct;
                     if (!c->closed) epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
-                    close(c->fd);
+                    io_close(c->fd);
                     c->in.off = c->in.len = c->out.off = c->out.len = 0;
                     c->write_armed = 0;
                     c->closed = 0;
@@ -909,7 +986,7 @@ static void run_mode(void) {
     for (int g = 0; g < 2; g++)
         for (int k = 0; k < counts[g]; k++) {
             conn_t *c = &all[g][k];
-            if (c->closed) close(c->fd);
+            if (c->closed) io_close(c->fd);
             else disconnect_and_close(c->fd);
         }
     if (O.persistent)
@@ -999,13 +1076,23 @@ static void idle_mode(const char *host, int port, int total, int concurrency, co
                     unsigned char pkt[300];
                     snprintf(id, sizeof id, "idle-%s-%d", tag, i);
                     size_t len2 = encode_connect(pkt, id, 1);
-                    if (send(c->fd, pkt, len2, MSG_NOSIGNAL) != (ssize_t)len2) bad = 1;
+                    if (tls_ctx) { /* the handshake blocking, one connection at a time */
+                        set_nonblocking(c->fd, 0);
+                        set_timeout(c->fd, timeout);
+                        const char *tls_error = tls_attach(c->fd);
+                        set_nonblocking(c->fd, 1);
+                        if (tls_error) {
+                            if (!first_err[0]) snprintf(first_err, sizeof first_err, "%s", tls_error);
+                            bad = 1;
+                        }
+                    }
+                    if (!bad && io_send(c->fd, pkt, len2, MSG_NOSIGNAL) != (ssize_t)len2) bad = 1;
                     c->stage = 1;
                     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
                     epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
                 }
             } else if (c->stage == 1 && (events[k].events & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
-                ssize_t r = recv(c->fd, c->got + c->ngot, (size_t)(4 - c->ngot), 0);
+                ssize_t r = io_recv(c->fd, c->got + c->ngot, (size_t)(4 - c->ngot));
                 if (r <= 0 && !(r < 0 && errno == EAGAIN)) {
                     if (!first_err[0]) snprintf(first_err, sizeof first_err, "closed before CONNACK");
                     bad = 1;
@@ -1026,7 +1113,7 @@ static void idle_mode(const char *host, int port, int total, int concurrency, co
             }
             if (bad) {
                 epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
-                close(c->fd);
+                io_close(c->fd);
                 c->fd = -1;
                 c->stage = 3;
                 failed++;
@@ -1048,7 +1135,7 @@ static void idle_mode(const char *host, int port, int total, int concurrency, co
             if (events[k].data.u32 == UINT32_MAX) { stop = 1; continue; }
             idle_conn *c = &cs[events[k].data.u32];
             unsigned char junk[256];
-            ssize_t r = recv(c->fd, junk, sizeof junk, 0);
+            ssize_t r = io_recv(c->fd, junk, sizeof junk);
             if (r == 0 || (r < 0 && errno != EAGAIN)) {
                 epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
                 if (c->stage == 2) dropped++;
@@ -1058,8 +1145,8 @@ static void idle_mode(const char *host, int port, int total, int concurrency, co
     }
     unsigned char disconnect[2] = {0xe0, 0};
     for (int i = 0; i < next; i++) {
-        if (cs[i].stage == 2) send(cs[i].fd, disconnect, 2, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (cs[i].fd >= 0) close(cs[i].fd);
+        if (cs[i].stage == 2) io_send(cs[i].fd, disconnect, 2, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (cs[i].fd >= 0) io_close(cs[i].fd);
     }
     printf("{\"mode\": \"idle\", \"connections\": %d, \"established\": %d, \"failed\": %d, \"dropped\": %d,"
            " \"connect_s\": %.3f, \"first_error\": \"%s\"}\n",
@@ -1107,6 +1194,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--connections")) connections = atoi(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--concurrency")) concurrency = atoi(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(arg_value(argc, argv, &i));
+        else if (!strcmp(a, "--tls")) tls_init(arg_value(argc, argv, &i));
         else die("unknown option %s", a);
     }
     if (O.port <= 0) die("--port is required");

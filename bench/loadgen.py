@@ -19,7 +19,7 @@ SOURCE = BENCH_DIR / "loadgen.c"
 BUILD_DIR = BENCH_DIR / "build"
 BINARY = BUILD_DIR / "loadgen"
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-std=gnu11"]
-LIBS = ["-lm"]
+LIBS = ["-lm", "-lssl", "-lcrypto"]  # OpenSSL for --tls (Debian: libssl-dev)
 
 
 class LoadgenError(RuntimeError):
@@ -79,11 +79,15 @@ def run(port: int, options: dict[str, Any], timeout: float, nofile: int) -> dict
 class IdleConnections:
     """``loadgen idle``: open N MQTT connections, hold them, then disconnect them all."""
 
-    def __init__(self, port: int, connections: int, tag: str, nofile: int, concurrency: int = 100) -> None:
+    def __init__(
+        self, port: int, connections: int, tag: str, nofile: int, concurrency: int = 100, tls: str | None = None
+    ) -> None:
         self.command = [
             str(BINARY), "idle", "--port", str(port), "--connections", str(connections),
             "--concurrency", str(concurrency), "--tag", tag,
         ]
+        if tls is not None:
+            self.command += ["--tls", tls]  # the CA file: connections over TLS
         self.nofile = nofile
         self.proc: subprocess.Popen[str] | None = None
 

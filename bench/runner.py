@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
-from bench.brokers import Broker, BrokerError, make_broker, raise_nofile_limit
+from bench.brokers import TLS_BROKERS, Broker, BrokerError, TLSFiles, make_broker, raise_nofile_limit
 from bench.machine import wait_quiet
 from bench.scenarios import Params, Scenario, figures
 
@@ -58,12 +58,14 @@ class Bench:
         self.brokers: dict[str, Broker] = {}
         self.results: list[RunResult] = []
         self._tag_counter = 0
+        # TLS scenarios: one CA and server certificate for every broker's TLS listener.
+        self.tls = TLSFiles(workdir / "certs") if any(s.tls for s in scenario_list) else None
 
     def broker_info(self) -> dict[str, dict[str, Any]]:
         """Version and settings of each broker, for the report."""
         info = {}
         for key in self.broker_keys:
-            broker = make_broker(key, self.workdir / key, self.nofile, self.ours_args)
+            broker = make_broker(key, self.workdir / key, self.nofile, self.ours_args, self.tls)
             info[key] = {"version": broker.version(), "settings": broker.settings()}
         return info
 
@@ -74,11 +76,13 @@ class Bench:
         try:
             if any(s.kind != "memory" for s in self.scenarios):
                 for key in self.broker_keys:
-                    self.brokers[key] = make_broker(key, self.workdir / key, self.nofile, self.ours_args)
+                    self.brokers[key] = make_broker(key, self.workdir / key, self.nofile, self.ours_args, self.tls)
                     self.brokers[key].start()
             for round_no in range(1, self.params.rounds + 1):
                 for scenario in self.scenarios:
                     for key in self.broker_keys:
+                        if scenario.tls and key not in TLS_BROKERS:
+                            continue
                         result = self._run_one(round_no, scenario, key)
                         self.results.append(result)
                         self.say(_progress_line(result, scenario))
@@ -115,9 +119,13 @@ class Bench:
                     broker.start()
                 result.quiet_wait_s += self._quiet()
                 p = self.params
+                options = scenario.loadgen_options(p, self._next_tag(key, scenario), broker.pid)
+                if scenario.tls:
+                    assert self.tls is not None
+                    options["tls"] = str(self.tls.ca)
                 raw = loadgen.run(
-                    broker.port,
-                    scenario.loadgen_options(p, self._next_tag(key, scenario), broker.pid),
+                    broker.tls_port if scenario.tls else broker.port,
+                    options,
                     timeout=p.warmup + p.duration + p.drain_timeout + 2 * p.drain_idle + 90,
                     nofile=self.nofile,
                 )
@@ -141,18 +149,21 @@ class Bench:
 
     def _run_memory(self, round_no: int, scenario: Scenario, key: str) -> RunResult:
         result = RunResult(key, scenario.key, round_no, ok=False)
-        broker = make_broker(key, self.workdir / f"{key}-memory", self.nofile, self.ours_args)
+        broker = make_broker(key, self.workdir / f"{key}-memory", self.nofile, self.ours_args,
+                             self.tls if scenario.tls else None)
         idle: loadgen.IdleConnections | None = None
+        ca = str(self.tls.ca) if scenario.tls and self.tls is not None else None
         try:
             broker.start()
+            port = broker.tls_port if scenario.tls else broker.port
             tag = self._next_tag(key, scenario)
-            warm = loadgen.IdleConnections(broker.port, MEMORY_WARMUP_CONNECTIONS, tag + "w", self.nofile)
+            warm = loadgen.IdleConnections(port, MEMORY_WARMUP_CONNECTIONS, tag + "w", self.nofile, tls=ca)
             warm.open(timeout=60)
             warm.close()
             result.quiet_wait_s = self._quiet()
             time.sleep(0.5)
             before = broker.rss_kib()
-            idle = loadgen.IdleConnections(broker.port, self.params.connections, tag, self.nofile)
+            idle = loadgen.IdleConnections(port, self.params.connections, tag, self.nofile, tls=ca)
             established, failed, seconds = idle.open(timeout=300)
             time.sleep(MEMORY_SETTLE_S)
             if not broker.running:

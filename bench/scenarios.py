@@ -45,6 +45,7 @@ class Scenario:
     exact_filter: bool = False
     persistent: bool = False
     rate: float = 0.0
+    tls: bool = False  # MQTT over TLS (the brokers' TLS listener, certificates from broker.certs)
 
     @property
     def unit(self) -> str:
@@ -78,8 +79,9 @@ class Scenario:
 
     def describe(self, params: Params) -> str:
         """One line for the report: what the load was."""
+        over = " over TLS (ECDSA P-256 certificate, TLS 1.3)" if self.tls else ""
         if self.kind == "memory":
-            return (f"{params.connections} MQTT 3.1.1 connections (CONNECT, clean session, keep-alive 300 s) "
+            return (f"{params.connections} MQTT 3.1.1 connections{over} (CONNECT, clean session, keep-alive 300 s) "
                     "held idle; broker VmRSS after minus before, divided by the connections")
         subs = f"{self.subscribers} subscriber{'s' if self.subscribers > 1 else ''}"
         filt = "on the exact topic" if self.exact_filter else "on a wildcard (`bench/TAG/#`)"
@@ -89,7 +91,7 @@ class Scenario:
         acks = ""
         if self.qos:
             acks = f"; each publisher keeps at most {params.window} PUBLISHes unacknowledged"
-        return f"QoS {self.qos}: {pubs}{pace}, {subs} {filt}{session}{acks}"
+        return f"QoS {self.qos}{over}: {pubs}{pace}, {subs} {filt}{session}{acks}"
 
 
 def scenarios(params: Params) -> dict[str, Scenario]:
@@ -104,6 +106,8 @@ def scenarios(params: Params) -> dict[str, Scenario]:
         Scenario("latency", "Latency QoS 0", "latency", qos=0, rate=params.latency_rate),
         Scenario("latency-qos1", "Latency QoS 1", "latency", qos=1, persistent=True, rate=params.latency_rate),
         Scenario("memory", "Memory per idle connection", "memory"),
+        Scenario("tls-qos0", "TLS QoS 0 fan-in", "throughput", qos=0, publishers=p, tls=True),
+        Scenario("tls-memory", "Memory per idle TLS connection", "memory", tls=True),
     ]
     return {s.key: s for s in items}
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from broker import __version__
-from broker.config import Config
+from broker.config import Config, with_plain_listener
 from broker.config_file import ConfigError, load_config
 from broker.logsetup import setup_logging
 
@@ -46,11 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", help="TOML configuration file (see config/broker.toml)"
     )
     parser.add_argument(
-        "--bind", metavar="ADDR", help=f"address to listen on (default {defaults.bind})"
+        "--bind", metavar="ADDR", help=f"address of the plain MQTT listener (default {defaults.bind})"
     )
     parser.add_argument(
         "-p", "--port", type=_port, metavar="PORT",
-        help=f"TCP port to listen on; 0 picks a free one (default {defaults.port})",
+        help=f"TCP port of the plain MQTT listener; 0 picks a free one (default {defaults.port}); "
+        "with [[listener]] tables: the first plain one",
     )
     parser.add_argument(
         "--data-dir", metavar="DIR",
@@ -72,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config.bind = args.bind
     if args.port is not None:
         config.port = args.port
+    if config.listeners and (args.bind is not None or args.port is not None):
+        config.listeners = with_plain_listener(config.listeners, args.bind, args.port, config)
     if args.data_dir is not None:
         config.data_dir = args.data_dir
     if args.memory:
@@ -87,6 +90,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 # They are imported only when used, so the broker itself loads none of them.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one line of help)
+    "certs": ("broker.certs.cli", "make a CA, the broker's TLS certificate and device certificates"),
     "passwd": ("broker.auth.passwd", "manage a password file, like mosquitto_passwd"),
 }
 

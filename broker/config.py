@@ -6,16 +6,63 @@ README). The loader lives in ``config_file.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 MAX_PACKET_SIZE_LIMIT = 268_435_455  # the largest remaining length MQTT can express (+5)
 
 
+TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")  # the minimum a TLS listener accepts (mosquitto's names)
+LISTENER_PROTOCOLS = ("mqtt", "websockets")
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One ``[[listener]]`` table: where to listen, which protocol, and its TLS settings.
+
+    The names follow mosquitto's listener options, so a mosquitto.conf carries over.
+    """
+
+    port: int | None = None  # required unless ``path`` is given; 0 = let the OS pick
+    bind: str = "127.0.0.1"  # unlike mosquitto's "listener PORT", loopback unless told otherwise
+    protocol: str = "mqtt"  # "mqtt" | "websockets"
+    path: str | None = None  # a Unix socket instead of bind/port
+    mode: int = 0o660  # permissions of the Unix socket
+    websocket_path: str = "/mqtt"  # the HTTP path WebSocket clients must ask for
+    # Browser pages (Origin header) allowed on a websockets listener; None = any.
+    allowed_origins: tuple[str, ...] | None = None
+    # TLS: a listener with certfile and keyfile speaks TLS (MQTT over TLS, or wss).
+    certfile: str | None = None
+    keyfile: str | None = None
+    cafile: str | None = None  # CA certificates that sign client certificates
+    capath: str | None = None  # a directory of them (c_rehash layout), instead of or with cafile
+    require_certificate: bool = False  # mutual TLS: clients without a certificate from the CA are refused
+    use_identity_as_username: bool = False  # the client certificate's CN becomes the username
+    tls_version: str = "tlsv1.2"  # the minimum version accepted
+    ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's)
+    handshake_timeout: int = 10  # seconds a client may take for the TLS handshake and the WebSocket upgrade
+    allow_anonymous: bool | None = None  # None: the default (anonymous clients allowed on local listeners)
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+    @property
+    def unix(self) -> bool:
+        return self.path is not None
+
+    @property
+    def plain_tcp(self) -> bool:
+        """Plain MQTT over TCP: what ``[listener]`` and ``--bind``/``--port`` describe."""
+        return self.protocol == "mqtt" and not self.tls and not self.unix
+
+
 @dataclass(slots=True)
 class Config:
-    # [listener]
+    # [listener]: the one plain MQTT listener when there are no [[listener]] tables
     bind: str = "127.0.0.1"
     port: int = 1883  # 0 = let the OS pick (tests); the chosen port is logged
+    # [[listener]] tables: any number of listeners (plain, TLS, WebSockets, Unix socket)
+    listeners: list[ListenerConfig] = field(default_factory=list)
 
     # [storage]
     backend: str = "sqlite"  # "sqlite" | "memory"
@@ -23,6 +70,9 @@ class Config:
     # "full": every acknowledged message survives kill -9 and power loss (fsync per group commit);
     # "normal": survives kill -9, a power cut may lose the last commits; "off": no fsync at all.
     sync: str = "full"
+    # Bytes kept free on the data directory's file system: below it, QoS 1/2 messages that
+    # need storage are refused (v5: 0x97) while stored ones are still delivered; 0 = no reserve.
+    min_free_space: int = 0
 
     # [limits]
     max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit
@@ -57,3 +107,30 @@ class Config:
     # [log]
     verbose: bool = False
     log_packets: bool = False  # every packet in and out, as mosquitto -v (also on with verbose)
+
+
+def listener_settings(config: Config) -> list[ListenerConfig]:
+    """The listeners to open: the ``[[listener]]`` tables, or else the plain one of ``[listener]``."""
+    return list(config.listeners) or [ListenerConfig(port=config.port, bind=config.bind)]
+
+
+def with_plain_listener(
+    listeners: list[ListenerConfig], bind: str | None, port: int | None, default: Config
+) -> list[ListenerConfig]:
+    """``--bind``/``--port`` given with ``[[listener]]`` tables: they set the first plain listener.
+
+    Where no table describes plain MQTT over TCP, one is added in front, so the options
+    mean the same with or without tables (and the first ``listening on`` line is theirs).
+    """
+    for index, listener in enumerate(listeners):
+        if listener.plain_tcp:
+            changed = replace(
+                listener,
+                bind=listener.bind if bind is None else bind,
+                port=listener.port if port is None else port,
+            )
+            return [*listeners[:index], changed, *listeners[index + 1 :]]
+    first = ListenerConfig(
+        port=default.port if port is None else port, bind=default.bind if bind is None else bind
+    )
+    return [first, *listeners]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from broker.config import MAX_PACKET_SIZE_LIMIT, Config
+from broker.config import LISTENER_PROTOCOLS, MAX_PACKET_SIZE_LIMIT, TLS_VERSIONS, Config, ListenerConfig
 
 MAX_UINT32 = 0xFFFF_FFFF
 
@@ -80,12 +81,25 @@ def _type_name(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
+def parse_mode(value: object) -> int:
+    """File permissions from a TOML octal integer (``0o660``) or a string of octal digits (``"0660"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value.strip()):
+        number = int(value.strip().replace("o", ""), 8)
+    else:
+        raise ValueError(f"must be file permissions such as 0o660 or \"0660\", got {value!r}")
+    if not 0 <= number <= 0o7777:
+        raise ValueError(f"must be file permissions such as 0o660 or \"0660\", got {oct(number)}")
+    return number
+
+
 # ---- the schema: every key of every section -------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    kind: str  # "str" | "int" | "bool" | "duration" | "size" | "path" ("" allowed) | "auto_bool"
+    kind: str  # "str" | "int" | "bool" | "duration" | "size" | "mode" | "strings" | "path" ("" allowed) | "auto_bool"
     low: int | None = None
     high: int | None = None
     choices: tuple[str, ...] = ()
@@ -116,6 +130,12 @@ class _Key:
             if not value and not self.empty_ok:
                 raise ValueError("must not be empty")
             return value
+        if self.kind == "mode":
+            return parse_mode(value)
+        if self.kind == "strings":
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                raise ValueError(f"must be an array of non-empty strings, got {value!r}")
+            return tuple(value)
         number: int
         if self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
@@ -139,6 +159,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "backend": _Key("str", choices=("sqlite", "memory")),
         "data_dir": _Key("str"),
         "sync": _Key("str", choices=("full", "normal", "off")),
+        "min_free_space": _Key("size", 0, 2**53),
     },
     "limits": {
         "max_queued_messages": _Key("int", 0, 2**31 - 1),
@@ -172,9 +193,101 @@ SCHEMA: dict[str, dict[str, _Key]] = {
 }
 
 
+class TableError(ValueError):
+    """A table of an array of tables is inconsistent; ``key`` is where to point the line at."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class TableArray:
+    """A TOML array of tables such as ``[[listener]]``: any number of tables with the same keys.
+
+    Each table's keys are checked against ``keys``, then ``build`` makes one item of the
+    list in the Config field ``field`` from the converted values (only the keys present);
+    ``build`` raises TableError for combinations that make no sense.
+    """
+
+    field: str
+    keys: dict[str, _Key]
+    build: Callable[[dict[str, object]], object]
+
+
+def _build_listener(values: dict[str, object]) -> ListenerConfig:
+    listener = ListenerConfig(**values)  # type: ignore[arg-type]  # converted by the schema
+    tls_keys = [k for k in _LISTENER_TLS_KEYS if k in values]
+    if listener.path is not None:
+        for key in ("port", "bind"):
+            if key in values:
+                raise TableError(f"give either path (a Unix socket) or {key}, not both", key)
+        if tls_keys:
+            raise TableError(f"a Unix socket listener takes no TLS settings ({tls_keys[0]})", tls_keys[0])
+    elif listener.port is None:
+        raise TableError("needs a port (or a path for a Unix socket)")
+    if "mode" in values and listener.path is None:
+        raise TableError("mode is the permissions of a Unix socket: it needs a path", "mode")
+    for key in ("websocket_path", "allowed_origins"):
+        if key in values and listener.protocol != "websockets":
+            raise TableError(f'{key} needs protocol = "websockets"', key)
+    if "websocket_path" in values:
+        if not listener.websocket_path.startswith("/"):
+            raise TableError(f"websocket_path must start with '/', got {listener.websocket_path!r}", "websocket_path")
+    if (listener.certfile is None) != (listener.keyfile is None):
+        given, missing = ("certfile", "keyfile") if listener.keyfile is None else ("keyfile", "certfile")
+        raise TableError(f"{given} needs {missing} too (TLS needs the certificate and its private key)", given)
+    if not listener.tls and tls_keys:
+        raise TableError(f"{tls_keys[0]} is a TLS setting: it needs certfile and keyfile", tls_keys[0])
+    if listener.require_certificate and listener.cafile is None and listener.capath is None:
+        raise TableError(
+            "require_certificate needs cafile or capath (the CA that signs client certificates)",
+            "require_certificate",
+        )
+    if listener.use_identity_as_username and not listener.require_certificate:
+        raise TableError(
+            "use_identity_as_username needs require_certificate = true", "use_identity_as_username"
+        )
+    return listener
+
+
+# TLS settings: meaningless without certfile and keyfile, and on a Unix socket.
+_LISTENER_TLS_KEYS = (
+    "certfile", "keyfile", "cafile", "capath", "require_certificate", "use_identity_as_username",
+    "tls_version", "ciphers",
+)
+
+TABLE_ARRAYS: dict[str, TableArray] = {
+    "listener": TableArray(
+        "listeners",
+        {
+            "port": _Key("int", 0, 65535),
+            "bind": _Key("str"),
+            "protocol": _Key("str", choices=LISTENER_PROTOCOLS),
+            "path": _Key("str"),
+            "mode": _Key("mode"),
+            "websocket_path": _Key("str"),
+            "allowed_origins": _Key("strings"),
+            "certfile": _Key("str"),
+            "keyfile": _Key("str"),
+            "cafile": _Key("str"),
+            "capath": _Key("str"),
+            "require_certificate": _Key("bool"),
+            "use_identity_as_username": _Key("bool"),
+            "tls_version": _Key("str", choices=TLS_VERSIONS),
+            "ciphers": _Key("str"),
+            "handshake_timeout": _Key("duration", 1, 3600),
+            "allow_anonymous": _Key("bool"),
+        },
+        _build_listener,
+    ),
+}
+
+
 def _check_schema_matches_config() -> None:
-    """Every Config field is a key of exactly one section, and the reverse."""
+    """Every Config field is a key of exactly one section or an array of tables, and the reverse."""
     keys = [key for section in SCHEMA.values() for key in section]
+    keys += [array.field for array in TABLE_ARRAYS.values()]
     fields = list(Config.__dataclass_fields__)
     if sorted(keys) != sorted(fields):
         raise AssertionError(f"config schema {sorted(keys)} does not match Config {sorted(fields)}")
@@ -255,10 +368,74 @@ def _suggest(name: str, candidates: list[str]) -> str:
 
 
 def _home_of(key: str) -> str | None:
+    """Where a key misplaced at the top level belongs: "[limits]" or "a [[listener]] table"."""
     for section, keys in SCHEMA.items():
         if key in keys:
-            return section
+            return f"the [{section}] section"
+    for name, array in TABLE_ARRAYS.items():
+        if key in array.keys:
+            return f"a [[{name}]] table"
     return None
+
+
+def _array_table_spans(text: str, name: str) -> list[tuple[int, int]]:
+    """(header line, last line) of each ``[[name]]`` table, in file order."""
+    lines = text.splitlines()
+    headers = [(number, full) for number, full, is_header in _scan(text) if is_header]
+    spans: list[tuple[int, int]] = []
+    for position, (number, full) in enumerate(headers):
+        if full != (name,) or not lines[number - 1].lstrip().startswith("[["):
+            continue
+        end = len(lines)
+        for later, later_full in headers[position + 1 :]:
+            if later_full[:1] != (name,) or lines[later - 1].lstrip().startswith("[["):
+                end = later - 1
+                break
+        spans.append((number, end))
+    return spans
+
+
+def find_table_line(text: str, name: str, index: int, key: str | None = None) -> int:
+    """The line of ``key`` in the ``index``-th ``[[name]]`` table (or of its header)."""
+    spans = _array_table_spans(text, name)
+    if index < len(spans):
+        start, end = spans[index]
+        if key is not None:
+            for number, full, _ in _scan(text):
+                if start < number <= end and full[:2] == (name, key):
+                    return number
+        return start
+    return find_line(text, name, *((key,) if key is not None else ()))  # inline array of tables
+
+
+def _apply_array(
+    config: Config, name: str, tables: list[object], text: str, where: str
+) -> None:
+    """Check each table of ``[[name]]`` and set the list of built items on ``config``."""
+    array = TABLE_ARRAYS[name]
+    items = []
+    for index, table in enumerate(tables):
+        label = f"[[{name}]] #{index + 1}"
+
+        def fail(message: str, key: str | None = None) -> ConfigError:
+            return ConfigError(f"{where}:{find_table_line(text, name, index, key)}: {label}: {message}")
+
+        if not isinstance(table, dict):
+            raise fail(f"must be a table, got {_type_name(table)}")
+        values: dict[str, object] = {}
+        for key, value in table.items():
+            spec = array.keys.get(key)
+            if spec is None:
+                raise fail(f"unknown key {key!r}{_suggest(key, list(array.keys))}", key)
+            try:
+                values[key] = spec.convert(value)
+            except ValueError as exc:
+                raise fail(f"{key} {exc}", key) from None
+        try:
+            items.append(array.build(values))
+        except TableError as exc:
+            raise fail(str(exc), exc.key) from None
+    setattr(config, array.field, items)
 
 
 def apply_table(config: Config, data: dict[str, object], text: str, where: str) -> None:
@@ -268,12 +445,17 @@ def apply_table(config: Config, data: dict[str, object], text: str, where: str) 
         return ConfigError(f"{where}:{find_line(text, *path)}: {message}")
 
     for section, table in data.items():
+        if section in TABLE_ARRAYS and isinstance(table, list):
+            _apply_array(config, section, table, text, where)
+            continue
         if section not in SCHEMA:
             home = _home_of(section)
             if home is not None:
-                raise fail(f"key {section!r} must be in the [{home}] section", section)
-            hint = _suggest(section, list(SCHEMA))
-            known = ", ".join(f"[{s}]" for s in SCHEMA)
+                raise fail(f"key {section!r} must be in {home}", section)
+            if section in TABLE_ARRAYS:
+                raise fail(f"[{section}] must be written [[{section}]] (there may be several)", section)
+            hint = _suggest(section, list(SCHEMA) + list(TABLE_ARRAYS))
+            known = ", ".join([f"[{s}]" for s in SCHEMA] + [f"[[{a}]]" for a in TABLE_ARRAYS])
             raise fail(f"unknown section [{section}]{hint} (known sections: {known})", section)
         if not isinstance(table, dict):
             raise fail(f"[{section}] must be a table (a [{section}] section), got {_type_name(table)}", section)
@@ -282,8 +464,13 @@ def apply_table(config: Config, data: dict[str, object], text: str, where: str) 
             spec = keys.get(key)
             if spec is None:
                 home = _home_of(key)
-                if home is not None:
-                    message = f"key {key!r} belongs in the [{home}] section, not [{section}]"
+                if section in TABLE_ARRAYS and key in TABLE_ARRAYS[section].keys:
+                    message = (
+                        f"key {key!r} is a setting of [[{section}]] tables: "
+                        f"write [[{section}]] instead of [{section}]"
+                    )
+                elif home is not None:
+                    message = f"key {key!r} belongs in {home}, not [{section}]"
                 else:
                     hint = _suggest(key, list(keys))
                     message = f"unknown key {key!r} in [{section}]{hint}"

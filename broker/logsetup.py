@@ -4,7 +4,7 @@
 
 Only the broker's own loggers (``broker`` and below) go down to INFO, or DEBUG
 with ``-v``; libraries stay at WARNING so that a verbose broker log is not
-drowned in aiosqlite's per-statement debug lines.
+drowned in the debug lines of libraries (asyncio, say).
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ calls (``engine.auth``), ``contract.py`` the tests every backend must pass, and
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
@@ -52,12 +51,3 @@ def reload_access_control(control: AccessControl) -> None:
         return
     log.info("authentication reloaded: %s", described)
 
-
-def is_loopback(address: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and "localhost": only local processes can connect there."""
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False

@@ -88,7 +88,11 @@ class Engine:
     async def shutdown(self) -> None:
         """Close every connection (v5: DISCONNECT 0x8B) and make the state durable."""
         for conn in list(self.connections):
-            conn.shutdown()
+            try:
+                conn.shutdown()
+            except Exception:
+                # One connection's socket error must not cost everyone the final commit.
+                log.exception("closing a connection at shutdown failed")
         await self.storage.close()  # commits everything buffered
         if self._next_commit is not None and not self._next_commit.done():
             self._next_commit.set_result(None)
@@ -203,6 +207,28 @@ class Engine:
                     message, granted if granted < qos else qos, retain and member.options.retain_as_published, sub_ids
                 )
         return matched
+
+    def needs_storage(self, topic: str, retain: bool, qos: int, publisher: Session) -> bool:
+        """Would routing this QoS 1/2 message write to storage? (Asked while storage is full.)
+
+        True for a retained message, for QoS 2 from a persistent session (its packet id is
+        stored), and when a persistent session subscribes: a superset of what ``route``
+        writes, so a False answer means the message can be acknowledged without a commit.
+        """
+        if retain or (qos == 2 and publisher.persistent):
+            return True
+        match = self.tree.match(topic)
+        sessions = self.sessions
+        for client_id, _ in match.normal:
+            session = sessions.get(client_id)
+            if session is not None and session.persistent:
+                return True
+        for _, _, members in match.shared:
+            for client_id in members:
+                session = sessions.get(client_id)
+                if session is not None and session.persistent:
+                    return True
+        return False
 
     def _pick_share_member(
         self, group: str, topic_filter: str, members: dict[str, Subscription], topic: str

@@ -7,6 +7,7 @@ so writing them to the database would only wear the SD card.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broker import __version__
@@ -17,19 +18,21 @@ if TYPE_CHECKING:
 
 
 class SysTopics:
-    __slots__ = ("engine", "started", "last_published", "_values")
+    __slots__ = ("engine", "started", "last_published", "_values", "sources")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.started = time.monotonic()
         self.last_published = 0.0
         self._values: dict[str, str] = {}
+        # More values from outside the core (the listeners' TLS handshake counts, ...).
+        self.sources: list[Callable[[], dict[str, str]]] = []
 
     def snapshot(self) -> dict[str, str]:
         engine = self.engine
         connected = sum(1 for s in engine.sessions.values() if s.connection is not None)
         stats = engine.stats
-        return {
+        values = {
             "$SYS/broker/version": f"edgemq version {__version__}",
             "$SYS/broker/uptime": f"{int(time.monotonic() - self.started)} seconds",
             "$SYS/broker/clients/connected": str(connected),
@@ -41,6 +44,9 @@ class SysTopics:
             "$SYS/broker/publish/messages/sent": str(stats.publish_sent),
             "$SYS/broker/publish/messages/dropped": str(engine.dropped_messages),
         }
+        for source in self.sources:
+            values.update(source())
+        return values
 
     def publish(self, now: float) -> None:
         """Publish every value that changed since the last time (at most once per interval)."""

@@ -59,3 +59,18 @@ class Transport(Protocol):
 
     def peer_certificate(self) -> dict[str, Any] | None:
         """The verified client certificate (``ssl.SSLSocket.getpeercert()`` form), or None."""
+
+
+def certificate_identity(certificate: dict[str, Any] | None) -> str | None:
+    """The identity of a verified client certificate: its subject's (first) common name.
+
+    ``certificate`` is what ``Transport.peer_certificate()`` returns. With the listener's
+    ``use_identity_as_username`` this is the username, as mosquitto does.
+    """
+    if not certificate:
+        return None
+    for rdn in certificate.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName" and isinstance(value, str) and value:
+                return value
+    return None

@@ -1,4 +1,4 @@
-"""Run the broker: open storage, listen, tick once a second, stop cleanly on SIGTERM/SIGINT."""
+"""Run the broker: open storage, listen, tick every TICK_SECONDS, stop cleanly on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
-from broker.auth import AuthConfigError, access_control_from_config, is_loopback, reload_access_control
+from broker.auth import AuthConfigError, access_control_from_config, reload_access_control
 from broker.config import Config
 from broker.core.engine import Engine
-from broker.core.transport import ListenerInfo
-from broker.server.transport import MQTTProtocol
+from broker.server.listeners import ListenerError, Listeners
 from broker.storage.base import CorruptDatabase
 from broker.storage.factory import open_storage
 from broker.storage.sqlite import DatabaseInUse, UnsupportedSchema
@@ -47,7 +45,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
         except (NotImplementedError, RuntimeError):
             pass
     try:
-        access = access_control_from_config(config)  # AUTH: before anything listens
+        access = access_control_from_config(config)  # AUTH: password and ACL files, before anything listens
     except AuthConfigError as exc:
         log.error("%s", exc)
         return 1
@@ -60,23 +58,20 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     engine = Engine(config, storage)
     engine.auth = access
     reloaders: list[Reloader] = [lambda _config: reload_access_control(engine.auth)]  # AUTH
-    listener = ListenerInfo(name=f"{config.bind}:{config.port}", local=is_loopback(config.bind))
     engine.on_failure = stop.set
     await engine.start()
+    listeners = Listeners(config, engine)
     try:
-        server = await loop.create_server(
-            lambda: MQTTProtocol(engine, listener), config.bind, config.port, reuse_address=True
-        )
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", config.bind, config.port, exc)
+        await listeners.start()
+    except ListenerError as exc:
+        log.error("%s", exc)
         await storage.close()
         access.close()
         return 1
-    for sock in server.sockets:
-        host, port = sock.getsockname()[:2]
-        log.info("listening on %s:%d", host, port)
-        listener = replace(listener, name=f"{host}:{port}")
-    engine.auth.log_listener_policy(listener)  # AUTH: who may connect, and what to configure
+    for listener in listeners.listeners:
+        engine.auth.log_listener_policy(listener.info)  # AUTH: who may connect there, what to configure
+    reloaders.append(listeners.reload)
+    engine.sys_topics.sources.append(listeners.sys_values)
 
     async def ticker() -> None:
         while True:
@@ -94,14 +89,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> int:
     await stop.wait()
     log.info("shutting down")
     tick_task.cancel()
-    server.close()
+    listeners.close()
     try:
         await engine.shutdown()
     except Exception as exc:
         if engine.failure is None:
             engine.failure = exc
             log.critical("final commit failed: %s", exc)
-    await server.wait_closed()
+    await listeners.wait_closed()
     engine.auth.close()
     if engine.failure is not None:
         log.error("stopped after a storage failure: %s", engine.failure)

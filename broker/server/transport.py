@@ -33,6 +33,16 @@ def describe_peer(transport: asyncio.BaseTransport) -> str:
     return "unknown"
 
 
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """No Nagle delay on TCP: MQTT packets are small and each one is answered at once."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class StreamTransport:
     """``Transport`` over an asyncio stream transport, with a lingering close."""
 
@@ -83,7 +93,12 @@ class StreamTransport:
         except RuntimeError:
             pass
         if transport.can_write_eof():
-            transport.write_eof()
+            try:
+                transport.write_eof()
+            except OSError:  # the client reset the connection meanwhile: nothing to wait for
+                self._linger_left = None
+                transport.close()
+                return
         self._linger_timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.end_linger)
 
     @property
@@ -120,12 +135,7 @@ class MQTTProtocol(asyncio.Protocol):
         self.connection: Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
         self.connection = Connection(self.engine, self.stream)
 

@@ -18,8 +18,11 @@ Design (why it looks like this):
   no queue entry and no retained slot refers to it any more — checked at the
   end of each batch, so a stored message must be referenced (``enqueue`` or
   ``set_retained``) in the same step, before yielding to the event loop.
-* A failed commit stops the store: every later commit and read raises. The
-  broker then stops rather than acknowledge anything it cannot keep.
+* Lack of space does not fail a commit: the backend keeps the writes, sets
+  ``full`` and retries until they are durable (the commit future waits that
+  long); meanwhile the broker refuses new messages that would need storage.
+* Any other failed commit stops the store: every later commit and read raises.
+  The broker then stops rather than acknowledge anything it cannot keep.
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ class CorruptDatabase(Exception):
 class Storage(ABC):
     """Persistence for sessions, their queues, inbound QoS 2 state and retained messages."""
 
+    # Commits that had writes to make durable: a statistic, and how the contract checks
+    # that awaited commits are separate and concurrent ones may be grouped.
+    commits_done: int = 0
+
     # ---- life cycle -------------------------------------------------------
     @abstractmethod
     async def open(self) -> None:
@@ -113,6 +120,11 @@ class Storage(ABC):
         The one place that says "a commit is pending": the engine asks here before it
         waits for (or skips) a commit, so no caller has to remember to flag its writes.
         """
+
+    @property
+    def full(self) -> bool:
+        """Out of space (or below the configured reserve): refuse what would need storage."""
+        return False
 
     @abstractmethod
     def commit(self) -> asyncio.Future[None]:
@@ -170,10 +182,6 @@ class Storage(ABC):
         """Remove an acknowledged (or dropped/expired) entry."""
 
     @abstractmethod
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        """Drop the QUEUED entry with the smallest seq > after_seq (queue-full policy drop_oldest)."""
-
-    @abstractmethod
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None: ...
 
     @abstractmethod
@@ -195,3 +203,9 @@ class Storage(ABC):
     @abstractmethod
     def set_retained(self, topic: str, message: StoredMessage | None) -> None:
         """Set (message already stored) or clear (None) the retained message of a topic."""
+
+    # ---- statistics ------------------------------------------------------------------------
+    @abstractmethod
+    async def message_count(self) -> int:
+        """Messages stored after garbage collection: each counted once however many queue
+        entries and retained slots refer to it (for $SYS and to check that nothing leaks)."""

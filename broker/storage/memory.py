@@ -1,7 +1,7 @@
 """In-memory storage: plain dicts, nothing survives the process.
 
 Used for brokers that need no persistence and as the reference the SQLite
-backend is tested against (tests/storage/test_contract.py). It keeps the same
+backend is tested against (tests/storage/test_differential.py). It keeps the same
 observable behaviour as SQLite on purpose:
 
 * properties are stored encoded (``serialization``) and decoded on read, so
@@ -21,7 +21,6 @@ from bisect import bisect_right, insort
 
 from broker.protocol.packets import SubscriptionOptions
 from broker.storage.base import (
-    QUEUED,
     QueueEntry,
     SessionRecord,
     Storage,
@@ -274,16 +273,6 @@ class MemoryStorage(Storage):
             del self._queues[client_id]
         self._unref(entry[0])
 
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        self._dirty = True
-        queue = self._queues.get(client_id)
-        if queue is None:
-            return
-        for seq in queue.seqs[bisect_right(queue.seqs, after_seq):]:
-            if queue.entries[seq][4] == QUEUED:
-                self.delete_entry(client_id, seq)
-                return
-
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self._dirty = True
         self._inbound.setdefault(client_id, set()).add(packet_id)
@@ -307,9 +296,8 @@ class MemoryStorage(Storage):
             self._retained[topic] = message.message_id
             self._refs[message.message_id] = self._refs.get(message.message_id, 0) + 1
 
-    # ---- introspection for tests ---------------------------------------------------
-    async def _message_count(self) -> int:
-        """Stored messages after garbage collection (same meaning as SQLite's)."""
+    # ---- statistics ------------------------------------------------------------------
+    async def message_count(self) -> int:
         self._collect()
         return len(self._messages)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.auth import is_loopback
 from broker.auth.access import AccessControl, Decision, certificate_common_name
 from broker.auth.base import Credentials
 from broker.auth.file_backend import FileBackend
@@ -173,13 +172,6 @@ def test_address_of_peer() -> None:
     assert address_of("192.0.2.1:1234") == "192.0.2.1"
     assert address_of("[2001:db8::1]:1234") == "2001:db8::1"
     assert address_of("unix:/run/edgemq.sock") == "unix:/run/edgemq.sock"
-
-
-@pytest.mark.parametrize("address, loopback", [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True),
-                                                ("localhost", True), ("0.0.0.0", False), ("192.168.1.2", False),
-                                                ("::", False), ("gateway.local", False)])
-def test_is_loopback(address: str, loopback: bool) -> None:
-    assert is_loopback(address) is loopback
 
 
 def test_credentials_never_show_the_password() -> None:

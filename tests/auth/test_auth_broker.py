@@ -253,7 +253,7 @@ def test_authentication_method_still_refused(secured) -> None:
 
 def test_anonymous_allowed_on_loopback_by_default_with_one_log_line(secured) -> None:
     broker = secured()
-    broker.wait_for_log(r"listener 127\.0\.0\.1:\d+: anonymous clients allowed \(loopback listener")
+    broker.wait_for_log(r"listener mqtt 127\.0\.0\.1:\d+: anonymous clients allowed \(loopback listener")
     anonymous = raw(broker, None, "anon", 4)
     assert anonymous.subscribe([("public/#", 0), ("home/#", 0), ("$SYS/#", 0)]).reason_codes == [0, 0x80, 0x80]
     anonymous.close()

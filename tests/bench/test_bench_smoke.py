@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:  # bench/ is not an installed package: import
 from bench import loadgen  # noqa: E402
 from bench.brokers import MosquittoBroker  # noqa: E402
 
-SCENARIOS = ["qos0", "qos1", "qos2", "fanout", "latency", "memory"]
+SCENARIOS = ["qos0", "qos1", "qos2", "fanout", "latency", "memory", "tls-qos0", "tls-memory"]
 BROKERS = ["ours", "mosquitto"]
 CONNECTIONS = 300
 
@@ -50,7 +50,7 @@ def test_quick_bench_yields_figures_and_loses_nothing(tmp_path: Path) -> None:
             run = cell["runs"][0]
             assert run["error"] == "", where
             assert cell["median"] is not None and math.isfinite(cell["median"]), where
-            if scenario == "memory":
+            if scenario in ("memory", "tls-memory"):
                 assert run["established"] == CONNECTIONS and run["failed"] == 0, where
                 assert run["dropped"] == 0, where
                 continue

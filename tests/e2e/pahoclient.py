@@ -61,7 +61,10 @@ class PahoClient:
         version: int = 5,
         clean: bool = True,
         manual_ack: bool = False,
+        transport: str = "tcp",
+        ws_path: str = "/mqtt",
     ) -> None:
+        """``transport="websockets"``: MQTT over WebSockets to ``ws_path``."""
         self.target = target
         self.version = version
         self.client_id = client_id
@@ -74,8 +77,11 @@ class PahoClient:
             protocol=protocol,
             reconnect_on_failure=False,
             manual_ack=manual_ack,
+            transport=transport,
             **kwargs,
         )
+        if transport == "websockets":
+            self.client.ws_set_options(path=ws_path)
         self._cond = threading.Condition()
         self.messages: list[mqtt.MQTTMessage] = []
         self.connacks: list[ConnectResult] = []

@@ -78,15 +78,20 @@ class Link:
 
     @classmethod
     async def open(
-        cls, host: str, port: int, connect: Connect, timeout: float = CONNECT_TIMEOUT
+        cls, host: str, port: int, connect: Connect, timeout: float = CONNECT_TIMEOUT,
+        pipelined: tuple[Packet, ...] = (),
     ) -> tuple[Link, Connack] | None:
-        """Connect and exchange CONNECT/CONNACK; None if the broker is not there (or died meanwhile)."""
+        """Connect and exchange CONNECT/CONNACK; None if the broker is not there (or died meanwhile).
+
+        ``pipelined`` packets go in the same write as CONNECT, before the CONNACK is read,
+        as fast clients and reconnect storms send them.
+        """
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, asyncio.TimeoutError):
             return None
         link = cls(reader, writer, connect.protocol_level)
-        link.send(connect)
+        link.send_bytes(b"".join(encode(p, connect.protocol_level) for p in (connect, *pipelined)))
         packet = await link.recv(timeout)
         if packet is None:
             link.abort()
@@ -205,14 +210,33 @@ class Subscriber:
         self.connections = 0
         self.violations: list[str] = []
         self.link: Link | None = None
+        # Messages this subscriber publishes itself (QoS 1, see ``connect``).
+        self.own_seq = 0
+        self.own_outstanding: dict[int, tuple[str, bytes, int]] = {}  # packet id -> topic, payload, qos
+        self.own_acknowledged: dict[str, str] = {}  # message id -> topic
 
     def violation(self, text: str) -> None:
         self.violations.append(f"{self.client_id}: {text}")
 
-    async def connect(self, host: str, port: int) -> bool:
-        """Open a connection, check session present, subscribe if not done yet."""
+    async def connect(self, host: str, port: int, publish: tuple[str, int] | None = None) -> bool:
+        """Open a connection, check session present, subscribe if not done yet.
+
+        ``publish`` = (topic, qos): also publish one message of our own in the same write as
+        CONNECT, and re-send (DUP) those not acknowledged yet; ``own_acknowledged`` records
+        the acknowledged ones.
+        """
+        pipelined: list[Packet] = [
+            Publish(topic, payload, qos, False, True, pid, {}) for pid, (topic, payload, qos) in self.own_outstanding.items()
+        ]
+        if publish is not None:
+            self.own_seq += 1
+            msg_id = f"{self.client_id}:own{self.own_seq}"
+            payload = f"{msg_id}|{publish[0]}|".encode()
+            pid = self.own_seq % 65535 + 1
+            self.own_outstanding[pid] = (publish[0], payload, publish[1])
+            pipelined.append(Publish(publish[0], payload, publish[1], False, False, pid, {}))
         opened = await Link.open(host, port, connect_packet(
-            self.client_id, self.version, self.session_expiry, self.receive_maximum))
+            self.client_id, self.version, self.session_expiry, self.receive_maximum), pipelined=tuple(pipelined))
         if opened is None:
             return False
         link, connack = opened
@@ -274,6 +298,9 @@ class Subscriber:
             if list(packet.reason_codes) != granted:
                 self.violation(f"SUBACK {packet.reason_codes}, expected {granted}")
             self.subscribed = True
+        elif isinstance(packet, Puback) and packet.packet_id in self.own_outstanding:
+            topic, payload, _ = self.own_outstanding.pop(packet.packet_id)
+            self.own_acknowledged[payload_id(payload)] = topic
         elif isinstance(packet, Disconnect):
             link.abort()
         else:
