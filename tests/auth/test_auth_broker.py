@@ -104,7 +104,7 @@ def published(client: RawClient, duration: float = 0.5) -> list[tuple[str, bytes
 
 @pytest.mark.parametrize("version, bad_password, not_authorized", [(4, 4, 5), (5, 0x86, 0x87)])
 def test_connack_codes(secured, version: int, bad_password: int, not_authorized: int) -> None:
-    broker = secured("allow_anonymous = false")
+    broker = secured("allow_anonymous = false\n[log]\nverbose = true")  # every packet logged: still no password
     cases = [
         ("alice", b"alice-pw", 0),
         ("alice", b"wrong", bad_password),
