@@ -179,6 +179,10 @@ class AccessControl:
     def authenticate(self, credentials: Credentials, assigned_client_id: bool = False) -> Decision | Awaitable[Decision]:
         """A Decision now when nothing needs checking, else an awaitable one (off the packet path)."""
         listener = credentials.listener
+        if listener.protocol == "bridge":
+            # The broker's own bridge (a [[bridge]] of its configuration, not a network client):
+            # trusted like the configuration itself; its topics are the bridge's topic rules.
+            return Decision(RC.SUCCESS, Client(credentials.client_id, None, credentials.peer, listener))
         if listener.use_identity_as_username:
             name = certificate_common_name(credentials.certificate)
             if name is None:

@@ -229,3 +229,17 @@ def test_too_many_checks_at_once_are_refused_busy(tmp_path: Path) -> None:
         assert decide(control, creds(NETWORK, "alice", b"alice-pw")).reason_code == 0  # room again
     finally:
         control.close()
+
+
+def test_the_brokers_own_bridge_is_trusted(tmp_path: Path) -> None:
+    """A [[bridge]]'s local connection is the operator's configuration, not a client: no login, no ACL
+    (otherwise allow_anonymous = false or any ACL would cut every bridge off)."""
+    passwords, acl = write_scenario(SCENARIO, tmp_path)
+    control = AccessControl(FileBackend(str(passwords), str(acl)), allow_anonymous=False)
+    bridge = ListenerInfo(name="bridge cloud", protocol="bridge", local=True)
+    try:
+        decision = decide(control, creds(bridge, client_id="bridge-cloud", peer="bridge:cloud"))
+        assert decision.reason_code == 0 and decision.rights is None
+        assert decide(control, creds(LOOPBACK)).reason_code == RC.NOT_AUTHORIZED  # the control
+    finally:
+        control.close()
