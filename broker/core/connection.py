@@ -27,7 +27,7 @@ from broker.protocol import reason_codes as RC
 from broker.protocol.codec import PacketReader, encode, encode_publish
 from broker.protocol.errors import MQTTError, UnsupportedProtocolVersion
 from broker.protocol.packets import MQTT_5, Connack, Disconnect, Pubrel
-from broker.storage.base import StoredMessage
+from broker.message import Message
 
 if TYPE_CHECKING:
     from broker.auth.access import ClientRights
@@ -205,7 +205,7 @@ class Connection:
 
     def send_publish(
         self,
-        message: StoredMessage,
+        message: Message,
         qos: int,
         retain: bool,
         subscription_ids: list[int],

@@ -27,7 +27,8 @@ from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
 from broker.protocol.packets import SubscriptionOptions
 from broker.protocol.topics import split_shared
-from broker.storage.base import Storage, StoredMessage, SubscriptionRecord
+from broker.message import Message
+from broker.storage.base import Storage, SubscriptionRecord
 
 
 
@@ -132,14 +133,14 @@ class Engine:
             self.tree.remove(session.client_id, topic_filter)
         session.subscriptions.clear()
 
-    def retained_for(self, topic_filter: str) -> list[StoredMessage]:
+    def retained_for(self, topic_filter: str) -> list[Message]:
         return self.retained.matching(topic_filter, self._clear_retained_in_storage)
 
     def _clear_retained_in_storage(self, topic: str) -> None:
         self.storage.set_retained(topic, None)
 
     # ---- routing --------------------------------------------------------------------
-    def route(self, message: StoredMessage, sender_id: str | None, persist_retained: bool = True) -> int:
+    def route(self, message: Message, sender_id: str | None, persist_retained: bool = True) -> int:
         """Deliver a published message to every matching session; returns how many matched.
 
         Updates the retained store when the message carries the retain flag.
@@ -148,7 +149,6 @@ class Engine:
             if message.payload:
                 self.retained.set(message)
                 if persist_retained:
-                    self.storage.store_message(message)
                     self.storage.set_retained(message.topic, message)
             elif self.retained.clear(message.topic) and persist_retained:
                 self.storage.set_retained(message.topic, None)

@@ -15,7 +15,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from broker.protocol.packets import SubscriptionOptions
-from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry, StoredMessage
+from broker.message import Message
+from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry
 
 log = logging.getLogger("broker")
 
@@ -30,7 +31,7 @@ class Outlet(Protocol):
 
     def send_publish(
         self,
-        message: StoredMessage,
+        message: Message,
         qos: int,
         retain: bool,
         subscription_ids: list[int],
@@ -141,7 +142,7 @@ class Session:
         return now >= self.disconnected_at + self.expiry_interval
 
     # ---- delivery -------------------------------------------------------------
-    def deliver(self, message: StoredMessage, qos: int, retain: bool, subscription_ids: list[int]) -> None:
+    def deliver(self, message: Message, qos: int, retain: bool, subscription_ids: list[int]) -> None:
         """Hand one routed message to this session (send now, queue in RAM or in storage)."""
         conn = self.connection
         if qos == 0:
@@ -179,8 +180,6 @@ class Session:
         # in RAM it would overtake the stored ones, and nothing would ever send it.
         if self.persistent or self.backlog:
             storage = self.engine.storage
-            if message.message_id == 0:
-                storage.store_message(message)
             storage.enqueue(self.client_id, entry)
             if trim:
                 self.start_io(self._trim(), True)

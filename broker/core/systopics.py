@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broker import __version__
-from broker.storage.base import StoredMessage
+from broker.message import Message
 
 if TYPE_CHECKING:
     from broker.core.engine import Engine
@@ -57,4 +57,4 @@ class SysTopics:
         for topic, value in self.snapshot().items():
             if self._values.get(topic) != value:
                 self._values[topic] = value
-                self.engine.route(StoredMessage(topic, value.encode(), 0, True), None, persist_retained=False)
+                self.engine.route(Message(topic, value.encode(), 0, True), None, persist_retained=False)

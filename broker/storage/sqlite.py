@@ -18,9 +18,8 @@ Write path (why it is shaped like this):
   temporary table, and one statement deletes those no row refers to any
   more. So a message may move from one reference to another within a batch
   (e.g. redelivery to another shared-subscription member) without being lost.
-  A message stored with ``store_message`` must be referenced (``enqueue`` /
-  ``set_retained``) before the batch is taken, i.e. before the caller yields
-  to the event loop or calls ``commit()``; otherwise it is not written.
+  A message is written by the first ``enqueue``/``set_retained`` that refers
+  to it and recognised afterwards by identity (``identity.MessageRows``).
 
 Rows are never rewritten in place by the engine's normal flow except the
 queue entry state, so the hot path per QoS 1/2 message is: one message
@@ -61,16 +60,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from broker.protocol.packets import SubscriptionOptions
+from broker.message import Message, SubscriptionOptions
 from broker.storage.base import (
     CorruptDatabase,
     QueueEntry,
     SessionRecord,
     Storage,
-    StoredMessage,
     SubscriptionRecord,
 )
 from broker.storage.dbthread import DatabaseThread
+from broker.storage.identity import MessageRows
 from broker.storage.serialization import (
     decode_ints,
     decode_properties,
@@ -251,6 +250,7 @@ class SqliteStorage(Storage):
         self._thread: DatabaseThread | None = None  # the database thread, while open
         self._conn: sqlite3.Connection | None = None  # used on the database thread only
         self._next_id = 0
+        self._rows = MessageRows()
         self._task: asyncio.Task | None = None
         self._waiters: list[asyncio.Future] = []  # resolved by the next batch
         self._inflight: list[asyncio.Future] = []  # resolved by the batch being written
@@ -572,18 +572,18 @@ class SqliteStorage(Storage):
                 record.last_seq = last_seq
         return list(records.values())
 
-    async def load_wills(self) -> list[tuple[str, StoredMessage, float]]:
+    async def load_wills(self) -> list[tuple[str, Message, float]]:
         await self._flush()
         rows = await self._fetch(
             "SELECT client_id, topic, payload, qos, retain, properties, expires_at, due"
             " FROM wills ORDER BY client_id"
         )
         return [
-            (client_id, StoredMessage(topic, payload, qos, bool(retain), decode_properties(props), expires), due)
+            (client_id, Message(topic, payload, qos, bool(retain), decode_properties(props), expires), due)
             for client_id, topic, payload, qos, retain, props, expires, due in rows
         ]
 
-    def save_will(self, client_id: str, message: StoredMessage, due: float) -> None:
+    def save_will(self, client_id: str, message: Message, due: float) -> None:
         self._dirty = True
         payload = message.payload
         self._wills[client_id] = (
@@ -600,16 +600,23 @@ class SqliteStorage(Storage):
         self._dirty = True
         self._wills[client_id] = None
 
-    async def load_retained(self) -> list[StoredMessage]:
+    async def load_retained(self) -> list[Message]:
         await self._flush()
         rows = await self._fetch(
             "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at"
             " FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY r.topic"
         )
         return [
-            StoredMessage(topic, payload, qos, bool(retain), decode_properties(props), expires, mid)
+            self._read_message(mid, topic, payload, qos, retain, props, expires)
             for mid, topic, payload, qos, retain, props, expires in rows
         ]
+
+    def _read_message(
+        self, mid: int, topic: str, payload: bytes, qos: int, retain: int, props: bytes | None, expires: float | None
+    ) -> Message:
+        message = Message(topic, payload, qos, bool(retain), decode_properties(props), expires)
+        self._rows.remember(message, mid)
+        return message
 
     async def read_queue(self, client_id: str, after_seq: int, limit: int) -> list[QueueEntry]:
         if limit <= 0:
@@ -618,9 +625,7 @@ class SqliteStorage(Storage):
         return [
             QueueEntry(
                 seq=seq,
-                message=StoredMessage(
-                    topic, payload, m_qos, bool(m_retain), decode_properties(props), expires, mid
-                ),
+                message=self._read_message(mid, topic, payload, m_qos, m_retain, props, expires),
                 qos=qos,
                 retain=bool(retain),
                 subscription_ids=decode_ints(sub_ids),
@@ -764,9 +769,11 @@ class SqliteStorage(Storage):
         self._dirty = True
         self._subscriptions[(client_id, topic_filter)] = None
 
-    def store_message(self, message: StoredMessage) -> int:
-        if message.message_id:
-            return message.message_id
+    def _row(self, message: Message) -> int:
+        """The row of ``message``: the one it was stored or read as, or a new one."""
+        message_id = self._rows.get(message)
+        if message_id:
+            return message_id
         properties = encode_properties(message.properties)
         payload = message.payload
         if type(payload) is not bytes:
@@ -784,13 +791,11 @@ class SqliteStorage(Storage):
             message.expires_at,
         )
         self._new_refs[message_id] = 0
-        message.message_id = message_id
+        self._rows.remember(message, message_id)
         return message_id
 
     def enqueue(self, client_id: str, entry: QueueEntry) -> None:
-        message_id = entry.message.message_id
-        if not message_id:
-            raise ValueError("enqueue: the message has not been stored (message_id 0)")
+        message_id = self._row(entry.message)
         self._dirty = True
         key = (client_id, entry.seq)
         previous = self._queue.get(key)
@@ -851,18 +856,17 @@ class SqliteStorage(Storage):
         self._dirty = True
         self._inbound[(client_id, packet_id)] = False
 
-    def set_retained(self, topic: str, message: StoredMessage | None) -> None:
-        if message is not None and not message.message_id:
-            raise ValueError("set_retained: the message has not been stored (message_id 0)")
+    def set_retained(self, topic: str, message: Message | None) -> None:
+        row = self._row(message) if message is not None else 0
         self._dirty = True
         previous = self._retained.get(topic)
         if previous is not None:
             self._unref(previous)
-        if message is None:
+        if not row:
             self._retained[topic] = None
         else:
-            self._retained[topic] = message.message_id
-            self._ref(message.message_id)
+            self._retained[topic] = row
+            self._ref(row)
 
     # ---- writing one batch --------------------------------------------------------------
     async def _write(self, batches: list[tuple]) -> int | None:

@@ -25,17 +25,8 @@ import pytest
 
 from broker.protocol import properties as P
 from broker.protocol.packets import MQTT_3_1_1, MQTT_5, SubscriptionOptions
-from broker.storage.base import (
-    NEVER_EXPIRES,
-    QUEUED,
-    RELEASED,
-    SENT,
-    QueueEntry,
-    SessionRecord,
-    Storage,
-    StoredMessage,
-    SubscriptionRecord,
-)
+from broker.message import Message
+from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry, SessionRecord, Storage, SubscriptionRecord
 
 from .helpers import run_async
 
@@ -67,8 +58,9 @@ def requires_persistence(factory: StoreFactory) -> None:
         pytest.skip("this backend does not keep its data across a reopen, by design")
 
 
-def message(topic: str = "t", payload: bytes = b"x", qos: int = 1, **kwargs) -> StoredMessage:
-    return StoredMessage(topic=topic, payload=payload, qos=qos, retain=False, **kwargs)
+def message(topic: str = "t", payload: bytes = b"x", qos: int = 1, **kwargs) -> Message:
+    kwargs.setdefault("retain", False)
+    return Message(topic=topic, payload=payload, qos=qos, **kwargs)
 
 
 def session(client_id: str, expiry: int = 3600, level: int = MQTT_5, at: float | None = None):
@@ -85,14 +77,14 @@ async def sessions_by_id(store: Storage) -> dict[str, SessionRecord]:
 
 def queue_shape(entries: list[QueueEntry]) -> list[tuple]:
     return [
-        (e.seq, e.message.message_id, e.message.payload, e.qos, e.retain, e.subscription_ids,
+        (e.seq, e.message.topic, e.message.payload, e.qos, e.retain, e.subscription_ids,
          e.state, e.packet_id)
         for e in entries
     ]
 
 
-def will_message(topic: str = "dev/1/status") -> StoredMessage:
-    return StoredMessage(
+def will_message(topic: str = "dev/1/status") -> Message:
+    return Message(
         topic=topic,
         payload=b"offline",
         qos=1,
@@ -169,8 +161,6 @@ class StorageContract:
                 store.save_session(session(client))
                 store.save_subscription(client, SubscriptionRecord("x/#", SubscriptionOptions(qos=2)))
                 store.add_inbound_qos2(client, 5)
-            store.store_message(shared)
-            store.store_message(only_a)
             store.enqueue("a", QueueEntry(1, shared, 1))
             store.enqueue("a", QueueEntry(2, only_a, 1))
             store.enqueue("b", QueueEntry(1, shared, 1))
@@ -185,7 +175,7 @@ class StorageContract:
             assert [s.topic_filter for s in records["b"].subscriptions] == ["x/#"]
             assert records["b"].inbound_qos2 == {5}
             assert queue_shape(await whole_queue(store, "b")) == [
-                (1, shared.message_id, b"both", 1, False, [], QUEUED, None)]
+                (1, shared.topic, b"both", 1, False, [], QUEUED, None)]
             assert await store.message_count() == 1  # only-a was collected, shared kept
 
 
@@ -205,7 +195,6 @@ class StorageContract:
             store.save_session(session("a", 10))
             store.save_subscription("a", SubscriptionRecord("old/#", SubscriptionOptions()))
             store.add_inbound_qos2("a", 1)
-            store.store_message(old)
             store.enqueue("a", QueueEntry(1, old, 1))
             store.enqueue("a", QueueEntry(2, old, 1))
             await store.commit()
@@ -216,7 +205,6 @@ class StorageContract:
             store.save_session(session("a", 20))
             store.save_subscription("a", SubscriptionRecord("new/#", SubscriptionOptions(qos=1)))
             store.add_inbound_qos2("a", 2)
-            store.store_message(new)
             store.enqueue("a", QueueEntry(1, new, 1))
             await store.commit()
 
@@ -226,7 +214,7 @@ class StorageContract:
             assert record.inbound_qos2 == {2}
             assert (record.queued_count, record.queued_bytes, record.last_seq) == (1, 4, 1)
             assert queue_shape(await whole_queue(store, "a")) == [
-                (1, new.message_id, b"new!", 1, False, [], QUEUED, None)]
+                (1, new.topic, b"new!", 1, False, [], QUEUED, None)]
             assert await store.message_count() == 1
 
 
@@ -238,7 +226,6 @@ class StorageContract:
             m = message()
             store.save_session(session("a"))
             store.save_subscription("a", SubscriptionRecord("f", SubscriptionOptions()))
-            store.store_message(m)
             store.enqueue("a", QueueEntry(1, m, 1))
             store.add_inbound_qos2("a", 3)
             store.delete_session("a")
@@ -336,9 +323,8 @@ class StorageContract:
             expected = []
             for seq in range(1, 26):
                 m = message(f"t/{seq}", bytes([seq]) * seq)
-                store.store_message(m)
                 store.enqueue("c", QueueEntry(seq, m, 1))
-                expected.append((seq, m.message_id, bytes([seq]) * seq, 1, False, [], QUEUED, None))
+                expected.append((seq, m.topic, bytes([seq]) * seq, 1, False, [], QUEUED, None))
             await store.commit()
 
             pages = []
@@ -365,7 +351,6 @@ class StorageContract:
         async with factory.opened() as store:
             store.save_session(session("c"))
             m = message()
-            store.store_message(m)
             for seq in (3, 7, 100, 1000):
                 store.enqueue("c", QueueEntry(seq, m, 1))
             await store.commit()
@@ -379,7 +364,6 @@ class StorageContract:
         async with factory.opened() as store:
             store.save_session(session("c"))
             m = message("t", b"payload", qos=2)
-            store.store_message(m)
             store.enqueue("c", QueueEntry(1, m, qos=0))
             store.enqueue("c", QueueEntry(2, m, qos=1, retain=True, subscription_ids=[1]))
             store.enqueue("c", QueueEntry(3, m, qos=2, subscription_ids=[268_435_455, 1, 77],
@@ -387,10 +371,10 @@ class StorageContract:
             store.enqueue("c", QueueEntry(4, m, qos=2, state=RELEASED, packet_id=1))
             await store.commit()
             assert queue_shape(await whole_queue(store, "c")) == [
-                (1, m.message_id, b"payload", 0, False, [], QUEUED, None),
-                (2, m.message_id, b"payload", 1, True, [1], QUEUED, None),
-                (3, m.message_id, b"payload", 2, False, [268_435_455, 1, 77], SENT, 65535),
-                (4, m.message_id, b"payload", 2, False, [], RELEASED, 1),
+                (1, m.topic, b"payload", 0, False, [], QUEUED, None),
+                (2, m.topic, b"payload", 1, True, [1], QUEUED, None),
+                (3, m.topic, b"payload", 2, False, [268_435_455, 1, 77], SENT, 65535),
+                (4, m.topic, b"payload", 2, False, [], RELEASED, 1),
             ]
 
 
@@ -399,7 +383,6 @@ class StorageContract:
         async with factory.opened() as store:
             store.save_session(session("c"))
             m = message(qos=2)
-            store.store_message(m)
             store.enqueue("c", QueueEntry(1, m, 2))
             store.enqueue("c", QueueEntry(2, m, 2))
             store.update_entry("c", 2, SENT, 11)  # same batch as the enqueue
@@ -429,7 +412,6 @@ class StorageContract:
             store.save_session(session("c"))
             for seq in range(1, 6):
                 m = message(payload=b"p" * seq)
-                store.store_message(m)
                 store.enqueue("c", QueueEntry(seq, m, 1))
             await store.commit()
             store.delete_entry("c", 3)
@@ -454,8 +436,6 @@ class StorageContract:
             store.save_session(session("empty"))
             big = message(payload=b"b" * 1000)
             small = message(payload=b"s" * 10)
-            store.store_message(big)
-            store.store_message(small)
             store.enqueue("a", QueueEntry(5, big, 1))
             store.enqueue("a", QueueEntry(6, small, 1))
             store.enqueue("a", QueueEntry(9, big, 1))  # the same message twice counts twice
@@ -480,12 +460,15 @@ class StorageContract:
 
 
     @run_async
-    async def test_enqueue_requires_a_stored_message(self, factory: StoreFactory) -> None:
+    async def test_enqueue_and_set_retained_store_the_message(self, factory: StoreFactory) -> None:
+        """No separate step stores a message: the first reference writes it."""
         async with factory.opened() as store:
-            with pytest.raises(ValueError):
-                store.enqueue("c", QueueEntry(1, message(), 1))
-            with pytest.raises(ValueError):
-                store.set_retained("t", message())
+            store.save_session(session("c"))
+            store.enqueue("c", QueueEntry(1, message("q", b"queued"), 1))
+            store.set_retained("t", message("t", b"kept", retain=True))
+            await store.commit()
+            assert await store.message_count() == 2
+            assert [m.payload for m in await store.load_retained()] == [b"kept"]
 
 
     # ---- inbound QoS 2 ----------------------------------------------------------------------------
@@ -537,18 +520,15 @@ class StorageContract:
     @run_async
     async def test_retained_set_replace_and_clear(self, factory: StoreFactory) -> None:
         async with factory.opened() as store:
-            first = StoredMessage("r/1", b"one", 1, True, {P.CONTENT_TYPE: "text/plain"}, 2e9)
-            second = StoredMessage("r/2", b"two", 0, True)
-            store.store_message(first)
-            store.store_message(second)
+            first = Message("r/1", b"one", 1, True, {P.CONTENT_TYPE: "text/plain"}, 2e9)
+            second = Message("r/2", b"two", 0, True)
             store.set_retained("r/1", first)
             store.set_retained("r/2", second)
             await store.commit()
             assert await store.load_retained() == [first, second]
             assert await store.message_count() == 2
 
-            replacement = StoredMessage("r/1", b"uno", 2, True)
-            store.store_message(replacement)
+            replacement = Message("r/1", b"uno", 2, True)
             store.set_retained("r/1", replacement)
             store.set_retained("r/never-set", None)
             await store.commit()
@@ -564,9 +544,8 @@ class StorageContract:
     @run_async
     async def test_retained_replaced_twice_in_one_batch(self, factory: StoreFactory) -> None:
         async with factory.opened() as store:
-            messages = [StoredMessage("r", bytes([i]), 1, True) for i in range(3)]
+            messages = [Message("r", bytes([i]), 1, True) for i in range(3)]
             for m in messages:
-                store.store_message(m)
                 store.set_retained("r", m)
             await store.commit()
             assert await store.load_retained() == [messages[2]]
@@ -581,13 +560,11 @@ class StorageContract:
     @run_async
     async def test_retained_topics_sharing_a_message_replaced_together(self, factory: StoreFactory) -> None:
         async with factory.opened() as store:
-            shared = StoredMessage("r", b"shared", 1, True)
-            store.store_message(shared)
+            shared = Message("r", b"shared", 1, True)
             for topic in ("r/1", "r/2", "r/3"):
                 store.set_retained(topic, shared)
             await store.commit()
-            replacement = StoredMessage("r", b"new", 1, True)
-            store.store_message(replacement)
+            replacement = Message("r", b"new", 1, True)
             store.set_retained("r/1", replacement)
             store.set_retained("r/2", replacement)
             await store.commit()
@@ -602,8 +579,7 @@ class StorageContract:
     async def test_retained_message_shared_with_queues(self, factory: StoreFactory) -> None:
         async with factory.opened() as store:
             store.save_session(session("c"))
-            m = StoredMessage("r", b"state", 1, True)
-            store.store_message(m)
+            m = Message("r", b"state", 1, True)
             store.set_retained("r", m)
             store.set_retained("r-copy", m)
             store.enqueue("c", QueueEntry(1, m, 1, retain=True))
@@ -628,9 +604,6 @@ class StorageContract:
     ) -> None:
         async with factory.opened() as store:
             m = message("fan/out", b"to three", qos=2)
-            message_id = store.store_message(m)
-            assert message_id == m.message_id != 0
-            assert store.store_message(m) == message_id  # already stored: same id, no new row
             for client in ("a", "b", "c"):
                 store.save_session(session(client))
                 store.enqueue(client, QueueEntry(1, m, 1))
@@ -638,7 +611,7 @@ class StorageContract:
             assert await store.message_count() == 1
             for client in ("a", "b", "c"):
                 (entry,) = await whole_queue(store, client)
-                assert entry.message.message_id == message_id
+                assert entry.message == m
                 assert entry.message.payload == b"to three"
 
             for remaining, client in ((1, "a"), (1, "b"), (0, "c")):
@@ -648,23 +621,49 @@ class StorageContract:
 
 
     @run_async
-    async def test_message_ids_are_distinct_and_increasing(self, factory: StoreFactory) -> None:
+    async def test_equal_messages_are_distinct_rows(self, factory: StoreFactory) -> None:
+        """Identity, not value, makes a message the same: two publishes of the same bytes
+        are two messages (deleting one entry must not take the other's message)."""
         async with factory.opened() as store:
             store.save_session(session("c"))
-            ids = []
             for seq in range(1, 6):
-                m = message()
-                ids.append(store.store_message(m))
-                store.enqueue("c", QueueEntry(seq, m, 1))
+                store.enqueue("c", QueueEntry(seq, message(), 1))
                 if seq == 3:
                     await store.commit()
-            assert ids == sorted(set(ids)) and ids[0] > 0
+            await store.commit()
+            assert await store.message_count() == 5
+            store.delete_entry("c", 2)
+            await store.commit()
+            assert await store.message_count() == 4
+            assert [e.seq for e in await whole_queue(store, "c")] == [1, 3, 4, 5]
+
+
+    @run_async
+    async def test_message_read_back_and_queued_again_is_not_copied(self, factory: StoreFactory) -> None:
+        """A retained message loaded from storage and queued for a new subscriber, or an
+        entry read back and queued for another session, refers to the same row."""
+        async with factory.opened() as store:
+            store.save_session(session("a"))
+            store.save_session(session("b"))
+            m = message("keep/me", b"retained", retain=True)
+            store.set_retained("keep/me", m)
+            store.enqueue("a", QueueEntry(1, message("other", b"o"), 1))
+            await store.commit()
+            (loaded,) = await store.load_retained()
+            store.enqueue("b", QueueEntry(1, loaded, 1))
+            (entry,) = await whole_queue(store, "a")
+            store.enqueue("b", QueueEntry(2, entry.message, 1))
+            await store.commit()
+            assert await store.message_count() == 2
+            assert [e.message.payload for e in await whole_queue(store, "b")] == [b"retained", b"o"]
 
 
     @run_async
     async def test_unreferenced_message_is_dropped_at_commit(self, factory: StoreFactory) -> None:
         async with factory.opened() as store:
-            store.store_message(message())
+            store.save_session(session("c"))
+            store.enqueue("c", QueueEntry(1, message(), 1))
+            store.delete_entry("c", 1)
             await store.commit()
             assert await store.message_count() == 0
 
@@ -677,7 +676,6 @@ class StorageContract:
             store.save_session(session("a"))
             store.save_session(session("b"))
             m = message("shared", b"work")
-            store.store_message(m)
             store.enqueue("a", QueueEntry(1, m, 1))
             await store.commit()
 
@@ -712,12 +710,10 @@ class StorageContract:
         }
         async with factory.opened() as store:
             store.save_session(session("c"))
-            m = StoredMessage("p", b"", 1, False, dict(properties))
-            store.store_message(m)
+            m = Message("p", b"", 1, False, dict(properties))
             store.enqueue("c", QueueEntry(1, m, 1))
             store.set_retained("p", m)
             plain = message("plain")
-            store.store_message(plain)
             store.enqueue("c", QueueEntry(2, plain, 1))
             await store.commit()
             entries = await whole_queue(store, "c")
@@ -733,18 +729,16 @@ class StorageContract:
     @run_async
     async def test_unstorable_properties_are_refused_at_once(self, factory: StoreFactory) -> None:
         async with factory.opened() as store:
+            store.save_session(session("c"))
             with pytest.raises(TypeError):
-                store.store_message(message(properties={P.CONTENT_TYPE: 1.5}))
+                store.enqueue("c", QueueEntry(1, message(properties={P.CONTENT_TYPE: 1.5}), 1))
             with pytest.raises(ValueError):
-                store.store_message(message(properties={P.MESSAGE_EXPIRY_INTERVAL: -1}))
+                store.set_retained("t", message(properties={P.MESSAGE_EXPIRY_INTERVAL: -1}))
             bad = message(properties={P.USER_PROPERTY: [("a", 1)]})
             with pytest.raises(TypeError):
-                store.store_message(bad)
-            assert bad.message_id == 0
-            # The store is still usable.
-            store.save_session(session("c"))
+                store.enqueue("c", QueueEntry(1, bad, 1))
+            # Nothing of them was kept, and the store is still usable.
             good = message()
-            store.store_message(good)
             store.enqueue("c", QueueEntry(1, good, 1))
             await store.commit()
             assert len(await whole_queue(store, "c")) == 1
@@ -760,8 +754,7 @@ class StorageContract:
                 (0.0, b"\x00" * 70_000),
             ]
             for seq, (expires_at, payload) in enumerate(values, 1):
-                m = StoredMessage("e", bytearray(payload), 1, False, expires_at=expires_at)
-                store.store_message(m)
+                m = Message("e", bytearray(payload), 1, False, expires_at=expires_at)
                 store.enqueue("c", QueueEntry(seq, m, 1))
             await store.commit()
             entries = await whole_queue(store, "c")
@@ -774,7 +767,6 @@ class StorageContract:
         async with factory.opened() as store:
             store.save_session(session("c"))
             m = message(properties={P.USER_PROPERTY: [("k", "v")], P.SUBSCRIPTION_IDENTIFIER: [1]})
-            store.store_message(m)
             store.enqueue("c", QueueEntry(1, m, 1, subscription_ids=[4]))
             await store.commit()
             (entry,) = await whole_queue(store, "c")
@@ -820,7 +812,6 @@ class StorageContract:
 
         async def publisher(store: Storage, n: int) -> None:
             m = message(f"t/{n}", b"%d" % n)
-            store.store_message(m)
             store.enqueue(f"c{n}", QueueEntry(1, m, 1))
             await store.commit()
 
@@ -842,8 +833,7 @@ class StorageContract:
         async with factory.opened() as store:
             store.save_session(session("c"))
             store.save_subscription("c", SubscriptionRecord("f", SubscriptionOptions(qos=1)))
-            m = StoredMessage("r", b"now", 1, True)
-            store.store_message(m)
+            m = Message("r", b"now", 1, True)
             store.enqueue("c", QueueEntry(1, m, 1))
             store.set_retained("r", m)
             # No commit() call: reads must still see all of it.
@@ -863,7 +853,6 @@ class StorageContract:
             store.save_session(session("c"))
             await store.commit()
             m = message()
-            store.store_message(m)
             store.enqueue("c", QueueEntry(1, m, 1))
             store.update_entry("c", 1, SENT, 1)
             store.delete_entry("c", 1)
@@ -884,7 +873,6 @@ class StorageContract:
         await store.open()
         store.save_session(session("c"))
         m = message()
-        store.store_message(m)
         store.enqueue("c", QueueEntry(1, m, 1))
         await store.close()  # no commit() before
         async with factory.opened() as store:
@@ -902,22 +890,24 @@ class StorageContract:
             store.save_subscription("a", SubscriptionRecord(
                 "x/+", SubscriptionOptions(2, True, True, 1), 7))
             store.add_inbound_qos2("a", 300)
-            m = StoredMessage("x/1", b"data", 2, True, props, 1e10)
-            store.store_message(m)
+            m = Message("x/1", b"data", 2, True, props, 1e10)
             store.enqueue("a", QueueEntry(4, m, 2, True, [7], SENT, 12))
             store.enqueue("b", QueueEntry(1, m, 1))
             store.set_retained("x/1", m)
             await store.commit()
             before_sessions = await store.load_sessions()
             before_queue = await whole_queue(store, "a")
-            last_id = m.message_id
         async with factory.opened() as store:
             assert await store.load_sessions() == before_sessions
             assert await whole_queue(store, "a") == before_queue
             assert await store.load_retained() == [m]
             assert await store.message_count() == 1
-            fresh = message()
-            assert store.store_message(fresh) > last_id  # ids continue after the stored ones
+            # New rows never reuse the ids of stored ones: the old message stays intact.
+            store.enqueue("b", QueueEntry(2, message("fresh", b"new"), 1))
+            await store.commit()
+            assert await store.message_count() == 2
+            assert [e.message.payload for e in await whole_queue(store, "b")] == [b"data", b"new"]
+            assert await store.load_retained() == [m]
 
 
     # ---- delayed wills ---------------------------------------------------------------------------

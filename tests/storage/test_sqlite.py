@@ -16,14 +16,8 @@ import pytest
 
 from broker.config import Config
 from broker.protocol.packets import SubscriptionOptions
-from broker.storage.base import (
-    SENT,
-    CorruptDatabase,
-    QueueEntry,
-    SessionRecord,
-    StoredMessage,
-    SubscriptionRecord,
-)
+from broker.message import Message
+from broker.storage.base import SENT, CorruptDatabase, QueueEntry, SessionRecord, SubscriptionRecord
 from broker.storage.factory import create_storage, open_storage
 from broker.storage.memory import MemoryStorage
 from broker.storage.sqlite import (
@@ -37,15 +31,14 @@ from broker.storage.sqlite import (
 from .helpers import SqliteFiles, run_async
 
 
-def message(topic: str = "t", payload: bytes = b"x") -> StoredMessage:
-    return StoredMessage(topic, payload, 1, False)
+def message(topic: str = "t", payload: bytes = b"x") -> Message:
+    return Message(topic, payload, 1, False)
 
 
 async def fill(store: SqliteStorage, client_id: str, count: int, payload: bytes = b"p") -> None:
     store.save_session(SessionRecord(client_id, 3600, 5))
     for seq in range(1, count + 1):
         m = message(f"{client_id}/{seq}", payload)
-        store.store_message(m)
         store.enqueue(client_id, QueueEntry(seq, m, 1))
     await store.commit()
 
@@ -130,8 +123,7 @@ async def test_schema_has_the_documented_tables_and_version(sqlite_backend: Sqli
 async def test_properties_are_stored_as_data_not_pickle(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 0)
-        m = StoredMessage("t", b"", 1, False, {0x26: [("k", "v")], 0x03: "ct"})
-        store.store_message(m)
+        m = Message("t", b"", 1, False, {0x26: [("k", "v")], 0x03: "ct"})
         store.enqueue("c", QueueEntry(1, m, 1))
         await store.commit()
     conn = raw(sqlite_backend.db_path)
@@ -185,7 +177,6 @@ async def test_commits_during_a_commit_in_flight_share_one_next_transaction(
 async def test_concurrent_commits_make_one_transaction(sqlite_backend: SqliteFiles) -> None:
     async def publisher(store: SqliteStorage, n: int) -> None:
         m = message(f"t/{n}", b"%d" % n)
-        store.store_message(m)
         store.enqueue(f"c{n}", QueueEntry(1, m, 1))
         await store.commit()
 
@@ -219,7 +210,6 @@ async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: SqliteF
         changes = await total_changes(store)
         commits = store.commits_done
         m = message()
-        store.store_message(m)
         store.enqueue("c", QueueEntry(2, m, 1))
         store.update_entry("c", 2, SENT, 7)
         store.update_entry("c", 2, SENT, 8)
@@ -233,7 +223,8 @@ async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: SqliteF
         # Only the kept delete of inbound id 9 (a no-op on disk) made a transaction.
         assert store.commits_done <= commits + 1
 
-        store.store_message(message())  # stored, then nothing refers to it
+        store.enqueue("c", QueueEntry(9, message(), 1))  # stored, then nothing refers to it
+        store.delete_entry("c", 9)
         await store.commit()
         assert await total_changes(store) == changes
 
@@ -262,15 +253,16 @@ async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: S
     await store.open()
     await fill(store, "c", 1)
     taken = message("taken", b"T")
-    store.store_message(taken)
     store.enqueue("c", QueueEntry(2, taken, 1))
     await store.commit()
     # A failure that is not lack of space (here a broken invariant: a message id in use).
     clash = message("clash", b"C")
-    store.store_message(clash)
-    row = store._new_messages.pop(clash.message_id)
-    store._new_messages[taken.message_id] = (taken.message_id, *row[1:])
-    store._new_refs[taken.message_id] = 1
+    store.enqueue("c", QueueEntry(3, clash, 1))
+    (clash_id, row), = store._new_messages.items()
+    del store._new_messages[clash_id]
+    taken_id = clash_id - 1  # the row of "taken", written by the previous commit
+    store._new_messages[taken_id] = (taken_id, *row[1:])
+    store._new_refs[taken_id] = 1
     with pytest.raises(StorageFailed) as caught:
         await store.commit()
     assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
@@ -312,7 +304,6 @@ async def test_out_of_space_keeps_the_writes_and_retries_until_they_fit(
         await fill(store, "c", 2)
         await disk_full(store)
         big = message("big", b"B" * 200_000)
-        store.store_message(big)
         store.enqueue("c", QueueEntry(3, big, 1))
         first = store.commit()
         await until(lambda: store.full)
@@ -345,7 +336,6 @@ async def test_close_while_out_of_space_gives_up_and_stops_the_thread(sqlite_bac
     await fill(store, "c", 1)
     await disk_full(store)
     big = message("big", b"B" * 200_000)
-    store.store_message(big)
     store.enqueue("c", QueueEntry(2, big, 1))
     pending = store.commit()
     await until(lambda: store.full)
@@ -405,7 +395,10 @@ async def test_open_repairs_rows_left_inconsistent(sqlite_backend: SqliteFiles) 
         assert (record.queued_count, record.last_seq) == (2, 2)
         assert await store.message_count() == 2
         assert await store.read_queue("ghost", 0, 10) == []
-        assert store.store_message(message()) == 3  # ids continue after the highest kept id
+        # New rows continue after the highest kept id: the kept message 100 stays intact.
+        store.enqueue("c", QueueEntry(3, message("new", b"n"), 1))
+        await store.commit()
+        assert await store.message_count() == 3
 
 
 # ---- damaged files --------------------------------------------------------------------------------
