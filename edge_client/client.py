@@ -147,7 +147,11 @@ class MQTTClient:
         """Returns the granted QoS, or None while offline (the request is sent on
         connect) or when no SUBACK came within timeout. qos=None unsubscribes."""
         s = self.s
-        pid = s.subscription(topic, qos)
+        try:
+            pid = s.subscription(topic, qos)
+        except MemoryError:
+            self._oom(False)
+            return None
         if pid is None:
             return None
         self._io(0)
@@ -252,7 +256,7 @@ class MQTTClient:
         if drop:
             self._lost()
         gc.collect()
-        print("edge_client: out of memory;", "connection dropped" if drop else "message not queued")
+        print("edge_client: out of memory;", "connection dropped" if drop else "request not queued")
 
     def _read(self, ms):
         sock = self.sock
