@@ -673,3 +673,13 @@ def test_file_outbox_cut_at_every_byte_loads_the_state_of_the_last_whole_record(
         cut_path.write_bytes(data[:cut])
         expected = [state for at, state in snapshots if at <= cut][-1]
         assert everything(cut_path) == expected, cut
+
+
+def test_an_unbounded_outbox_needs_a_file(tmp_path: Path) -> None:
+    from edge_client.aio import MQTTClient as AioClient
+    from edge_client.client import MQTTClient
+
+    for cls in (MQTTClient, AioClient):
+        with pytest.raises(ValueError):
+            cls("dev", "127.0.0.1", 1, outbox_size=0)  # RAM would grow without bound
+        assert cls("dev", "127.0.0.1", 1, outbox_size=0, outbox=str(tmp_path / "box")).pending() == 0
