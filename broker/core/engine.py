@@ -217,6 +217,8 @@ class Engine:
 
         Updates the retained store when the message carries the retain flag.
         """
+        if message.received_at is None:
+            message.received_at = time.time()
         if message.retain:
             if message.payload:
                 self.retained.set(message)
