@@ -2,14 +2,18 @@
 
 Loads the configuration the way the broker would (file, then options) and checks what
 it names that the broker would touch at start-up: the data directory, the database
-file, the listener addresses. Problems are listed and the exit code is 2; warnings
-(things that depend on the account the broker runs as) do not change the exit code.
-Checks of further files (password, ACL, certificate files) are added to ``CHECKS``
-by the modules that read those files.
+file, the listener addresses, every ``[[listener]]``'s TLS files, the ``[auth]``
+password and ACL files, every ``[[bridge]]``'s TLS files. Each file is read by the
+code that reads it in the broker (``server/tls.py``, ``auth/password_file.py``,
+``auth/acl.py``, ``bridge/link.py``), so a file that passes here loads there, and the
+messages are the broker's own (file, line, listener). Problems are listed and the exit
+code is 2; warnings (certificates expiring soon, things that depend on the account the
+broker runs as) do not change the exit code.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import sqlite3
@@ -17,8 +21,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from broker.auth import acl, password_file
+from broker.bridge.link import LinkFailure, tls_context
+from broker.certs import CertError, load_certificates
 from broker.config import Config
 from broker.config_file import ConfigError
+from broker.server.listeners import listener_name
+from broker.server.tls import EXPIRY_WARNING, TLSFileError, check_ca_files, load_server_tls
 from broker.storage.factory import DB_FILE_NAME
 
 EXIT_OK = 0
@@ -110,7 +119,82 @@ def check_listeners(config: Config, report: Report) -> None:
             report.problems.append(f"[metrics] metrics_port {config.metrics_port} is also the MQTT port")
 
 
-CHECKS: list[Check] = [check_data_dir, check_listeners]
+def _expiry(what: str, not_after: datetime.datetime, now: datetime.datetime, report: Report) -> None:
+    """An expired certificate is a problem, one that expires within EXPIRY_WARNING a warning."""
+    when = f"{not_after:%Y-%m-%d %H:%M} UTC"
+    if not_after <= now:
+        report.problems.append(f"{what} expired on {when}; renew it (python -m broker certs renew)")
+    elif not_after - now <= EXPIRY_WARNING:
+        report.warnings.append(f"{what} expires in {(not_after - now).days} days ({when}); renew it")
+
+
+def check_listener_tls(config: Config, report: Report) -> None:
+    """Each TLS listener's files, loaded as the listener loads them at start-up and on SIGHUP."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for settings in config.listeners:
+        if not settings.tls:
+            continue
+        name = f"listener {listener_name(settings)}"
+        problems = []
+        tls = None
+        try:
+            tls = load_server_tls(settings, now)
+        except TLSFileError as exc:
+            problems.append(f"{name}: {exc}")
+        # A bad certificate or key stops the loading before the CA files: list theirs too.
+        try:
+            check_ca_files(settings)
+        except TLSFileError as exc:
+            if f"{name}: {exc}" not in problems:
+                problems.append(f"{name}: {exc}")
+        report.problems.extend(problems)
+        if tls is None:
+            continue
+        if tls.ca_not_after is not None:
+            _expiry(f"{name}: CA certificate in cafile {settings.cafile}", tls.ca_not_after, now, report)
+        _expiry(f"{name}: certfile {settings.certfile}", tls.not_after, now, report)
+        if tls.not_before > now:
+            report.warnings.append(f"{name}: certfile {settings.certfile} is valid only from"
+                                   f" {tls.not_before:%Y-%m-%d %H:%M} UTC (is the clock right?)")
+
+
+def check_auth_files(config: Config, report: Report) -> None:
+    """The password and ACL files, parsed by the auth backend's own readers (file:line errors)."""
+    if config.password_file:
+        try:
+            password_file.load(config.password_file)
+        except password_file.PasswordFileError as exc:
+            report.problems.append(f"[auth] password_file: {exc}")
+    if config.acl_file:
+        try:
+            acl.parse_acl(config.acl_file)
+        except (acl.AclFileError, password_file.PasswordFileError) as exc:  # the latter: cannot read it
+            report.problems.append(f"[auth] acl_file: {exc}")
+
+
+def check_bridge_tls(config: Config, report: Report) -> None:
+    """Each bridge's TLS context, built as the bridge builds it before connecting."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for bridge in config.bridges:
+        if not bridge.use_tls:
+            continue
+        name = f"[[bridge]] {bridge.name}"
+        try:
+            tls_context(bridge)
+        except LinkFailure as exc:
+            report.problems.append(f"{name}: {exc}")
+            continue
+        if bridge.certfile:
+            try:
+                certificate = load_certificates(bridge.certfile)[0]
+            except CertError as exc:
+                report.problems.append(f"{name}: certfile {exc}")
+                continue
+            # The upstream refuses an expired client certificate: the bridge would never connect.
+            _expiry(f"{name}: certfile {bridge.certfile}", certificate.not_valid_after_utc, now, report)
+
+
+CHECKS: list[Check] = [check_data_dir, check_listeners, check_listener_tls, check_auth_files, check_bridge_tls]
 
 
 def check(config: Config) -> Report:

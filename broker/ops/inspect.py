@@ -1,5 +1,10 @@
 """``python -m broker inspect [--json]``: sessions, queues, retained messages, database size.
 
+``oldest_queued_age`` (per session and overall) is how many seconds ago the broker received
+the oldest message still queued (not acknowledged): a consumer that stopped shows a growing
+age. It is null when nothing is queued, and also when the arrival time is unknown (messages
+stored by a broker before schema 3): then ``queued_messages`` is not 0.
+
 Read-only. While the broker runs it answers over its control socket from what it holds
 in memory (it also knows which clients are connected); when it is stopped the database
 file is opened read-only.
@@ -12,16 +17,31 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 from broker.ops import control
 from broker.ops.cli import add_location_options, database_path, fail, resolve_data_dir
 from broker.ops.metrics import database_bytes, retained_count
+from broker.storage.base import oldest_received
+from broker.storage.sqlite import OLDEST_QUEUED, oldest_queued_by_client
 
 if TYPE_CHECKING:
     from broker.core.engine import Engine
 
 Snapshot = dict[str, Any]
+
+
+def _age(received_at: float | None, now: float) -> float | None:
+    return None if received_at is None else round(max(0.0, now - received_at), 3)
+
+
+def _oldest_overall(sessions: list[dict[str, Any]]) -> float | None:
+    """The largest age; unknown (None) if a session with queued messages has an unknown one."""
+    ages = [s["oldest_queued_age"] for s in sessions if s["queued_messages"]]
+    if not ages or None in ages:
+        return None
+    return max(ages)
 
 
 def _summary(sessions: list[dict[str, Any]], retained: int, db_path: str | None, source: str) -> Snapshot:
@@ -34,15 +54,28 @@ def _summary(sessions: list[dict[str, Any]], retained: int, db_path: str | None,
         "sessions_total": len(sessions),
         "queued_messages": sum(s["queued_messages"] for s in sessions),
         "queued_bytes": sum(s["queued_bytes"] for s in sessions),
+        "oldest_queued_age": _oldest_overall(sessions),
         "sessions": sessions,
     }
 
 
-def snapshot_from_engine(engine: Engine, db_path: str | None) -> Snapshot:
-    """What the running broker holds (called on its event loop, by the control socket)."""
+async def snapshot_from_engine(engine: Engine, db_path: str | None) -> Snapshot:
+    """What the running broker holds (called on its event loop, by the control socket).
+
+    Arrival times: the entries a session holds in RAM, and for queues mirrored to storage
+    (offline sessions keep theirs there only) what the storage reports (unknown while it is
+    out of space, as its reads wait for the commit that cannot be written).
+    """
+    # While out of space a read would wait for the commit: stored queues' ages are then unknown.
+    stored = {} if engine.storage.full else await engine.storage.oldest_queued()
+    now = time.time()
     sessions = []
     for session in list(engine.sessions.values()):
         inflight = len(session.inflight)
+        times: list[float | None] = [e.message.received_at for e in session.pending]
+        times += [e.message.received_at for e in session.inflight.values()]
+        if session.client_id in stored:
+            times.append(stored[session.client_id])
         sessions.append({
             "client_id": session.client_id,
             "connected": session.connection is not None,
@@ -52,6 +85,7 @@ def snapshot_from_engine(engine: Engine, db_path: str | None) -> Snapshot:
             "queued_bytes": session.queued_bytes + sum(len(e.message.payload) for e in session.inflight.values()),
             "inflight_messages": inflight,
             "subscriptions": len(session.subscriptions),
+            "oldest_queued_age": _age(oldest_received(times), now) if times else None,
         })
     return _summary(sessions, retained_count(engine), db_path, "running broker")
 
@@ -71,11 +105,16 @@ def snapshot_from_file(db_path: str) -> Snapshot:
                FROM sessions s"""
         ).fetchall()
         retained = db.execute("SELECT COUNT(*) FROM retained").fetchone()[0]
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        # A database of schema 2 (read-only: not migrated here) has no arrival times: unknown.
+        oldest = oldest_queued_by_client(db.execute(OLDEST_QUEUED).fetchall()) if "received_at" in columns else {}
     finally:
         db.close()
+    now = time.time()
     sessions = [
         {"client_id": client_id, "connected": False, "persistent": True, "queued_messages": count,
-         "queued_bytes": size, "inflight_messages": sent, "subscriptions": subs}
+         "queued_bytes": size, "inflight_messages": sent, "subscriptions": subs,
+         "oldest_queued_age": _age(oldest.get(client_id), now)}
         for client_id, count, size, sent, subs in rows
     ]
     return _summary(sessions, retained, db_path, "database file (broker stopped)")
@@ -104,6 +143,19 @@ def _human_size(size: int) -> str:
     return f"{size} B"
 
 
+def _render_age(age: float | None, queued: int) -> str:
+    """Seconds as "42s", "3m05s", "2h01m", "4d03h"; "-" when nothing is queued."""
+    if not queued:
+        return "-"
+    if age is None:
+        return "unknown"
+    seconds = int(age)
+    for unit, size, sub_unit, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{seconds % size // sub_size:02d}{sub_unit}"
+    return f"{seconds}s"
+
+
 def render(snapshot: Snapshot) -> str:
     lines = [
         f"source:            {snapshot['source']}",
@@ -111,17 +163,21 @@ def render(snapshot: Snapshot) -> str:
         f"retained messages: {snapshot['retained_messages']}",
         f"sessions:          {snapshot['sessions_total']}",
         f"queued:            {snapshot['queued_messages']} messages, {_human_size(snapshot['queued_bytes'])}",
+        f"oldest queued:     {_render_age(snapshot['oldest_queued_age'], snapshot['queued_messages'])}",
     ]
     sessions = snapshot["sessions"]
     if sessions:
         width = max(9, *(len(s["client_id"]) for s in sessions))
         lines.append("")
-        lines.append(f"{'client id':<{width}}  {'state':<12}  {'queued':>8}  {'bytes':>10}  {'inflight':>8}  subs")
+        lines.append(
+            f"{'client id':<{width}}  {'state':<12}  {'queued':>8}  {'bytes':>10}  {'inflight':>8}  {'oldest':>8}  subs"
+        )
         for s in sessions:
             state = "connected" if s["connected"] else "disconnected"
             lines.append(
                 f"{s['client_id']:<{width}}  {state:<12}  {s['queued_messages']:>8}  {s['queued_bytes']:>10}"
-                f"  {s['inflight_messages']:>8}  {s['subscriptions']}"
+                f"  {s['inflight_messages']:>8}  {_render_age(s['oldest_queued_age'], s['queued_messages']):>8}"
+                f"  {s['subscriptions']}"
             )
     return "\n".join(lines)
 
@@ -129,7 +185,8 @@ def render(snapshot: Snapshot) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m broker inspect",
-        description="Show sessions (queued messages and bytes, in-flight, subscriptions), retained messages"
+        description="Show sessions (queued messages and bytes, in-flight, age of the oldest queued message,"
+        " subscriptions), retained messages"
         " and the database size. Read-only; asks the running broker, or reads the file when it is stopped.",
     )
     add_location_options(parser)

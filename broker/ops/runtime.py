@@ -103,7 +103,7 @@ class Service:
         self.notifier.close()
 
     async def _inspect(self, request: dict[str, Any]) -> control.Answer:
-        return snapshot_from_engine(self.engine, self.db_path), None
+        return await snapshot_from_engine(self.engine, self.db_path), None
 
     async def _backup(self, request: dict[str, Any]) -> control.Answer:
         assert self.sqlite is not None

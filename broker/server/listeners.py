@@ -53,6 +53,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def configured_address(settings: ListenerConfig) -> str:
+    """The address as configured: "127.0.0.1:1883" (port 0 until bound), "unix:/run/edgemq.sock"."""
+    if settings.path is not None:
+        return f"unix:{settings.path}"
+    return format_address(settings.bind, settings.port or 0)
+
+
+def listener_name(settings: ListenerConfig, address: str | None = None) -> str:
+    """How the log (and --check-config) names a listener: "mqtt 0.0.0.0:8883", "websockets unix:/run/x"."""
+    return f"{settings.protocol} {configured_address(settings) if address is None else address}"
+
+
 class Listener(HandshakeObserver):
     """One ``[[listener]]``: its server socket, its TLS state and its counts."""
 
@@ -73,10 +85,7 @@ class Listener(HandshakeObserver):
 
     @property
     def configured_address(self) -> str:
-        settings = self.settings
-        if settings.path is not None:
-            return f"unix:{settings.path}"
-        return format_address(settings.bind, settings.port or 0)
+        return configured_address(self.settings)
 
     @property
     def name(self) -> str:
@@ -104,7 +113,7 @@ class Listener(HandshakeObserver):
     def _make_info(self, address: str) -> ListenerInfo:
         settings = self.settings
         return ListenerInfo(
-            name=f"{settings.protocol} {address}",
+            name=listener_name(settings, address),
             protocol=settings.protocol,
             tls=settings.tls,
             local=settings.path is not None or is_loopback(settings.bind),

@@ -56,7 +56,7 @@ def _certificate(settings: ListenerConfig) -> x509.Certificate:
     return certificate
 
 
-def _check_ca(settings: ListenerConfig) -> datetime.datetime | None:
+def check_ca_files(settings: ListenerConfig) -> datetime.datetime | None:
     """Check the CA and CRL files; returns when the first CA certificate of cafile expires."""
     ca_not_after = None
     if settings.cafile is not None:
@@ -104,7 +104,7 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
             f"certfile {settings.certfile} expired on {not_after:%Y-%m-%d %H:%M} UTC; renew it "
             "(python -m broker certs renew)"
         )
-    ca_not_after = _check_ca(settings)
+    ca_not_after = check_ca_files(settings)
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _MINIMUM_VERSION[settings.tls_version]

@@ -30,7 +30,9 @@ Design (why it looks like this):
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from broker.message import Message, SubscriptionOptions
@@ -82,6 +84,26 @@ class SessionRecord:
     queued_count: int = 0  # queue entries (any state)
     queued_bytes: int = 0  # sum of payload sizes of those entries
     last_seq: int = 0  # highest seq in the queue, 0 if empty
+
+
+def stamp_received(message: Message) -> float:
+    """The arrival time a backend stores with a new message row: the one the engine set
+    when it routed the message, else now (the time it is stored)."""
+    received_at = message.received_at
+    if received_at is None:
+        received_at = message.received_at = time.time()
+    return received_at
+
+
+def oldest_received(times: Iterable[float | None]) -> float | None:
+    """The earliest arrival time, or None when one is unknown (it is older than any known)."""
+    oldest: float | None = None
+    for received_at in times:
+        if received_at is None:
+            return None
+        if oldest is None or received_at < oldest:
+            oldest = received_at
+    return oldest
 
 
 class CorruptDatabase(Exception):
@@ -193,6 +215,12 @@ class Storage(ABC):
         """Set or clear (None) the retained message of a topic (written unless already stored)."""
 
     # ---- statistics ------------------------------------------------------------------------
+    @abstractmethod
+    async def oldest_queued(self) -> dict[str, float | None]:
+        """For every session with queued entries: when the broker received the oldest of
+        their messages (``time.time()``), None when unknown (a message stored before
+        schema 3 kept arrival times). Sees every write issued before the call."""
+
     @abstractmethod
     async def message_count(self) -> int:
         """Messages stored after garbage collection: each counted once however many queue

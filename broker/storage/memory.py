@@ -25,12 +25,14 @@ from broker.storage.base import (
     SessionRecord,
     Storage,
     SubscriptionRecord,
+    oldest_received,
+    stamp_received,
 )
 from broker.storage.identity import MessageRows
 from broker.storage.serialization import decode_properties, encode_properties
 
 # Field positions of a stored message tuple.
-_TOPIC, _PAYLOAD, _QOS, _RETAIN, _PROPS, _EXPIRES = range(6)
+_TOPIC, _PAYLOAD, _QOS, _RETAIN, _PROPS, _EXPIRES, _RECEIVED = range(7)
 
 
 class _Queue:
@@ -219,6 +221,7 @@ class MemoryStorage(Storage):
             bool(message.retain),
             properties,
             message.expires_at,
+            stamp_received(message),
         )
         self._refs[message_id] = 0
         self._gc_candidates.add(message_id)  # dropped at commit unless referenced
@@ -297,6 +300,16 @@ class MemoryStorage(Storage):
             self._refs[row] = self._refs.get(row, 0) + 1
 
     # ---- statistics ------------------------------------------------------------------
+    async def oldest_queued(self) -> dict[str, float | None]:
+        messages = self._messages
+        result: dict[str, float | None] = {}
+        for client_id, queue in self._queues.items():
+            rows = [messages.get(queue.entries[seq][0]) for seq in queue.seqs]
+            times = [row[_RECEIVED] for row in rows if row is not None]  # as SQLite's inner join
+            if times:
+                result[client_id] = oldest_received(times)
+        return result
+
     async def message_count(self) -> int:
         self._collect()
         return len(self._messages)
@@ -319,8 +332,9 @@ class MemoryStorage(Storage):
         self._gc_candidates.clear()
 
     def _message(self, message_id: int) -> Message:
-        topic, payload, qos, retain, properties, expires_at = self._messages[message_id]
+        topic, payload, qos, retain, properties, expires_at, received_at = self._messages[message_id]
         message = Message(topic, payload, qos, retain, decode_properties(properties), expires_at)
+        message.received_at = received_at
         self._rows.remember(message, message_id)
         return message
 

@@ -67,6 +67,7 @@ from broker.storage.base import (
     SessionRecord,
     Storage,
     SubscriptionRecord,
+    stamp_received,
 )
 from broker.storage.dbthread import DatabaseThread
 from broker.storage.identity import MessageRows
@@ -79,7 +80,7 @@ from broker.storage.serialization import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Queue reads allowed in the database thread's queue at once; more wait in the event loop, so a
 # commit is never behind more than this many reads.
@@ -162,6 +163,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             due REAL NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # 3: when the broker received each message (time.time()), for the age of the oldest
+    # queued message (python -m broker inspect). Rows written before stay NULL: unknown.
+    3: ("ALTER TABLE messages ADD COLUMN received_at REAL",),
 }
 
 # Repairs run at open: rows that can only exist if an earlier run broke the
@@ -197,9 +201,21 @@ _GC = """DELETE FROM messages WHERE id IN (SELECT id FROM temp.gc)
     AND NOT EXISTS (SELECT 1 FROM retained r WHERE r.message_id = messages.id)"""
 
 _READ_QUEUE = """SELECT q.seq, q.qos, q.retain, q.subscription_ids, q.state, q.packet_id,
-        m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at
+        m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at, m.received_at
     FROM queue q JOIN messages m ON m.id = q.message_id
     WHERE q.client_id = ? AND q.seq > ? ORDER BY q.seq LIMIT ?"""
+
+# Per session with queued entries: the earliest arrival time, and whether one is unknown
+# (NULL: stored before schema 3). Also read by ``python -m broker inspect`` from a stopped
+# broker's file. A full scan of the queue: for the operator, not the hot path.
+OLDEST_QUEUED = """SELECT q.client_id, MIN(m.received_at), MAX(m.received_at IS NULL)
+    FROM queue q JOIN messages m ON m.id = q.message_id GROUP BY q.client_id"""
+
+
+def oldest_queued_by_client(rows: list[tuple[str, float | None, int]]) -> dict[str, float | None]:
+    """``OLDEST_QUEUED``'s rows as Storage.oldest_queued answers (None = unknown)."""
+    return {client_id: None if unknown else oldest for client_id, oldest, unknown in rows}
+
 
 # Pending queue operations (first item of the op list).
 _INSERT = 0
@@ -254,6 +270,8 @@ class SqliteStorage(Storage):
         self._attempt: list[tuple] = []  # batches being written right now
         self._space_waiters: list[asyncio.Future[None]] = []  # readers told when space runs out
         self._closing = False
+        self._reads = 0  # queue reads under way: close() lets them finish
+        self._reads_idle: asyncio.Event | None = None
         self.commits_done = 0  # transactions written by the group commit
         self._thread: DatabaseThread | None = None  # the database thread, while open
         self._conn: sqlite3.Connection | None = None  # used on the database thread only
@@ -373,6 +391,9 @@ class SqliteStorage(Storage):
                 await asyncio.gather(self._watch, return_exceptions=True)
             if self._task is not None:
                 await asyncio.gather(self._task, return_exceptions=True)
+            while self._reads:  # a session reading its queue as the broker stops: let it finish
+                self._reads_idle = asyncio.Event()
+                await self._reads_idle.wait()
             try:
                 await self._run(self._close_sync)
             finally:
@@ -635,29 +656,34 @@ class SqliteStorage(Storage):
     async def load_retained(self) -> list[Message]:
         await self._flush()
         rows = await self._fetch(
-            "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at"
+            "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at, m.received_at"
             " FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY r.topic"
         )
-        return [
-            self._read_message(mid, topic, payload, qos, retain, props, expires)
-            for mid, topic, payload, qos, retain, props, expires in rows
-        ]
+        return [self._read_message(*row) for row in rows]
 
     def _read_message(
-        self, mid: int, topic: str, payload: bytes, qos: int, retain: int, props: bytes | None, expires: float | None
+        self, mid: int, topic: str, payload: bytes, qos: int, retain: int, props: bytes | None, expires: float | None,
+        received_at: float | None,
     ) -> Message:
         message = Message(topic, payload, qos, bool(retain), decode_properties(props), expires)
+        message.received_at = received_at
         self._rows.remember(message, mid)
         return message
 
     async def read_queue(self, client_id: str, after_seq: int, limit: int) -> list[QueueEntry]:
         if limit <= 0:
             return []
-        rows = await self._read_queue_rows(client_id, after_seq, limit)
+        self._reads += 1
+        try:
+            rows = await self._read_queue_rows(client_id, after_seq, limit)
+        finally:
+            self._reads -= 1
+            if not self._reads and self._reads_idle is not None:
+                self._reads_idle.set()
         return [
             QueueEntry(
                 seq=seq,
-                message=self._read_message(mid, topic, payload, m_qos, m_retain, props, expires),
+                message=self._read_message(mid, topic, payload, m_qos, m_retain, props, expires, received_at),
                 qos=qos,
                 retain=bool(retain),
                 subscription_ids=decode_ints(sub_ids),
@@ -665,7 +691,7 @@ class SqliteStorage(Storage):
                 packet_id=packet_id,
             )
             for (seq, qos, retain, sub_ids, state, packet_id,
-                 mid, topic, payload, m_qos, m_retain, props, expires) in rows
+                 mid, topic, payload, m_qos, m_retain, props, expires, received_at) in rows
         ]
 
     async def _read_queue_rows(self, client_id: str, after_seq: int, limit: int) -> list:
@@ -744,7 +770,7 @@ class SqliteStorage(Storage):
         if missing:
             marks = ",".join("?" * len(missing))
             for found_row in conn.execute(
-                "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"
+                "SELECT id, topic, payload, qos, retain, properties, expires_at, received_at FROM messages"
                 f" WHERE id IN ({marks})", missing,
             ):
                 new_messages[found_row[0]] = tuple(found_row)
@@ -821,6 +847,7 @@ class SqliteStorage(Storage):
             bool(message.retain),
             properties,
             message.expires_at,
+            stamp_received(message),
         )
         self._new_refs[message_id] = 0
         self._rows.remember(message, message_id)
@@ -962,8 +989,8 @@ class SqliteStorage(Storage):
             collect = True
         if messages:
             conn.executemany(
-                "INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at, received_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 messages,
             )
         if sessions:
@@ -1195,6 +1222,10 @@ class SqliteStorage(Storage):
         self._connection().executescript(sql)
 
     # ---- statistics ------------------------------------------------------------------
+    async def oldest_queued(self) -> dict[str, float | None]:
+        await self._flush()
+        return oldest_queued_by_client(await self._fetch(OLDEST_QUEUED))
+
     async def message_count(self) -> int:
         await self._flush()
         rows = await self._fetch("SELECT COUNT(*) FROM messages")

@@ -17,6 +17,7 @@ built-in backends.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -950,3 +951,48 @@ class StorageContract:
         async with factory.opened() as store:
             [(client_id, loaded, due)] = await store.load_wills()
             assert (client_id, loaded, due) == ("a", will_message(), 123.25)
+
+    # ---- arrival times (python -m broker inspect: age of the oldest queued message) ----------
+
+
+    @run_async
+    async def test_arrival_times_are_kept_and_the_oldest_queued_reported(self, factory: StoreFactory) -> None:
+        async with factory.opened() as store:
+            for client_id in ("a", "b", "empty"):
+                store.save_session(session(client_id))
+            early, late = message("a/1"), message("a/2")
+            early.received_at, late.received_at = 1_700_000_000.25, 1_700_000_100.5
+            store.enqueue("a", QueueEntry(1, late, 1))  # queue order is not arrival order
+            store.enqueue("a", QueueEntry(2, early, 1))
+            unstamped = message("b/1")  # no arrival time yet: the store stamps it
+            before = time.time()
+            store.enqueue("b", QueueEntry(1, unstamped, 1))
+            after = time.time()
+            assert unstamped.received_at is not None and before <= unstamped.received_at <= after
+            assert await store.oldest_queued() == {"a": 1_700_000_000.25, "b": unstamped.received_at}
+            await store.commit()
+            entries = await whole_queue(store, "a")
+            assert [e.message.received_at for e in entries] == [1_700_000_100.5, 1_700_000_000.25]
+            store.delete_entry("a", 2)
+            await store.commit()
+            assert await store.oldest_queued() == {"a": 1_700_000_100.5, "b": unstamped.received_at}
+            retained = message("r", retain=True)
+            retained.received_at = 5.0
+            store.set_retained("r", retained)  # retained slots are not queues
+            await store.commit()
+            assert await store.oldest_queued() == {"a": 1_700_000_100.5, "b": unstamped.received_at}
+            (loaded,) = await store.load_retained()
+            assert loaded.received_at == 5.0
+
+    @run_async
+    async def test_arrival_times_survive_a_reopen(self, factory: StoreFactory) -> None:
+        requires_persistence(factory)
+        async with factory.opened() as store:
+            store.save_session(session("a"))
+            m = message("a/1")
+            m.received_at = 1_700_000_000.75
+            store.enqueue("a", QueueEntry(1, m, 1))
+        async with factory.opened() as store:
+            assert await store.oldest_queued() == {"a": 1_700_000_000.75}
+            (entry,) = await whole_queue(store, "a")
+            assert entry.message.received_at == 1_700_000_000.75

@@ -21,6 +21,7 @@ from broker.storage.base import SENT, CorruptDatabase, QueueEntry, SessionRecord
 from broker.storage.factory import create_storage, open_storage
 from broker.storage.memory import MemoryStorage
 from broker.storage.sqlite import (
+    _MIGRATIONS,
     SCHEMA_VERSION,
     DatabaseInUse,
     SqliteStorage,
@@ -103,7 +104,7 @@ async def test_schema_has_the_documented_tables_and_version(sqlite_backend: Sqli
         "sessions": ["client_id", "expiry_interval", "protocol_level", "disconnected_at"],
         "subscriptions": ["client_id", "topic_filter", "qos", "no_local", "retain_as_published",
                           "retain_handling", "subscription_id"],
-        "messages": ["id", "topic", "payload", "qos", "retain", "properties", "expires_at"],
+        "messages": ["id", "topic", "payload", "qos", "retain", "properties", "expires_at", "received_at"],
         "queue": ["client_id", "seq", "message_id", "qos", "retain", "subscription_ids", "state",
                   "packet_id"],
         "inbound_qos2": ["client_id", "packet_id"],
@@ -146,6 +147,42 @@ async def test_newer_schema_is_refused_and_the_file_left_alone(sqlite_backend: S
         await sqlite_backend.create().open()
     assert sqlite_backend.db_path.exists()
     assert files_named(sqlite_backend.directory, "broker.db.corrupt") == []
+
+
+@run_async
+async def test_a_schema_2_database_is_migrated_on_open_and_its_old_messages_have_no_arrival_time(
+    sqlite_backend: SqliteFiles,
+) -> None:
+    # A database as a broker of schema 2 left it: its messages have no arrival time.
+    conn = raw(sqlite_backend.db_path)
+    for version in (1, 2):
+        for statement in _MIGRATIONS[version]:
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO sessions VALUES ('old', 3600, 5, NULL)")
+    conn.execute("INSERT INTO messages (id, topic, payload, qos, retain) VALUES (1, 'old/1', x'01', 1, 0)")
+    conn.execute("INSERT INTO queue (client_id, seq, message_id, qos, retain, state) VALUES ('old', 1, 1, 1, 0, 0)")
+    conn.close()
+    async with sqlite_backend.opened() as store:
+        assert (await sql(store, "PRAGMA user_version"))[0][0] == SCHEMA_VERSION == 3
+        (entry,) = await store.read_queue("old", 0, 10)
+        assert (entry.message.topic, entry.message.received_at) == ("old/1", None)
+        newer = message("old/2")
+        store.enqueue("old", QueueEntry(2, newer, 1))  # behind an unknown one: still unknown
+        store.save_session(SessionRecord("new", 3600, 5))
+        fresh = message("new/1")
+        store.enqueue("new", QueueEntry(1, fresh, 1))
+        await store.commit()
+        assert await store.oldest_queued() == {"old": None, "new": fresh.received_at}
+        store.delete_entry("old", 1)
+        await store.commit()
+        assert await store.oldest_queued() == {"old": newer.received_at, "new": fresh.received_at}
+    conn = raw(sqlite_backend.db_path)
+    try:
+        rows = conn.execute("SELECT topic, received_at FROM messages ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert rows == [("old/2", newer.received_at), ("new/1", fresh.received_at)]
 
 
 # ---- group commit and the cancel-out optimisation ---------------------------------------------
@@ -578,3 +615,16 @@ async def test_errors_on_the_database_thread_reach_the_caller(sqlite_backend: Sq
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             await sql(store, "SELECT * FROM nowhere")
         assert await sql(store, "SELECT 1") == [(1,)]  # the thread goes on serving
+
+
+@run_async
+async def test_close_lets_queue_reads_under_way_finish(sqlite_backend: SqliteFiles) -> None:
+    """A session reading its queue as the broker stops: the read completes, then the store closes."""
+    store = sqlite_backend.create()
+    await store.open()
+    await fill(store, "c", 3)
+    store.save_session(SessionRecord("other", 60, 5))  # so that the read waits for a commit first
+    reading = asyncio.ensure_future(store.read_queue("c", 0, 10))
+    await asyncio.sleep(0)  # the read is under way
+    await store.close()
+    assert [e.seq for e in await reading] == [1, 2, 3]
