@@ -39,12 +39,18 @@ def access_control_from_config(config: Config) -> AccessControl:
     return AccessControl(backend, config.allow_anonymous, config.clientid_prefix_username)
 
 
-def reload_access_control(control: AccessControl) -> None:
-    """SIGHUP: re-read the files; a bad one is logged and the previous state stays (never open)."""
+def reload_access_control(control: AccessControl, config: Config) -> None:
+    """SIGHUP: apply the [auth] settings of the (reloaded) configuration and re-read the files;
+    a bad file is logged and the previous state stays (never open)."""
     from broker.auth.acl import AclFileError
+    from broker.auth.file_backend import FileBackend
     from broker.auth.password_file import PasswordFileError
 
+    control.allow_anonymous = config.allow_anonymous
+    control.clientid_prefix_username = config.clientid_prefix_username
     try:
+        if isinstance(control.backend, FileBackend):
+            control.backend.use_files(config.password_file or None, config.acl_file or None)
         described = control.reload()
     except (PasswordFileError, AclFileError) as exc:
         log.error("%s; not reloaded, the previous password and ACL files stay in force", exc)

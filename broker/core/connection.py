@@ -116,6 +116,7 @@ class Connection:
         self.held: list[Packet] = []
         self.held_error: MQTTError | None = None
         engine.connections.add(self)
+        engine.stats.connections_opened += 1
 
     @property
     def active_session(self) -> Session:
@@ -147,8 +148,10 @@ class Connection:
             if self.state != CLOSED or self.closing:
                 if len(out) == 1:
                     self.transport.write(out[0])
+                    self.engine.stats.bytes_sent += len(out[0])
                 else:
                     self.transport.writelines(out)
+                    self.engine.stats.bytes_sent += sum(map(len, out))
         finally:
             out.clear()
 
@@ -225,6 +228,7 @@ class Connection:
             # A client that does not read must not make the broker buffer without bound:
             # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
             self.engine.dropped_messages += 1
+            self.engine.stats.dropped_slow_consumer += 1
             return True
         topic = message.topic
         if self.version == MQTT_5:
@@ -252,8 +256,9 @@ class Connection:
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, None, self.version)
         if len(data) > self.max_send_packet_size:
             log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
+            self.engine.stats.dropped_too_large += 1
             return False
-        self.engine.stats.publish_sent += 1
+        self.engine.stats.sent_by_qos[qos] += 1
         if self.trace:
             packetlog.sending_publish(self, message, qos, retain, packet_id, dup)
         (self.send_after_commit if after_commit else self.send)(data)
@@ -272,6 +277,7 @@ class Connection:
         if self.state == CLOSED:
             return
         self.last_received = time.monotonic()
+        self.engine.stats.bytes_received += len(data)
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
@@ -417,6 +423,7 @@ class Connection:
         if session is None:
             return
         self.session = None
+        engine.stats.count_disconnect(self.close_reason)
         if session.connection is self:
             log.info("Client %s disconnected: %s.", self.client_id, self.close_reason)
         will = self.will if publish_will and not self.disconnected_cleanly else None

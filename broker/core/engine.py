@@ -20,11 +20,13 @@ from typing import Protocol
 from broker.auth.access import AccessControl
 from broker.auth.file_backend import FileBackend
 from broker.config import Config
+from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.sessions import SessionLifecycle
 from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
+from broker.core.transport import Transport
 from broker.protocol.packets import SubscriptionOptions
 from broker.protocol.topics import split_shared
 from broker.message import Message
@@ -33,7 +35,12 @@ from broker.storage.base import Storage, SubscriptionRecord
 
 
 class ClientConnection(Protocol):
-    """What the engine needs of the connections it serves (``core/connection.py``)."""
+    """What the engine (and what reads its state: $SYS, metrics) needs of the connections
+    it serves (``core/connection.py``)."""
+
+    session: Session | None  # set once CONNECT is accepted
+    version: int  # MQTT protocol level
+    transport: Transport
 
     def check_keepalive(self, now: float) -> None: ...
 
@@ -41,14 +48,75 @@ class ClientConnection(Protocol):
 
 log = logging.getLogger("broker")
 
-class Stats:
-    """Counters for ``$SYS``: one attribute increment on the hot path each."""
+# Upper bounds (seconds) of the storage commit latency histogram (``broker.ops.metrics``).
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-    __slots__ = ("publish_received", "publish_sent")
+
+# Connection.close reasons -> metric label; reasons not listed are protocol errors, except
+# lost connections ("connection lost: ...", "closed by client").
+DISCONNECT_REASONS = {
+    "disconnected": "client_disconnect",
+    "disconnected with will": "client_disconnect",
+    "closed by client": "connection_lost",
+    "keepalive timeout": "keepalive_timeout",
+    "session taken over": "session_taken_over",
+    "broker shutting down": "broker_shutdown",
+    "storage commit failed": "storage_error",
+    "storage read failed": "storage_error",
+    "protocol_error": "protocol_error",
+}
+
+
+class Stats:
+    """Counters for ``$SYS`` and metrics: plain integers, read at scrape time, one
+    increment on the hot path each (metrics code never runs per message)."""
+
+    __slots__ = (
+        "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
+        "connections_opened", "connects", "disconnects", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
+        "commits", "commit_seconds_sum", "commit_buckets",
+    )
 
     def __init__(self) -> None:
-        self.publish_received = 0
-        self.publish_sent = 0
+        self.received_by_qos = [0, 0, 0]  # PUBLISH packets, by QoS
+        self.sent_by_qos = [0, 0, 0]
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.connections_opened = 0
+        self.connects = 0  # CONNECT accepted
+        self.disconnects = dict.fromkeys(DISCONNECT_REASONS.values(), 0)
+        # engine.dropped_messages counts every drop; these say why (the rest: queue full).
+        self.dropped_slow_consumer = 0
+        self.dropped_too_large = 0
+        self.dropped_expired = 0
+        self.commits = 0
+        self.commit_seconds_sum = 0.0
+        self.commit_buckets = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)  # the last one: +Inf
+
+    @property
+    def publish_received(self) -> int:
+        return sum(self.received_by_qos)
+
+    @property
+    def publish_sent(self) -> int:
+        return sum(self.sent_by_qos)
+
+    def count_disconnect(self, why: str) -> None:
+        """One connected client gone, filed under a fixed set of reasons (metric labels)."""
+        reason = DISCONNECT_REASONS.get(why)
+        if reason is None:
+            reason = "connection_lost" if why.startswith(("connection lost", "closed by client")) else "protocol_error"
+        self.disconnects[reason] += 1
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commits += 1
+        self.commit_seconds_sum += seconds
+        buckets = self.commit_buckets
+        for i, bound in enumerate(COMMIT_SECONDS_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+                return
+        buckets[-1] += 1
 
 
 class Engine:
@@ -60,6 +128,10 @@ class Engine:
         self.retained = RetainedStore()
         self.connections: set[ClientConnection] = set()
         self.dropped_messages = 0
+        # Sessions with their own queue limits (bridges' backlogs), by client id.
+        self.queue_limits: dict[str, QueueLimits] = {}
+        # Client ids that only a bridge (a transport of protocol "bridge") may use.
+        self.bridge_client_ids: set[str] = set()
         self.stats = Stats()
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}
@@ -324,9 +396,11 @@ class Engine:
             return  # shutdown committed it already
         self._next_commit = None
         self._running_commit = future
+        started = time.perf_counter()
         stored = self.storage.commit()
 
         def done(result: asyncio.Future[None]) -> None:
+            self.stats.observe_commit(time.perf_counter() - started)
             if future.done():
                 return
             if result.cancelled():

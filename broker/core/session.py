@@ -21,6 +21,8 @@ from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntr
 log = logging.getLogger("broker")
 
 if TYPE_CHECKING:
+    from broker.config import Config
+    from broker.core.queuelimits import QueueLimits
     from broker.core.engine import Engine
 
 
@@ -151,7 +153,7 @@ class Session:
                 return
             if conn is None and not (self.persistent and self.engine.config.queue_qos0_messages):
                 return
-        config = self.engine.config
+        config = self.limits
         size = len(message.payload)
         trim = False
         if self._queue_full(size) and (
@@ -159,7 +161,7 @@ class Session:
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
             if config.max_queued_bytes and size > config.max_queued_bytes:
-                self.engine.dropped_messages += 1
+                self._count_drop()
                 return  # could never fit
             if self.pending:
                 self._drop_expired_pending()
@@ -169,7 +171,7 @@ class Session:
                 # Still full: the oldest are in storage. Take this one and trim exactly there.
                 trim = self._queue_full(size) and self.persistent
             if self._queue_full(size) and not trim:
-                self.engine.dropped_messages += 1
+                self._count_drop()
                 return
         self.last_seq += 1
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
@@ -220,6 +222,7 @@ class Session:
             expires_at = entry.message.expires_at
             if expires_at is not None and expires_at <= now:
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
                 continue
             if entry.qos == 0:
                 conn.send_publish(entry.message, 0, entry.retain, entry.subscription_ids, None, False)
@@ -243,15 +246,31 @@ class Session:
         if self.backlog and not self.io_busy and len(pending) < self.engine.queue_page // 2:
             self.start_refill()
 
+    @property
+    def limits(self) -> Config | QueueLimits:
+        """This session's queue limits: its own if it has some (a bridge), else ``[limits]``."""
+        engine = self.engine
+        if engine.queue_limits:
+            own = engine.queue_limits.get(self.client_id)
+            if own is not None:
+                return own
+        return engine.config
+
+    def _count_drop(self) -> None:
+        self.engine.dropped_messages += 1
+        own = self.engine.queue_limits.get(self.client_id)
+        if own is not None:
+            own.dropped += 1
+
     def _queue_full(self, size: int) -> bool:
-        config = self.engine.config
+        config = self.limits
         return bool(
             (config.max_queued_messages and self.queued_count >= config.max_queued_messages)
             or (config.max_queued_bytes and self.queued_bytes + size > config.max_queued_bytes)
         )
 
     def _over_limits(self) -> bool:
-        config = self.engine.config
+        config = self.limits
         return bool(
             (config.max_queued_messages and self.queued_count > config.max_queued_messages)
             or (config.max_queued_bytes and self.queued_bytes > config.max_queued_bytes)
@@ -262,7 +281,7 @@ class Session:
         self.queued_count -= 1
         self.queued_bytes -= len(entry.message.payload)
         self._forget(entry)
-        self.engine.dropped_messages += 1
+        self._count_drop()
 
     def _drop_expired_pending(self) -> None:
         now = time.time()
@@ -273,6 +292,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
             else:
                 kept.append(entry)
         self.pending = kept
@@ -393,7 +413,7 @@ class Session:
                 self.io_busy = False  # (attach() hands the flag to a new connection's reader)
         if self.connection is not conn:
             return
-        if self.engine.config.queue_full_policy == "drop_oldest" and self._over_limits():
+        if self.limits.queue_full_policy == "drop_oldest" and self._over_limits():
             # A trim was refused or cut short while this reader ran: the oldest may be in RAM now.
             while self.pending and self._over_limits():
                 self._drop_pending_head()
@@ -420,7 +440,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 storage.delete_entry(self.client_id, entry.seq)
-                self.engine.dropped_messages += 1
+                self._count_drop()
 
     async def purge_expired(self) -> None:
         """Delete stored entries whose message expired (they must not take queue room)."""
@@ -443,6 +463,7 @@ class Session:
                     self.queued_count -= 1
                     self.queued_bytes -= len(entry.message.payload)
                     storage.delete_entry(self.client_id, entry.seq)
+                    self.engine.stats.dropped_expired += 1
                 elif earliest is None or expires_at < earliest:
                     earliest = expires_at
             if len(page) < 500:

@@ -87,6 +87,10 @@ SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 # not leave a huge file behind on a small device.
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
 
+# compact(): run when at least this many pages (4 KiB each) are free; vacuum this many at a time.
+COMPACT_MIN_FREE_PAGES = 256
+COMPACT_PAGES_PER_STEP = 1024
+
 _WAL_MAGICS = (0x377F0682, 0x377F0683)  # big-/little-endian checksum variants
 
 # Schema migrations: _MIGRATIONS[v] brings a database from version v-1 to v.
@@ -319,6 +323,8 @@ class SqliteStorage(Storage):
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.lock_timeout)
         try:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            # New files: freed pages can be given back to the file system (compact()).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode")
@@ -1115,6 +1121,52 @@ class SqliteStorage(Storage):
             f" {target} (nothing was deleted); transactions it held are not in the database."
             f" The next start uses {self.path} as it is."
         )
+
+    # ---- operations: backup and compaction ---------------------------------------------
+    async def backup(self, destination: str | os.PathLike) -> None:
+        """Copy the committed database to a new file with SQLite's online backup API.
+
+        Runs on the database thread between group commits, so the copy is one consistent
+        state, taken while the broker serves (the exclusive lock keeps other processes out).
+        """
+
+        def copy() -> None:
+            target = sqlite3.connect(destination)
+            try:
+                self._connection().backup(target)
+            finally:
+                target.close()
+
+        await self._run(copy)
+
+    async def compact(self, pages_per_step: int = COMPACT_PAGES_PER_STEP) -> bool:
+        """Give freed pages back to the file system and empty the WAL; True if it wrote.
+
+        Called when the broker has been quiet for a while after traffic (never on a
+        timer while idle), so a burst leaves neither a large database nor a large WAL
+        behind on an SD card. A file created before auto_vacuum was set is vacuumed once.
+        Each step is one call to the database thread: group commits run between them.
+        """
+        if self._failure is not None:
+            return False
+        freelist = (await self._fetch("PRAGMA freelist_count"))[0][0]
+        wal = _sidecar(self.path, "-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        if freelist < COMPACT_MIN_FREE_PAGES and wal_size == 0:
+            return False
+        if freelist >= COMPACT_MIN_FREE_PAGES:
+            if (await self._fetch("PRAGMA auto_vacuum"))[0][0] == 0:
+                await self._run(self._script, "VACUUM;")  # switches the file to incremental auto_vacuum
+            previous = -1
+            while 0 < freelist != previous:
+                # (executescript runs the pragma to completion; a cursor would free one page per step.)
+                await self._run(self._script, f"PRAGMA incremental_vacuum({pages_per_step});")
+                previous, freelist = freelist, (await self._fetch("PRAGMA freelist_count"))[0][0]
+        await self._run(self._script, "PRAGMA wal_checkpoint(TRUNCATE);")
+        return True
+
+    def _script(self, sql: str) -> None:
+        self._connection().executescript(sql)
 
     # ---- statistics ------------------------------------------------------------------
     async def message_count(self) -> int:

@@ -44,7 +44,7 @@ def resolve_topic(conn: Connection, packet: Publish) -> str:
 def handle_publish(conn: Connection, packet: Publish) -> None:
     engine = conn.engine
     topic = resolve_topic(conn, packet)
-    engine.stats.publish_received += 1
+    engine.stats.received_by_qos[packet.qos] += 1
     # $SYS holds the broker's own statistics: acknowledged but not routed, as with mosquitto.
     routed = not topic.startswith("$SYS")
     qos = packet.qos
