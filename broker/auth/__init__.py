@@ -57,3 +57,31 @@ def reload_access_control(control: AccessControl, config: Config) -> None:
         return
     log.info("authentication reloaded: %s", described)
 
+
+
+def check_auth_files(config: Config, problems: list[str], warnings: list[str]) -> None:
+    """For ``--check-config``: the password and ACL files parse, and no one else can read the passwords."""
+    import os
+    import stat
+
+    from broker.auth.acl import AclFileError, parse_acl
+    from broker.auth.password_file import PasswordFileError
+    from broker.auth.password_file import load as load_passwords
+
+    if config.password_file:
+        try:
+            load_passwords(config.password_file)
+        except PasswordFileError as exc:
+            problems.append(f"[auth] password_file: {exc}")
+        else:
+            mode = stat.S_IMODE(os.stat(config.password_file).st_mode)
+            if mode & 0o077:
+                warnings.append(
+                    f"[auth] password_file {config.password_file} has mode {mode:04o}: other users can read "
+                    "the hashes (chmod 600; python -m broker passwd writes 0600)"
+                )
+    if config.acl_file:
+        try:
+            parse_acl(config.acl_file)
+        except AclFileError as exc:
+            problems.append(f"[auth] acl_file: {exc}")

@@ -110,7 +110,13 @@ def check_listeners(config: Config, report: Report) -> None:
             report.problems.append(f"[metrics] metrics_port {config.metrics_port} is also the MQTT port")
 
 
-CHECKS: list[Check] = [check_data_dir, check_listeners]
+def check_auth(config: Config, report: Report) -> None:
+    from broker.auth import check_auth_files
+
+    check_auth_files(config, report.problems, report.warnings)
+
+
+CHECKS: list[Check] = [check_data_dir, check_listeners, check_auth]
 
 
 def check(config: Config) -> Report:
