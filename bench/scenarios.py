@@ -46,6 +46,12 @@ class Scenario:
     persistent: bool = False
     rate: float = 0.0
     tls: bool = False  # MQTT over TLS (the brokers' TLS listener, certificates from broker.certs)
+    ws: bool = False  # MQTT over WebSockets (the brokers' websockets listener, ws:// on WS_PATH)
+
+    @property
+    def listener(self) -> str:
+        """Which of a broker's listeners the load goes to: "plain", "tls" or "ws"."""
+        return "tls" if self.tls else "ws" if self.ws else "plain"
 
     @property
     def unit(self) -> str:
@@ -80,6 +86,9 @@ class Scenario:
     def describe(self, params: Params) -> str:
         """One line for the report: what the load was."""
         over = " over TLS (ECDSA P-256 certificate, TLS 1.3)" if self.tls else ""
+        if self.ws:
+            over = (" over WebSockets (ws://127.0.0.1:PORT/mqtt, subprotocol `mqtt`; each MQTT packet in a "
+                    "masked binary frame of its own, as browsers and paho send them)")
         if self.kind == "memory":
             return (f"{params.connections} MQTT 3.1.1 connections{over} (CONNECT, clean session, keep-alive 300 s) "
                     "held idle; broker VmRSS after minus before, divided by the connections")
@@ -110,6 +119,7 @@ def scenarios(params: Params) -> dict[str, Scenario]:
         Scenario("tls-fanout", "TLS fan-out", "throughput", qos=0, publishers=1,
                  subscribers=params.fanout_subscribers, exact_filter=True, tls=True),
         Scenario("tls-memory", "Memory per idle TLS connection", "memory", tls=True),
+        Scenario("ws-qos0", "WebSockets QoS 0 fan-in", "throughput", qos=0, publishers=p, ws=True),
     ]
     return {s.key: s for s in items}
 
