@@ -39,15 +39,49 @@ def access_control_from_config(config: Config) -> AccessControl:
     return AccessControl(backend, config.allow_anonymous, config.clientid_prefix_username)
 
 
-def reload_access_control(control: AccessControl) -> None:
-    """SIGHUP: re-read the files; a bad one is logged and the previous state stays (never open)."""
+def reload_access_control(control: AccessControl, config: Config) -> None:
+    """SIGHUP: apply the [auth] settings of the (reloaded) configuration and re-read the files;
+    a bad file is logged and the previous state stays (never open)."""
     from broker.auth.acl import AclFileError
+    from broker.auth.file_backend import FileBackend
     from broker.auth.password_file import PasswordFileError
 
+    control.allow_anonymous = config.allow_anonymous
+    control.clientid_prefix_username = config.clientid_prefix_username
     try:
+        if isinstance(control.backend, FileBackend):
+            control.backend.use_files(config.password_file or None, config.acl_file or None)
         described = control.reload()
     except (PasswordFileError, AclFileError) as exc:
         log.error("%s; not reloaded, the previous password and ACL files stay in force", exc)
         return
     log.info("authentication reloaded: %s", described)
 
+
+
+def check_auth_files(config: Config, problems: list[str], warnings: list[str]) -> None:
+    """For ``--check-config``: the password and ACL files parse, and no one else can read the passwords."""
+    import os
+    import stat
+
+    from broker.auth.acl import AclFileError, parse_acl
+    from broker.auth.password_file import PasswordFileError
+    from broker.auth.password_file import load as load_passwords
+
+    if config.password_file:
+        try:
+            load_passwords(config.password_file)
+        except PasswordFileError as exc:
+            problems.append(f"[auth] password_file: {exc}")
+        else:
+            mode = stat.S_IMODE(os.stat(config.password_file).st_mode)
+            if mode & 0o077:
+                warnings.append(
+                    f"[auth] password_file {config.password_file} has mode {mode:04o}: other users can read "
+                    "the hashes (chmod 600; python -m broker passwd writes 0600)"
+                )
+    if config.acl_file:
+        try:
+            parse_acl(config.acl_file)
+        except AclFileError as exc:
+            problems.append(f"[auth] acl_file: {exc}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from broker.auth.password_file import read_lines
+from broker.auth.password_file import PasswordFileError, read_lines
 from broker.protocol.topics import SHARE_PREFIX, is_valid_topic_filter, topic_matches
 
 DENY = 0
@@ -106,7 +106,11 @@ def parse_acl(path: str) -> Acl:
     """Read an ACL file, or raise AclFileError naming the file and line."""
     acl = Acl()
     current: list[Rule] = acl.anonymous
-    for number, raw in enumerate(read_lines(path), start=1):
+    try:
+        lines = read_lines(path)
+    except PasswordFileError as exc:  # (the shared reader's error: cannot read, not UTF-8)
+        raise AclFileError(str(exc)) from None
+    for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

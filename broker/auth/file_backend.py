@@ -86,6 +86,19 @@ class FileBackend:
         self._load()
         return self.describe()
 
+    def use_files(self, password_file: str | None, acl_file: str | None) -> None:
+        """Switch to other files (the configuration changed on SIGHUP); a bad one changes nothing."""
+        if (password_file, acl_file) == (self.password_file, self.acl_file):
+            return
+        previous = (self.password_file, self.acl_file)
+        self.password_file, self.acl_file = password_file, acl_file
+        try:
+            self._load()
+        except BaseException:
+            self.password_file, self.acl_file = previous
+            raise
+        self.warm_up()
+
     def describe(self) -> str:
         parts = []
         if self._users is not None:

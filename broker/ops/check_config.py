@@ -158,18 +158,11 @@ def check_listener_tls(config: Config, report: Report) -> None:
                                    f" {tls.not_before:%Y-%m-%d %H:%M} UTC (is the clock right?)")
 
 
-def check_auth_files(config: Config, report: Report) -> None:
+def check_auth(config: Config, report: Report) -> None:
     """The password and ACL files, parsed by the auth backend's own readers (file:line errors)."""
-    if config.password_file:
-        try:
-            password_file.load(config.password_file)
-        except password_file.PasswordFileError as exc:
-            report.problems.append(f"[auth] password_file: {exc}")
-    if config.acl_file:
-        try:
-            acl.parse_acl(config.acl_file)
-        except (acl.AclFileError, password_file.PasswordFileError) as exc:  # the latter: cannot read it
-            report.problems.append(f"[auth] acl_file: {exc}")
+    from broker.auth import check_auth_files
+
+    check_auth_files(config, report.problems, report.warnings)
 
 
 def check_bridge_tls(config: Config, report: Report) -> None:
@@ -194,7 +187,7 @@ def check_bridge_tls(config: Config, report: Report) -> None:
             _expiry(f"{name}: certfile {bridge.certfile}", certificate.not_valid_after_utc, now, report)
 
 
-CHECKS: list[Check] = [check_data_dir, check_listeners, check_listener_tls, check_auth_files, check_bridge_tls]
+CHECKS: list[Check] = [check_data_dir, check_listeners, check_listener_tls, check_auth, check_bridge_tls]
 
 
 def check(config: Config) -> Report:

@@ -8,8 +8,8 @@ import signal
 import time
 from collections.abc import Callable
 
-from broker.bridge.bridge import Bridge, warn_about_orphans
 from broker.auth import AuthConfigError, access_control_from_config, reload_access_control
+from broker.bridge.bridge import Bridge, warn_about_orphans
 from broker.config import Config
 from broker.core.engine import Engine
 from broker.ops.runtime import Service
@@ -64,7 +64,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
     engine = Engine(config, storage)
     admission = Admission(config)
     engine.auth = access
-    reloaders: list[Reloader] = [lambda _config: reload_access_control(engine.auth)]  # AUTH
+    reloaders: list[Reloader] = []
     engine.on_failure = stop.set
     await engine.start()
     try:  # before the "listening on" lines: a reload from then on must not kill the broker
@@ -81,7 +81,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
         log.error("cannot listen on %s:%d for metrics: %s", config.metrics_bind, config.metrics_port, exc)
         await service.close()
         await engine.shutdown()
+        access.close()
         return 1
+    # AUTH: after the configuration's own reloader (service.start), so a changed [auth] applies.
+    reloaders.append(lambda running: reload_access_control(engine.auth, running))
     try:
         await listeners.start()
     except ListenerError as exc:

@@ -148,3 +148,8 @@ def test_the_gateway_example_acl_parses_and_means_what_it_says() -> None:
     dashboard = acl.rules_for("dashboard", "dashboard-ui")
     assert may_subscribe(dashboard, "site/#") and may_access(dashboard, WRITE, "site/sensor-01/cmd/led")
     assert not may_access(dashboard, WRITE, "site/sensor-01/state/temp")
+
+
+def test_missing_acl_file_is_an_acl_error(tmp_path: Path) -> None:
+    with pytest.raises(AclFileError, match=r"acl: cannot read"):
+        parse_acl(str(tmp_path / "acl"))

@@ -553,3 +553,20 @@ def test_edge_client_logs_in_with_user_and_password(secured, runtime: str) -> No
     assert lines[:3] == ["CONNECTED", "SUBACK 1", "SUBACK-OTHER 128"], lines
     assert f"GOT devices/node-{runtime}/cmd ping" in lines
     assert run("wrong") == ["REFUSED 4"]
+
+
+def test_sighup_applies_a_changed_auth_section(secured, tmp_path: Path) -> None:
+    """The [auth] keys of the configuration file are reloaded too: another ACL file, allow_anonymous."""
+    broker = secured()
+    raw(broker, None, "anon-before", 4).close()
+    (tmp_path / "acl2").write_text(ACL.replace("topic read home/+/temperature", "topic read home/#"))
+    config_path = Path(broker.cwd) / "broker.toml"
+    text = config_path.read_text().replace(f'acl_file = "{tmp_path / "acl"}"', f'acl_file = "{tmp_path / "acl2"}"')
+    config_path.write_text(text.replace("[auth]\n", "[auth]\nallow_anonymous = false\n", 1))
+    os.kill(broker.pid, signal.SIGHUP)
+    broker.wait_for_log("authentication reloaded")
+    with RawClient(broker.host, broker.port, 4) as client:
+        assert client.connect("anon-after").reason_code == 5
+    bob = raw(broker, "bob", "bob-acl2")
+    assert bob.subscribe([("home/+/humidity", 0)]).reason_codes == [0]
+    bob.close()

@@ -88,3 +88,27 @@ def test_adding_to_a_mosquitto_file_keeps_its_entries(tmp_path: Path) -> None:
     assert passwd("-b", str(path), "newcomer", "new-pw").returncode == 0
     assert path.read_text().splitlines()[0] == legacy_line
     assert check(path, "legacy", "old-pw") and check(path, "newcomer", "new-pw")
+
+
+def test_check_config_reads_the_password_and_acl_files(tmp_path: Path) -> None:
+    """python -m broker --check-config: a bad ACL line is a problem, a readable password file a warning."""
+    passwords = tmp_path / "passwords"
+    passwords.write_text(f"alice:{hashing.create(b'x', hashing.PBKDF2_SHA512)}\n")
+    passwords.chmod(0o644)
+    (tmp_path / "acl").write_text("user alice\ntopic read a/#/b\n")
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[storage]\nbackend = "memory"\n[auth]\npassword_file = "{passwords}"\nacl_file = "{tmp_path / "acl"}"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "--check-config", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2
+    assert f"[auth] acl_file: {tmp_path / 'acl'}:2: 'a/#/b' is not a valid topic filter" in done.stderr
+    assert "has mode 0644: other users can read the hashes" in done.stderr
+    (tmp_path / "acl").write_text("user alice\ntopic read a/#\n")
+    passwords.chmod(0o600)
+    done = subprocess.run(
+        [sys.executable, "-m", "broker", "--check-config", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr

@@ -61,6 +61,7 @@ def _write_certificate(pki: PKI, path: Path, days_left: float) -> None:
 def test_good_files_pass(pki: PKI, tmp_path: Path) -> None:
     passwords = tmp_path / "passwords"
     passwords.write_text(f"device-1:{hashing.create(b'secret')}\n")
+    passwords.chmod(0o600)  # as python -m broker passwd writes it (0644 is warned about)
     acl = tmp_path / "acl"
     acl.write_text("user device-1\ntopic readwrite site/#\n")
     crl = tmp_path / "crl.pem"
