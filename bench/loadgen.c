@@ -11,7 +11,7 @@
  * Modes (output: one JSON object on stdout; diagnostics on stderr):
  *   loadgen run  --port P [--publishers N] [--subscribers M] [--qos 0|1|2]
  *                [--filter wildcard|exact] [--payload BYTES] [--warmup S]
- *                [--duration S] [--window N] [--transit N] [--rate MSG_PER_S]
+ *                [--duration S] [--window N] [--transit N (0: no limit)] [--rate MSG_PER_S]
  *                [--persistent 0|1] [--broker-pid PID] [--tag STR]
  *                [--drain-timeout S] [--drain-idle S]
  *   loadgen idle --port P --connections N [--concurrency C] [--tag STR]
@@ -681,7 +681,7 @@ static int64_t window_blocked_since;
 static int pump_publishers(int64_t now, int generating, int64_t t0) {
     int more = 0;
     int64_t transit_budget = INT64_MAX;
-    if (generating) {
+    if (generating && O.transit > 0) { /* --transit 0: free-running publishers */
         /* End-to-end flow control: brokers queue (and may drop past a limit) what a subscriber
            cannot take yet, so publishers wait while too much is in transit. */
         uint64_t gen = total_generated(), rec = min_sub_received() + presumed_dropped;

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from broker.config import Config
+from broker.core.flow import FlowControl
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.sessions import SessionLifecycle
@@ -35,6 +36,9 @@ class ClientConnection(Protocol):
     def check_keepalive(self, now: float) -> None: ...
 
     def shutdown(self) -> None: ...
+
+    def buffered_bytes(self) -> int:
+        """Bytes held for this client: unsent output and PUBLISHes waiting to be handled."""
 
 log = logging.getLogger("broker")
 
@@ -56,8 +60,10 @@ class Engine:
         self.tree: SubscriptionTree[Subscription] = SubscriptionTree()
         self.retained = RetainedStore()
         self.connections: set[ClientConnection] = set()
-        self.dropped_messages = 0
+        self.dropped_messages = 0  # every message dropped, whatever the reason
+        self.drops: dict[str, int] = {}  # by reason (see ``drop``)
         self.stats = Stats()
+        self.flow = FlowControl(config, self.held_bytes)
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}
         self.failure: BaseException | None = None
@@ -88,6 +94,31 @@ class Engine:
         await self.storage.close()  # commits everything buffered
         if self._next_commit is not None and not self._next_commit.done():
             self._next_commit.set_result(None)
+
+    # ---- drops and memory -----------------------------------------------------------
+    def drop(self, reason: str) -> None:
+        """Count one message dropped for one subscriber: "queue_full" (offline session),
+        "stalled" (a subscriber that stopped reading), "too_large" (larger than
+        max_queued_bytes), "slow_consumer" (QoS 0 to a client whose socket buffer is full)."""
+        self.dropped_messages += 1
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def held_bytes(self) -> int:
+        """Bytes of messages held in RAM: queues of online sessions (all of them with the
+        in-memory backend), unsent output, PUBLISHes waiting to be handled."""
+        in_ram = self.config.backend == "memory"
+        total = 0
+        for session in self.sessions.values():
+            if session.connection is None and not in_ram:
+                continue
+            if in_ram or not session.persistent:
+                total += session.queued_bytes
+            else:
+                total += sum(len(entry.message.payload) for entry in session.pending)
+            total += sum(len(entry.message.payload) for entry in session.inflight.values())
+        for conn in self.connections:
+            total += conn.buffered_bytes()
+        return total
 
     # ---- subscriptions --------------------------------------------------------------
     def add_subscription(
@@ -232,6 +263,8 @@ class Engine:
         monotonic = time.monotonic()
         for conn in list(self.connections):
             conn.check_keepalive(monotonic)
+        self.flow.check_stalls(monotonic)
+        self.flow.check_memory()
         self.lifecycle.publish_due_wills(now)
         self.lifecycle.expire(now)
         self.sys_topics.publish(now)

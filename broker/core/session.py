@@ -89,6 +89,9 @@ class Session:
         "io_busy",
         "earliest_expiry",
         "expiry_seen",
+        "acks",
+        "congested",
+        "stalled",
     )
 
     def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
@@ -118,6 +121,11 @@ class Session:
         # Earliest expiry among entries held in storage only (None: none expire; may be early).
         self.earliest_expiry: float | None = None
         self.expiry_seen: float | None = None  # earliest expiry stored while a purge scans
+        # Backpressure (``flow.py``): acknowledgements received (progress), over the high-water
+        # mark with publishers held, and stopped reading (its queue limits drop again).
+        self.acks = 0
+        self.congested = False
+        self.stalled = False
 
     # ---- properties ---------------------------------------------------------
     @property
@@ -151,11 +159,16 @@ class Session:
         size = len(message.payload)
         trim = False
         if self._queue_full(size) and (
+            # Online and reading, the queue is not full: backpressure (``flow.py``) holds the
+            # publishers that feed it, so it overshoots its limit by one message per publisher.
+            conn is None or self.stalled
+        ) and (
             # Beyond the in-flight window the queue is full (an idle window takes it directly).
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
+            reason = "queue_full" if conn is None else "stalled"
             if config.max_queued_bytes and size > config.max_queued_bytes:
-                self.engine.dropped_messages += 1
+                self.engine.drop("too_large")
                 return  # could never fit
             if self.pending:
                 self._drop_expired_pending()
@@ -165,7 +178,7 @@ class Session:
                 # Still full: the oldest are in storage. Take this one and trim exactly there.
                 trim = self._queue_full(size) and self.persistent
             if self._queue_full(size) and not trim:
-                self.engine.dropped_messages += 1
+                self.engine.drop(reason)
                 return
         self.last_seq += 1
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
@@ -193,10 +206,14 @@ class Session:
                     self.earliest_expiry = expires_at
                 if self.expiry_seen is None or expires_at < self.expiry_seen:
                     self.expiry_seen = expires_at
-            return
-        self.pending.append(entry)
-        if not self.loading:
-            self.pump()
+        else:
+            self.pending.append(entry)
+            if not self.loading:
+                self.pump()
+        if conn is not None and not self.stalled:
+            flow = self.engine.flow
+            if flow.over_high_water(self):
+                flow.queue_grew(self)
 
     def pump(self) -> None:
         """Send queued entries while the client's receive window has room."""
@@ -207,6 +224,8 @@ class Session:
         if not pending:
             if self.backlog and not self.io_busy:
                 self.start_refill()
+            if self.congested and self.engine.flow.under_low_water(self):
+                self.engine.flow.queue_drained(self)
             return
         inflight = self.inflight
         quota = conn.send_quota
@@ -240,6 +259,8 @@ class Session:
             inflight[packet_id] = entry
         if self.backlog and not self.io_busy and len(pending) < self.engine.queue_page // 2:
             self.start_refill()
+        if self.congested and self.engine.flow.under_low_water(self):
+            self.engine.flow.queue_drained(self)
 
     def _queue_full(self, size: int) -> bool:
         config = self.engine.config
@@ -260,7 +281,7 @@ class Session:
         self.queued_count -= 1
         self.queued_bytes -= len(entry.message.payload)
         self._forget(entry)
-        self.engine.dropped_messages += 1
+        self.engine.drop("queue_full" if self.connection is None else "stalled")
 
     def _drop_expired_pending(self) -> None:
         now = time.time()
@@ -294,6 +315,9 @@ class Session:
             return
         del self.inflight[packet_id]
         self._forget(entry)
+        self.acks += 1
+        if self.stalled:
+            self.stalled = False  # reading again: backpressure instead of drops
         self.pump()
 
     def on_pubrec(self, packet_id: int, reason_code: int) -> bool:
@@ -307,6 +331,8 @@ class Session:
             self._forget(entry)
             self.pump()
             return True
+        self.acks += 1
+        self.stalled = False
         if entry.state != RELEASED:
             entry.state = RELEASED
             if self.persistent:
@@ -324,6 +350,8 @@ class Session:
             return
         del self.inflight[packet_id]
         self._forget(entry)
+        self.acks += 1
+        self.stalled = False
         self.pump()
 
     # ---- connection life cycle ---------------------------------------------------
@@ -337,6 +365,9 @@ class Session:
         self.connection = None
         self.loading = False
         self.disconnected_at = time.time()
+        self.stalled = False
+        if self.congested:
+            self.engine.flow.queue_drained(self)  # offline: its queue limits apply again
         if self.persistent:
             # Every entry is mirrored in storage; RAM copies are dropped. Counters stay:
             # in-flight entries count as queued again, since they will be resent.
@@ -391,7 +422,11 @@ class Session:
                 self.io_busy = False  # (attach() hands the flag to a new connection's reader)
         if self.connection is not conn:
             return
-        if self.engine.config.queue_full_policy == "drop_oldest" and self._over_limits():
+        if (
+            self.engine.config.queue_full_policy == "drop_oldest"
+            and (self.connection is None or self.stalled)  # online and reading: backpressure instead
+            and self._over_limits()
+        ):
             # A trim was refused or cut short while this reader ran: the oldest may be in RAM now.
             while self.pending and self._over_limits():
                 self._drop_pending_head()
@@ -418,7 +453,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 storage.delete_entry(self.client_id, entry.seq)
-                self.engine.dropped_messages += 1
+                self.engine.drop("queue_full" if self.connection is None else "stalled")
 
     async def purge_expired(self) -> None:
         """Delete stored entries whose message expired (they must not take queue room)."""

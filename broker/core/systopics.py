@@ -44,6 +44,8 @@ class SysTopics:
             "$SYS/broker/publish/messages/sent": str(stats.publish_sent),
             "$SYS/broker/publish/messages/dropped": str(engine.dropped_messages),
         }
+        for reason, count in engine.drops.items():
+            values[f"$SYS/broker/publish/messages/dropped/{reason}"] = str(count)
         for source in self.sources:
             values.update(source())
         return values

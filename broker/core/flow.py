@@ -1,0 +1,224 @@
+"""Backpressure: read no faster from publishers than subscribers take, within a memory budget.
+
+Why: acknowledging a QoS 1 message and then dropping it because a subscriber's queue
+overflowed loses an acknowledged message (issue 13). Instead, when an online session's
+queue passes its high-water mark (3/4 of ``max_queued_messages`` / ``max_queued_bytes``),
+the connections whose PUBLISHes fed it are *held*: their further PUBLISH packets wait,
+unhandled and unacknowledged, until the queue is back under the low-water mark (1/2).
+A QoS 1/2 publisher then stops by itself once its in-flight window is full (for MQTT 5:
+the Receive Maximum we advertise); any other one is stopped by pausing its socket once
+its waiting packets pass ``HELD_BYTES_LIMIT``. Acknowledgements and PINGREQ from a held
+connection are still handled, so a client that publishes and subscribes is never stuck
+behind itself. Only publishers that feed a slow queue wait; the others are not touched.
+
+A subscriber that acknowledges nothing for ``stalled_subscriber_timeout`` seconds while
+its publishers wait has stopped reading: they are let go, and its queue limits drop what
+does not fit, counted by reason (``Engine.drop``).
+
+The memory budget (``max_memory``) holds every publisher while the resident size is near
+it, and lets them go once the broker has room again: the resident size fell, or the
+messages it held (queues, socket buffers) shrank by the margin, so the freed memory can be
+reused without growing the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from broker.config import AUTO_MEMORY, Config
+
+if TYPE_CHECKING:
+    from broker.core.session import Session
+
+log = logging.getLogger("broker")
+
+# Backpressure marks when the queue has no count limit (max_queued_messages = 0).
+DEFAULT_QUEUE_MARK = 1000
+# Bytes of PUBLISH packets a held connection may have waiting before its socket is paused.
+HELD_BYTES_LIMIT = 64 * 1024
+# Without /proc/meminfo, the "auto" budget.
+FALLBACK_MEMORY = 256 * 1024 * 1024
+# Input bytes between two looks at the resident size (and at every housekeeping tick).
+MEMORY_CHECK_BYTES = 256 * 1024
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class Feeder(Protocol):
+    """A connection whose PUBLISHes can be held back (``core/connection.py``)."""
+
+    def hold(self, session: Session) -> None:
+        """Handle no more PUBLISH until ``release(session)``."""
+
+    def release(self, session: Session) -> None: ...
+
+    def wake(self) -> None:
+        """The memory budget has room again."""
+
+
+def machine_memory() -> int:
+    """MemTotal from /proc/meminfo in bytes, or 0 when it cannot be read."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def memory_budget(config: Config) -> int:
+    """The budget in bytes (0 = none): ``max_memory``, or a quarter of the machine's RAM."""
+    if config.max_memory != AUTO_MEMORY:
+        return config.max_memory
+    total = machine_memory()
+    return total // 4 if total else FALLBACK_MEMORY
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (0 when /proc is not there)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Congestion:
+    """A session over its high-water mark and the feeders waiting for it to drain."""
+
+    __slots__ = ("feeders", "acks", "since")
+
+    def __init__(self, acks: int, since: float) -> None:
+        self.feeders: set[Feeder] = set()
+        self.acks = acks  # the session's acknowledgement count when last seen
+        self.since = since  # monotonic time of the last acknowledgement seen
+
+
+class FlowControl:
+    __slots__ = (
+        "high_messages",
+        "low_messages",
+        "high_bytes",
+        "low_bytes",
+        "stall_timeout",
+        "feeder",
+        "congested",
+        "budget",
+        "pause_at",
+        "resume_at",
+        "margin",
+        "memory_full",
+        "held_at_pause",
+        "waiting",
+        "bytes_in",
+        "next_check",
+        "held_bytes",
+        "read_resident",
+    )
+
+    def __init__(self, config: Config, held_bytes: Callable[[], int]) -> None:
+        limit = config.max_queued_messages or DEFAULT_QUEUE_MARK
+        self.high_messages = max(1, limit * 3 // 4)
+        self.low_messages = limit // 2
+        no_limit = 1 << 62
+        self.high_bytes = config.max_queued_bytes * 3 // 4 if config.max_queued_bytes else no_limit
+        self.low_bytes = config.max_queued_bytes // 2 if config.max_queued_bytes else no_limit
+        self.stall_timeout = config.stalled_subscriber_timeout
+        # The connection whose PUBLISH is being routed (set by the PUBLISH handler).
+        self.feeder: Feeder | None = None
+        self.congested: dict[Session, Congestion] = {}
+        # ---- memory budget
+        self.budget = memory_budget(config)
+        self.margin = self.budget // 8
+        self.pause_at = self.budget - self.margin
+        self.resume_at = self.budget - 2 * self.margin
+        self.memory_full = False
+        self.held_at_pause = 0
+        self.waiting: set[Feeder] = set()  # connections with PUBLISHes waiting
+        self.bytes_in = 0
+        self.next_check = MEMORY_CHECK_BYTES
+        self.held_bytes = held_bytes  # bytes of messages the broker holds in RAM now
+        self.read_resident = resident_bytes
+
+    # ---- queues --------------------------------------------------------------------------
+    def over_high_water(self, session: Session) -> bool:
+        return session.queued_count >= self.high_messages or session.queued_bytes >= self.high_bytes
+
+    def under_low_water(self, session: Session) -> bool:
+        return session.queued_count <= self.low_messages and session.queued_bytes <= self.low_bytes
+
+    def queue_grew(self, session: Session) -> None:
+        """``session`` (online, not stalled) is over its high-water mark: hold who fed it."""
+        feeder = self.feeder
+        if feeder is None or feeder is session.connection:
+            return  # a client is never held back by its own queue (it could not acknowledge)
+        congestion = self.congested.get(session)
+        if congestion is None:
+            congestion = self.congested[session] = Congestion(session.acks, time.monotonic())
+            session.congested = True
+        if feeder not in congestion.feeders:
+            congestion.feeders.add(feeder)
+            feeder.hold(session)
+
+    def queue_drained(self, session: Session) -> None:
+        """``session`` is back under its low-water mark, stalled or offline: let its feeders go."""
+        session.congested = False
+        congestion = self.congested.pop(session, None)
+        if congestion is not None:
+            for feeder in congestion.feeders:
+                feeder.release(session)
+
+    def forget(self, feeder: Feeder, sessions: set[Session]) -> None:
+        """A held connection closed."""
+        self.waiting.discard(feeder)
+        for session in sessions:
+            congestion = self.congested.get(session)
+            if congestion is not None:
+                congestion.feeders.discard(feeder)
+
+    def check_stalls(self, now: float) -> None:
+        """Housekeeping: a congested session that acknowledged nothing for the timeout stalls."""
+        for session, congestion in list(self.congested.items()):
+            if session.acks != congestion.acks:
+                congestion.acks = session.acks
+                congestion.since = now
+            elif now - congestion.since >= self.stall_timeout:
+                log.warning(
+                    "Outgoing messages are being dropped for client %s: it acknowledged nothing for %d s "
+                    "with %d messages queued; its publishers are no longer held back.",
+                    session.client_id, self.stall_timeout, session.queued_count,
+                )
+                session.stalled = True
+                self.queue_drained(session)
+
+    # ---- memory budget ---------------------------------------------------------------------
+    def input_received(self, size: int) -> None:
+        """Count input bytes; look at the resident size every ``MEMORY_CHECK_BYTES``."""
+        self.bytes_in += size
+        if self.bytes_in >= self.next_check:
+            self.check_memory()
+
+    def check_memory(self) -> None:
+        self.next_check = self.bytes_in + MEMORY_CHECK_BYTES
+        if not self.budget:
+            return
+        resident = self.read_resident()
+        if self.memory_full:
+            if resident < self.resume_at or self.held_bytes() <= self.held_at_pause - self.margin:
+                self.memory_full = False
+                log.info("memory budget: room again (resident %d MiB), reading publishers", resident >> 20)
+                for feeder in list(self.waiting):
+                    feeder.wake()
+        elif resident >= self.pause_at:
+            self.memory_full = True
+            self.held_at_pause = self.held_bytes()
+            log.warning(
+                "memory budget: resident %d MiB of max_memory %d MiB; publishers are not read until there is room",
+                resident >> 20, self.budget >> 20,
+            )
