@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from broker.config import Config
-from broker.core.flow import FlowControl
+from broker.core.flow import ENTRY_OVERHEAD, FlowControl
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.sessions import SessionLifecycle
@@ -104,18 +104,24 @@ class Engine:
         self.drops[reason] = self.drops.get(reason, 0) + 1
 
     def held_bytes(self) -> int:
-        """Bytes of messages held in RAM: queues of online sessions (all of them with the
-        in-memory backend), unsent output, PUBLISHes waiting to be handled."""
+        """Bytes of messages held in RAM (each message once, however many queues hold it):
+        queues of online sessions (of all sessions with the in-memory backend), unsent
+        output, PUBLISHes waiting to be handled. For the memory budget (``flow.py``)."""
         in_ram = self.config.backend == "memory"
+        seen: set[int] = set()
         total = 0
         for session in self.sessions.values():
-            if session.connection is None and not in_ram:
+            if session.connection is None:
+                if in_ram:
+                    total += session.queued_bytes + session.queued_count * ENTRY_OVERHEAD
                 continue
-            if in_ram or not session.persistent:
-                total += session.queued_bytes
-            else:
-                total += sum(len(entry.message.payload) for entry in session.pending)
-            total += sum(len(entry.message.payload) for entry in session.inflight.values())
+            for entries in (session.pending, session.inflight.values()):
+                for entry in entries:
+                    total += ENTRY_OVERHEAD
+                    message = entry.message
+                    if id(message) not in seen:
+                        seen.add(id(message))
+                        total += len(message.payload)
         for conn in self.connections:
             total += conn.buffered_bytes()
         return total
@@ -264,7 +270,7 @@ class Engine:
         for conn in list(self.connections):
             conn.check_keepalive(monotonic)
         self.flow.check_stalls(monotonic)
-        self.flow.check_memory()
+        self.flow.check_memory(tick=True)
         self.lifecycle.publish_due_wills(now)
         self.lifecycle.expire(now)
         self.sys_topics.publish(now)

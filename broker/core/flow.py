@@ -15,10 +15,8 @@ A subscriber that acknowledges nothing for ``stalled_subscriber_timeout`` second
 its publishers wait has stopped reading: they are let go, and its queue limits drop what
 does not fit, counted by reason (``Engine.drop``).
 
-The memory budget (``max_memory``) holds every publisher while the resident size is near
-it, and lets them go once the broker has room again: the resident size fell, or the
-messages it held (queues, socket buffers) shrank by the margin, so the freed memory can be
-reused without growing the process.
+The memory budget (``max_memory``) holds every publisher while the memory in use is
+near it (within 1/8), and lets them go once it is 1/4 under (see ``check_memory``).
 """
 
 from __future__ import annotations
@@ -44,6 +42,10 @@ HELD_BYTES_LIMIT = 64 * 1024
 FALLBACK_MEMORY = 256 * 1024 * 1024
 # Input bytes between two looks at the resident size (and at every housekeeping tick).
 MEMORY_CHECK_BYTES = 256 * 1024
+# Seconds between two counts of the bytes held (over the mark, not paused).
+HELD_CHECK_INTERVAL = 0.02
+# What one queue entry costs in RAM besides its payload (entry, message, list slots).
+ENTRY_OVERHEAD = 200
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -114,12 +116,13 @@ class FlowControl:
         "resume_at",
         "margin",
         "memory_full",
-        "held_at_pause",
         "waiting",
         "bytes_in",
         "next_check",
         "held_bytes",
         "read_resident",
+        "floor",
+        "next_held_check",
     )
 
     def __init__(self, config: Config, held_bytes: Callable[[], int]) -> None:
@@ -139,12 +142,13 @@ class FlowControl:
         self.pause_at = self.budget - self.margin
         self.resume_at = self.budget - 2 * self.margin
         self.memory_full = False
-        self.held_at_pause = 0
         self.waiting: set[Feeder] = set()  # connections with PUBLISHes waiting
         self.bytes_in = 0
         self.next_check = MEMORY_CHECK_BYTES
         self.held_bytes = held_bytes  # bytes of messages the broker holds in RAM now
         self.read_resident = resident_bytes
+        self.floor = self.read_resident()  # what the broker takes without messages (see below)
+        self.next_held_check = 0.0
 
     # ---- queues --------------------------------------------------------------------------
     def over_high_water(self, session: Session) -> bool:
@@ -198,27 +202,48 @@ class FlowControl:
                 self.queue_drained(session)
 
     # ---- memory budget ---------------------------------------------------------------------
+    # The resident size alone cannot say when there is room again: memory the broker freed
+    # stays in the process for reuse. So the budget looks at ``floor + held``: ``held`` is
+    # what messages take now (queues, socket buffers, waiting PUBLISHes), ``floor`` the rest
+    # (code, connections), taken as resident minus held whenever the broker is under the mark.
     def input_received(self, size: int) -> None:
         """Count input bytes; look at the resident size every ``MEMORY_CHECK_BYTES``."""
         self.bytes_in += size
         if self.bytes_in >= self.next_check:
             self.check_memory()
 
-    def check_memory(self) -> None:
+    def in_use(self, resident: int) -> int:
+        """The resident size the broker needs: at most resident, at most floor + held."""
+        held = self.held_bytes()
+        if resident - held < self.floor:
+            self.floor = resident - held
+        return min(resident, self.floor + held)
+
+    def check_memory(self, tick: bool = False) -> None:
         self.next_check = self.bytes_in + MEMORY_CHECK_BYTES
         if not self.budget:
             return
         resident = self.read_resident()
         if self.memory_full:
-            if resident < self.resume_at or self.held_bytes() <= self.held_at_pause - self.margin:
+            used = self.in_use(resident)
+            if used < self.resume_at:
                 self.memory_full = False
-                log.info("memory budget: room again (resident %d MiB), reading publishers", resident >> 20)
+                log.info("memory budget: room again (%d MiB in use), reading publishers", used >> 20)
                 for feeder in list(self.waiting):
                     feeder.wake()
-        elif resident >= self.pause_at:
+            return
+        if resident < self.pause_at:
+            if tick:
+                self.floor = resident - self.held_bytes()  # a fresh picture, under the mark
+            return
+        now = time.monotonic()
+        if now < self.next_held_check:
+            return  # looked a moment ago: resident is high with memory freed for reuse
+        self.next_held_check = now + HELD_CHECK_INTERVAL
+        used = self.in_use(resident)
+        if used >= self.pause_at:
             self.memory_full = True
-            self.held_at_pause = self.held_bytes()
             log.warning(
-                "memory budget: resident %d MiB of max_memory %d MiB; publishers are not read until there is room",
-                resident >> 20, self.budget >> 20,
+                "memory budget: %d MiB in use of max_memory %d MiB; publishers are not read until there is room",
+                used >> 20, self.budget >> 20,
             )
