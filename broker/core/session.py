@@ -424,7 +424,9 @@ class Session:
             return
         if (
             self.engine.config.queue_full_policy == "drop_oldest"
-            and (self.connection is None or self.stalled)  # online and reading: backpressure instead
+            # Online and reading, backpressure bounds the queue; what was over the limits while
+            # offline is trimmed once the first page of a resumed session is read (loading).
+            and (self.connection is None or self.stalled or self.loading)
             and self._over_limits()
         ):
             # A trim was refused or cut short while this reader ran: the oldest may be in RAM now.
