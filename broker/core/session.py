@@ -92,6 +92,7 @@ class Session:
         "acks",
         "congested",
         "stalled",
+        "pending_expiry",
     )
 
     def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
@@ -126,6 +127,8 @@ class Session:
         self.acks = 0
         self.congested = False
         self.stalled = False
+        # No entry in ``pending`` expires before this (None: none expires); may be early.
+        self.pending_expiry: float | None = None
 
     # ---- properties ---------------------------------------------------------
     @property
@@ -208,7 +211,10 @@ class Session:
                     self.expiry_seen = expires_at
         else:
             self.pending.append(entry)
-            if not self.loading:
+            if message.expires_at is not None:
+                self._note_pending_expiry(message.expires_at)
+            # (A full window is refilled by the acknowledgements: no pump call per message.)
+            if not self.loading and len(self.inflight) < conn.send_quota:
                 self.pump()
         if conn is not None and not self.stalled:
             flow = self.engine.flow
@@ -283,8 +289,17 @@ class Session:
         self._forget(entry)
         self.engine.drop("queue_full" if self.connection is None else "stalled")
 
+    def _note_pending_expiry(self, expires_at: float) -> None:
+        if self.pending_expiry is None or expires_at < self.pending_expiry:
+            self.pending_expiry = expires_at
+
     def _drop_expired_pending(self) -> None:
+        """Remove expired entries from RAM; a scan only when one can have expired (a full
+        queue calls this for every arriving message)."""
         now = time.time()
+        if self.pending_expiry is None or self.pending_expiry > now:
+            return
+        self.pending_expiry = None
         kept: deque[QueueEntry] = deque()
         for entry in self.pending:
             expires_at = entry.message.expires_at
@@ -294,6 +309,8 @@ class Session:
                 self._forget(entry)
             else:
                 kept.append(entry)
+                if expires_at is not None:
+                    self._note_pending_expiry(expires_at)
         self.pending = kept
 
     def _forget(self, entry: QueueEntry) -> None:
@@ -501,6 +518,8 @@ class Session:
                     self.read_after = entry.seq
                 if entry.state == QUEUED:
                     self.pending.append(entry)
+                    if entry.message.expires_at is not None:
+                        self._note_pending_expiry(entry.message.expires_at)
                 else:
                     resend.append(entry)
             if resend:
