@@ -521,6 +521,12 @@ static void note_error(const char *fmt, ...) {
     }
 }
 
+static uint32_t *seq_at_warm, *seq_at_end; /* per publisher, at the window's snapshots */
+
+static void note_publisher_seqs(uint32_t *into) {
+    for (int i = 0; i < O.publishers; i++) into[i] = pubs[i].seq;
+}
+
 static void epoll_set(conn_t *c) {
     struct epoll_event ev = {.events = (c->read_off ? 0 : EPOLLIN) | (c->write_armed ? EPOLLOUT : 0), .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
@@ -829,6 +835,8 @@ static void run_mode(void) {
         latencies = xrealloc(NULL, cap_lat * sizeof(int64_t));
     }
     pubs = xcalloc((size_t)O.publishers, sizeof(conn_t));
+    seq_at_warm = xcalloc((size_t)O.publishers, sizeof(uint32_t));
+    seq_at_end = xcalloc((size_t)O.publishers, sizeof(uint32_t));
     subs = xcalloc((size_t)O.subscribers, sizeof(conn_t));
     epfd = epoll_create1(0);
     char id[256], topic[200], filter[200];
@@ -906,10 +914,16 @@ static void run_mode(void) {
     uint64_t reconnects = 0, missing_before_reconnect = 0;
     while (1) {
         int64_t now = mono_ns();
-        if (phase == 0 && now >= t_warm_ns) { s_warm = take_snapshot(); phase = 1; in_window = 1; }
+        if (phase == 0 && now >= t_warm_ns) {
+            s_warm = take_snapshot();
+            note_publisher_seqs(seq_at_warm);
+            phase = 1;
+            in_window = 1;
+        }
         if (phase == 1 && O.messages && total_generated() >= O.messages) t_end_ns = now;
         if (phase == 1 && now >= t_end_ns) {
             s_end = take_snapshot();
+            note_publisher_seqs(seq_at_end);
             phase = 2;
             in_window = 0;
             drain_start = now;
@@ -1069,6 +1083,8 @@ static void run_mode(void) {
            nlat ? latencies[nlat - 1] / 1000.0 : -1.0);
     printf(" \"per_publisher\": [");
     for (int i = 0; i < O.publishers; i++) printf("%s%" PRIu32, i ? ", " : "", pubs[i].seq);
+    printf("], \"per_publisher_window\": [");
+    for (int i = 0; i < O.publishers; i++) printf("%s%" PRIu32, i ? ", " : "", seq_at_end[i] - seq_at_warm[i]);
     printf("], \"per_subscriber\": [");
     for (int j = 0; j < O.subscribers; j++) printf("%s%" PRIu64, j ? ", " : "", subs[j].distinct);
     printf("], \"per_subscriber_expected\": [");
