@@ -157,6 +157,11 @@ class FlowControl:
     def under_low_water(self, session: Session) -> bool:
         return session.queued_count <= self.low_messages and session.queued_bytes <= self.low_bytes
 
+    def can_hold(self, session: Session) -> bool:
+        """Whether the message being routed comes from a publisher that ``queue_grew`` holds."""
+        feeder = self.feeder
+        return feeder is not None and feeder is not session.connection
+
     def queue_grew(self, session: Session) -> None:
         """``session`` (online, not stalled) is over its high-water mark: hold who fed it."""
         feeder = self.feeder

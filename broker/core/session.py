@@ -164,12 +164,13 @@ class Session:
         if self._queue_full(size) and (
             # Online and reading, the queue is not full: backpressure (``flow.py``) holds the
             # publishers that feed it, so it overshoots its limit by one message per publisher.
-            conn is None or self.stalled
+            # A message from no publisher that can be held (a will, the client itself) drops.
+            conn is None or self.stalled or not self.engine.flow.can_hold(self)
         ) and (
             # Beyond the in-flight window the queue is full (an idle window takes it directly).
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
-            reason = "queue_full" if conn is None else "stalled"
+            reason = "stalled" if self.stalled else "queue_full"
             if config.max_queued_bytes and size > config.max_queued_bytes:
                 self.engine.drop("too_large")
                 return  # could never fit
@@ -287,7 +288,7 @@ class Session:
         self.queued_count -= 1
         self.queued_bytes -= len(entry.message.payload)
         self._forget(entry)
-        self.engine.drop("queue_full" if self.connection is None else "stalled")
+        self.engine.drop("stalled" if self.stalled else "queue_full")
 
     def _note_pending_expiry(self, expires_at: float) -> None:
         if self.pending_expiry is None or expires_at < self.pending_expiry:
@@ -472,7 +473,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 storage.delete_entry(self.client_id, entry.seq)
-                self.engine.drop("queue_full" if self.connection is None else "stalled")
+                self.engine.drop("stalled" if self.stalled else "queue_full")
 
     async def purge_expired(self) -> None:
         """Delete stored entries whose message expired (they must not take queue room)."""
