@@ -238,8 +238,10 @@ class FlowControl:
                     feeder.wake()
             return
         if resident < self.pause_at:
-            if tick:
-                self.floor = resident - self.held_bytes()  # a fresh picture, under the mark
+            if tick and resident >= self.resume_at:
+                # A fresh picture while near the mark (counting what is held costs a pass over
+                # the sessions and connections: not done while far from the budget).
+                self.floor = resident - self.held_bytes()
             return
         now = time.monotonic()
         if now < self.next_held_check:
