@@ -15,12 +15,13 @@ A subscriber that acknowledges nothing for ``stalled_subscriber_timeout`` second
 its publishers wait has stopped reading: they are let go, and its queue limits drop what
 does not fit, counted by reason (``Engine.drop``).
 
-The memory budget (``max_memory``) holds every publisher while the memory in use is
+The memory budget (``max_memory``) holds every publisher while the resident size is
 near it (within 1/8), and lets them go once it is 1/4 under (see ``check_memory``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -42,8 +43,8 @@ HELD_BYTES_LIMIT = 64 * 1024
 FALLBACK_MEMORY = 256 * 1024 * 1024
 # Input bytes between two looks at the resident size (and at every housekeeping tick).
 MEMORY_CHECK_BYTES = 256 * 1024
-# Seconds between two counts of the bytes held (over the mark, not paused).
-HELD_CHECK_INTERVAL = 0.02
+# Seconds between two heap trims (or, without glibc, counts of the bytes held).
+TRIM_INTERVAL = 0.1
 # What one queue entry costs in RAM besides its payload (entry, message, list slots).
 ENTRY_OVERHEAD = 200
 
@@ -91,6 +92,16 @@ def resident_bytes() -> int:
         return 0
 
 
+def malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (gives free heap pages back to the system), or None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
 class Congestion:
     """A session over its high-water mark and the feeders waiting for it to drain."""
 
@@ -122,7 +133,8 @@ class FlowControl:
         "held_bytes",
         "read_resident",
         "floor",
-        "next_held_check",
+        "next_trim",
+        "trim",
     )
 
     def __init__(self, config: Config, held_bytes: Callable[[], int]) -> None:
@@ -148,7 +160,8 @@ class FlowControl:
         self.held_bytes = held_bytes  # bytes of messages the broker holds in RAM now
         self.read_resident = resident_bytes
         self.floor = self.read_resident()  # what the broker takes without messages (see below)
-        self.next_held_check = 0.0
+        self.next_trim = 0.0
+        self.trim = malloc_trim()
 
     # ---- queues --------------------------------------------------------------------------
     def over_high_water(self, session: Session) -> bool:
@@ -207,10 +220,12 @@ class FlowControl:
                 self.queue_drained(session)
 
     # ---- memory budget ---------------------------------------------------------------------
-    # The resident size alone cannot say when there is room again: memory the broker freed
-    # stays in the process for reuse. So the budget looks at ``floor + held``: ``held`` is
+    # The resident size is what the budget is about, but memory the broker freed stays in the
+    # process (glibc keeps freed heap for reuse), so before holding publishers, and before
+    # deciding there is still no room, the free heap is given back (``malloc_trim``) and the
+    # resident size read again. Without glibc, room is judged by ``floor + held``: ``held`` is
     # what messages take now (queues, socket buffers, waiting PUBLISHes), ``floor`` the rest
-    # (code, connections), taken as resident minus held whenever the broker is under the mark.
+    # (code, connections), taken as resident minus held near the mark.
     def input_received(self, size: int) -> None:
         """Count input bytes; look at the resident size every ``MEMORY_CHECK_BYTES``."""
         self.bytes_in += size
@@ -224,13 +239,26 @@ class FlowControl:
             self.floor = resident - held
         return min(resident, self.floor + held)
 
+    def _trimmed_resident(self, now: float) -> int | None:
+        """Give free heap back to the system (at most every TRIM_INTERVAL) and read again."""
+        if self.trim is None or now < self.next_trim:
+            return None
+        self.next_trim = now + TRIM_INTERVAL
+        self.trim(0)
+        return self.read_resident()
+
     def check_memory(self, tick: bool = False) -> None:
         self.next_check = self.bytes_in + MEMORY_CHECK_BYTES
         if not self.budget:
             return
         resident = self.read_resident()
+        now = time.monotonic()
         if self.memory_full:
-            used = self.in_use(resident)
+            if not tick:
+                return  # room is looked for on the housekeeping ticks
+            if resident >= self.resume_at:
+                resident = self._trimmed_resident(now) or resident
+            used = resident if self.trim is not None else self.in_use(resident)
             if used < self.resume_at:
                 self.memory_full = False
                 log.info("memory budget: room again (%d MiB in use), reading publishers", used >> 20)
@@ -238,19 +266,23 @@ class FlowControl:
                     feeder.wake()
             return
         if resident < self.pause_at:
-            if tick and resident >= self.resume_at:
-                # A fresh picture while near the mark (counting what is held costs a pass over
-                # the sessions and connections: not done while far from the budget).
-                self.floor = resident - self.held_bytes()
+            if tick and resident >= self.resume_at and self.trim is None:
+                self.floor = resident - self.held_bytes()  # a fresh picture, near the mark
             return
-        now = time.monotonic()
-        if now < self.next_held_check:
-            return  # looked a moment ago: resident is high with memory freed for reuse
-        self.next_held_check = now + HELD_CHECK_INTERVAL
-        used = self.in_use(resident)
-        if used >= self.pause_at:
-            self.memory_full = True
-            log.warning(
-                "memory budget: %d MiB in use of max_memory %d MiB; publishers are not read until there is room",
-                used >> 20, self.budget >> 20,
-            )
+        if self.trim is not None:
+            trimmed = self._trimmed_resident(now)
+            if trimmed is not None and trimmed < self.pause_at:
+                return  # it was free memory
+            used = resident if trimmed is None else trimmed
+        else:
+            if now < self.next_trim:
+                return  # counted a moment ago
+            self.next_trim = now + TRIM_INTERVAL
+            used = self.in_use(resident)
+            if used < self.pause_at:
+                return
+        self.memory_full = True
+        log.warning(
+            "memory budget: %d MiB in use of max_memory %d MiB; publishers are not read until there is room",
+            used >> 20, self.budget >> 20,
+        )
