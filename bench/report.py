@@ -35,6 +35,7 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("Fan-out ≥ 10× amqtt", "fanout", "value", ">=", 10.0, "amqtt"),
     # Issue 9 (listeners): TLS at least half as good as mosquitto with the same listener.
     ("TLS QoS 0 fan-in ≥ 0.5× mosquitto", "tls-qos0", "value", ">=", 0.5, "mosquitto"),
+    ("TLS fan-out ≥ 0.5× mosquitto", "tls-fanout", "value", ">=", 0.5, "mosquitto"),
     ("Memory per idle TLS connection ≤ 2× mosquitto's", "tls-memory", "value", "<=", 2.0, "mosquitto"),
     # Issue 13 (overload): publishers that never wait, both brokers with their default queue limits.
     ("QoS 1 fan-in, free-running, clean session ≥ 1.0× mosquitto", "qos1-free", "value", ">=", 1.0, "mosquitto"),

@@ -125,6 +125,8 @@ def scenarios(params: Params) -> dict[str, Scenario]:
         Scenario("latency-qos1", "Latency QoS 1", "latency", qos=1, persistent=True, rate=params.latency_rate),
         Scenario("memory", "Memory per idle connection", "memory"),
         Scenario("tls-qos0", "TLS QoS 0 fan-in", "throughput", qos=0, publishers=p, tls=True),
+        Scenario("tls-fanout", "TLS fan-out", "throughput", qos=0, publishers=1,
+                 subscribers=params.fanout_subscribers, exact_filter=True, tls=True),
         Scenario("tls-memory", "Memory per idle TLS connection", "memory", tls=True),
         # Issue 13: publishers that do not wait for the subscriber.
         Scenario("qos1-free", "QoS 1 fan-in, free-running, clean session", "throughput", qos=1, publishers=p,

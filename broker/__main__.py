@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from broker import __version__
 from broker.config import Config, with_plain_listener
 from broker.config_file import ConfigError, load_config
-from broker.logsetup import setup_logging
+from broker.logsetup import setup_logging, use_priority_prefix
 
 PROG = "edgemq-broker"  # the console script's name
 EXIT_CONFIG_ERROR = 2  # like argparse's usage errors
@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep everything in memory (nothing is persisted; sessions are lost on stop)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages and every packet in and out, as mosquitto -v")
+    parser.add_argument(
+        "--check-config", action="store_true",
+        help="check the configuration and the files it names, list the problems, exit 0 (fine) or 2",
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser
 
@@ -91,6 +95,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one line of help)
     "certs": ("broker.certs.cli", "make a CA, the broker's TLS certificate and device certificates"),
+    "backup": ("broker.ops.backup", "copy the database consistently, also while the broker runs"),
+    "inspect": ("broker.ops.inspect", "sessions, queues, retained messages and database size (read-only)"),
 }
 
 
@@ -108,18 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return run_subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    if args.check_config:
+        from broker.ops.check_config import check_and_report
+
+        return check_and_report(lambda: config_from_args(args), args.config)
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    setup_logging(config.verbose)
+    setup_logging(config.verbose, priority_prefix=use_priority_prefix(config.priority_prefix))
     if args.config:
         log.info("configuration loaded from %s", args.config)
     from broker.server.app import run  # after parsing, so --help works even if the server cannot import
 
     try:
-        return run(config)
+        return run(config, args.config)
     except KeyboardInterrupt:  # Ctrl-C before the server installed its own handler
         return 130
 

@@ -7,6 +7,10 @@ README). The loader lives in ``config_file.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.bridge.config import BridgeConfig
 
 MAX_PACKET_SIZE_LIMIT = 268_435_455  # the largest remaining length MQTT can express (+5)
 AUTO_MEMORY = -1  # [limits] max_memory = "auto": a quarter of the machine's RAM
@@ -36,6 +40,7 @@ class ListenerConfig:
     keyfile: str | None = None
     cafile: str | None = None  # CA certificates that sign client certificates
     capath: str | None = None  # a directory of them (c_rehash layout), instead of or with cafile
+    crlfile: str | None = None  # revoked client certificates (PEM CRL from the CA), re-read on SIGHUP
     require_certificate: bool = False  # mutual TLS: clients without a certificate from the CA are refused
     use_identity_as_username: bool = False  # the client certificate's CN becomes the username
     tls_version: str = "tlsv1.2"  # the minimum version accepted
@@ -71,6 +76,12 @@ class Config:
     # "full": every acknowledged message survives kill -9 and power loss (fsync per group commit);
     # "normal": survives kill -9, a power cut may lose the last commits; "off": no fsync at all.
     sync: str = "full"
+    # Bytes kept free on the data directory's file system: below it, QoS 1/2 messages that
+    # need storage are refused (v5: 0x97) while stored ones are still delivered; 0 = no reserve.
+    min_free_space: int = 0
+    # Seconds without writes after traffic before the database gives freed space back and the
+    # WAL is emptied (once per burst: an idle broker writes nothing); 0 = never.
+    compact_after_idle: int = 30
 
     # [limits]
     max_queued_messages: int = 1000  # per session, QoS 1/2 queued beyond the in-flight window; 0 = no limit
@@ -104,6 +115,18 @@ class Config:
     # [log]
     verbose: bool = False
     log_packets: bool = False  # every packet in and out, as mosquitto -v (also on with verbose)
+    # "<N>" syslog priority prefixes and no timestamps, for the journal: "auto" (when stderr
+    # is systemd's journal stream, JOURNAL_STREAM), "on" or "off".
+    priority_prefix: str = "auto"
+
+    # [metrics] an HTTP listener for Prometheus (/metrics) and health checks (/healthz, /readyz)
+    metrics_enabled: bool = False
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 9883  # 0 = let the OS pick (tests); the chosen port is logged
+
+
+    # [[bridge]] tables (broker/bridge/config.py reads them; not a section of SCHEMA)
+    bridges: list[BridgeConfig] = field(default_factory=list)
 
 
 def listener_settings(config: Config) -> list[ListenerConfig]:

@@ -151,6 +151,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "backend": _Key("str", choices=("sqlite", "memory")),
         "data_dir": _Key("str"),
         "sync": _Key("str", choices=("full", "normal", "off")),
+        "min_free_space": _Key("size", 0, 2**53),
+        "compact_after_idle": _Key("duration", 0, 86400),
     },
     "limits": {
         "max_queued_messages": _Key("int", 0, 2**31 - 1),
@@ -176,6 +178,12 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     "log": {
         "verbose": _Key("bool"),
         "log_packets": _Key("bool"),
+        "priority_prefix": _Key("str", choices=("auto", "on", "off")),
+    },
+    "metrics": {
+        "metrics_enabled": _Key("bool"),
+        "metrics_bind": _Key("str"),
+        "metrics_port": _Key("int", 0, 65535),
     },
 }
 
@@ -231,6 +239,8 @@ def _build_listener(values: dict[str, object]) -> ListenerConfig:
             "require_certificate needs cafile or capath (the CA that signs client certificates)",
             "require_certificate",
         )
+    if listener.crlfile is not None and not listener.require_certificate:
+        raise TableError("crlfile needs require_certificate = true (it revokes client certificates)", "crlfile")
     if listener.use_identity_as_username and not listener.require_certificate:
         raise TableError(
             "use_identity_as_username needs require_certificate = true", "use_identity_as_username"
@@ -240,7 +250,7 @@ def _build_listener(values: dict[str, object]) -> ListenerConfig:
 
 # TLS settings: meaningless without certfile and keyfile, and on a Unix socket.
 _LISTENER_TLS_KEYS = (
-    "certfile", "keyfile", "cafile", "capath", "require_certificate", "use_identity_as_username",
+    "certfile", "keyfile", "cafile", "capath", "crlfile", "require_certificate", "use_identity_as_username",
     "tls_version", "ciphers",
 )
 
@@ -259,6 +269,7 @@ TABLE_ARRAYS: dict[str, TableArray] = {
             "keyfile": _Key("str"),
             "cafile": _Key("str"),
             "capath": _Key("str"),
+            "crlfile": _Key("str"),
             "require_certificate": _Key("bool"),
             "use_identity_as_username": _Key("bool"),
             "tls_version": _Key("str", choices=TLS_VERSIONS),
@@ -270,11 +281,16 @@ TABLE_ARRAYS: dict[str, TableArray] = {
     ),
 }
 
+# Arrays of tables read by their own module (``[[bridge]]`` with its nested ``[[bridge.topic]]``):
+# TOML name -> Config field.
+OWN_TABLE_ARRAYS = {"bridge": "bridges"}
+
 
 def _check_schema_matches_config() -> None:
     """Every Config field is a key of exactly one section or an array of tables, and the reverse."""
     keys = [key for section in SCHEMA.values() for key in section]
     keys += [array.field for array in TABLE_ARRAYS.values()]
+    keys += list(OWN_TABLE_ARRAYS.values())
     fields = list(Config.__dataclass_fields__)
     if sorted(keys) != sorted(fields):
         raise AssertionError(f"config schema {sorted(keys)} does not match Config {sorted(fields)}")
@@ -501,5 +517,13 @@ def load_config(path: str, base: Config | None = None) -> Config:
     except tomllib.TOMLDecodeError as exc:
         line, message = _syntax_line(exc, text)
         raise ConfigError(f"{path}:{line}: TOML syntax error: {message}") from None
+    bridge_tables = data.pop("bridge", None)
     apply_table(config, data, text, path)
+    if bridge_tables is not None:
+        from broker.bridge.config import BridgeConfigError, parse_bridges
+
+        try:
+            config.bridges = parse_bridges(bridge_tables, text, path)
+        except BridgeConfigError as exc:
+            raise ConfigError(str(exc)) from None
     return config

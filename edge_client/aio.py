@@ -16,7 +16,7 @@ import asyncio
 import errno
 from random import getrandbits
 
-from .packets import MQTTException, to_bytes
+from .packets import MQTTException, OutboxFull, to_bytes
 from .session import Session
 
 try:
@@ -46,13 +46,15 @@ class MQTTClient:
         backoff_ms=(1000, 60000),
         max_inflight=8,
         max_packet=16384,
+        bufsize=1024,
+        on_full=None,
     ):
         if port == 0:
             port = 8883 if ssl else 1883
         self.server = server
         self.port = port
         self.tls = (ssl, ssl_params) if ssl else None
-        args = (client_id, keepalive, outbox_size, drop_oldest, max_inflight, max_packet)
+        args = (client_id, keepalive, outbox_size, drop_oldest, max_inflight, max_packet, bufsize)
         if not outbox:
             s = self.s = Session(*args)
         else:
@@ -61,6 +63,7 @@ class MQTTClient:
             s = self.s = FilePersist(outbox, *args)
         if user is not None:
             s.auth = (to_bytes(user), None if password is None else to_bytes(password))
+        self.on_full = on_full or ("drop" if drop_oldest else "refuse")
         self.reader = self.writer = self.task = None
         self.want = False
         self.auto = reconnect
@@ -97,7 +100,7 @@ class MQTTClient:
     async def disconnect(self):
         self.want = False
         if self.writer is not None:
-            self.s.out += b"\xe0\x00"
+            self.s.ctl(0xE0, -1)
             try:
                 await self._flush()
             except _FAIL:
@@ -107,9 +110,21 @@ class MQTTClient:
             self.task.cancel()
             self.task = None
 
-    async def publish(self, topic, msg, retain=False, qos=0):
-        """Queue and send; never waits for acks. False when a full outbox refused it."""
-        ok = self.s.publish(topic, msg, retain, qos)
+    async def publish(self, topic, msg, retain=False, qos=0, on_full=None):
+        """Queue and send; never waits for acks. A full outbox: see the blocking
+        client ("drop", "refuse" -> False, "raise" and "block" -> OutboxFull)."""
+        s = self.s
+        mode = on_full or self.on_full
+        if mode != "drop" and s.full():
+            if mode == "refuse":
+                return False
+            if (
+                mode != "block"
+                or not (self.writer is not None or self.want and self.auto)  # nothing can make room
+                or not await self._until(lambda: not s.full(), self.timeout * 1000)
+            ):
+                raise OutboxFull()
+        ok = s.publish(topic, msg, retain, qos, mode == "drop")
         await self._send()
         return ok
 
@@ -135,13 +150,13 @@ class MQTTClient:
     async def flush(self, timeout_ms=10000):
         """Wait until every queued message is acknowledged."""
         s = self.s
-        return await self._until(lambda: not s.q, timeout_ms)
+        return await self._until(lambda: not s.pending(), timeout_ms)
 
     def isconnected(self):
         return self.s.up
 
     def pending(self):
-        return len(self.s.q)
+        return self.s.pending()
 
     # -- I/O ------------------------------------------------------------------
 
@@ -176,18 +191,28 @@ class MQTTClient:
     def _feed(self, d):
         if not d:
             raise OSError(errno.ECONNRESET)
+        s = self.s
         try:
-            self.s.feed(d)
-        except _FAIL:
-            raise
-        except Exception as e:  # the user's callback: report, keep the connection
-            print("edge_client: callback failed:", repr(e))
+            s.feed(d)
+        except Exception as e:
+            if e is not s.failed:
+                raise  # a malformed packet (MQTTException) and the like: drop the connection
+            print("edge_client: callback failed:", repr(e))  # the user's: report, keep going
 
     async def _flush(self):
-        d = self.s.take(ticks_ms())
-        if d and self.writer is not None:
-            self.writer.write(d)
-            await self.writer.drain()
+        w = self.writer
+        if w is None:
+            return
+        wrote = False
+        while True:
+            out = self.s.take(ticks_ms())
+            if not out:
+                break
+            for b in out:
+                w.write(bytes(b))  # the session reuses its buffer: hand over a copy
+            wrote = True
+        if wrote:
+            await w.drain()
 
     async def _send(self):
         """Flush now if connected; a broken link is left to the task to repair."""
@@ -239,7 +264,7 @@ class MQTTClient:
                     continue
                 try:
                     await self._open()
-                except _FAIL:
+                except (OSError, MQTTException, asyncio.TimeoutError, MemoryError):
                     self._lost()
                 continue
             try:
@@ -252,5 +277,8 @@ class MQTTClient:
                 await self._flush()  # acks, retransmissions, keepalive pings
             except _FAIL:
                 self._lost()
+            except MemoryError:  # drop what was half read; the next round reconnects
+                self._lost()
+                print("edge_client: out of memory; connection dropped")
             self._wake()
         self.task = None

@@ -20,6 +20,10 @@ class MQTTException(Exception):
     """The broker refused (CONNACK code, SUBACK 0x80) or broke the protocol."""
 
 
+class OutboxFull(MQTTException):
+    """publish() with on_full="raise" (or "block", once its timeout is over) found the outbox full."""
+
+
 def to_bytes(x):
     """Topics and payloads may be given as str (like umqtt); the wire wants bytes."""
     if isinstance(x, str):
@@ -59,19 +63,6 @@ def connect(client_id, clean, keepalive, auth, will):
     return packet(_CONNECT, b"\x00\x04MQTT\x04" + struct.pack("!BH", flags, keepalive) + tail)
 
 
-def publish(flags, pid, topic, msg):
-    """PUBLISH; flags holds the low nibble of the fixed header: DUP 8, QoS 6, RETAIN 1."""
-    body = field(topic)
-    if flags & 6:
-        body += struct.pack("!H", pid)
-    return packet(0x30 | flags & 0x0F, body + msg)
-
-
-def ack(kind, pid):
-    """PUBACK/PUBREC/PUBREL/PUBCOMP: type byte, length 2, packet id."""
-    return struct.pack("!BBH", kind, 2, pid)
-
-
 def request(kind, pid, topic, qos):
     """SUBSCRIBE (kind 0x82, one topic filter) or UNSUBSCRIBE (kind 0xA2)."""
     body = struct.pack("!H", pid) + field(topic)
@@ -80,16 +71,17 @@ def request(kind, pid, topic, qos):
     return packet(kind, body)
 
 
-def frame(buf):
-    """Find one complete packet at the start of buf.
-
-    Returns (first_byte, body_start, end), or None while more bytes are needed.
-    """
+def frame(buf, pos=0, limit=-1):
+    """The packet starting at buf[pos]: (first_byte, body_start, end), with end past
+    limit (default len(buf)) while its body is incomplete; None while even the fixed
+    header is. Reads the buffer in place (no slicing, no allocation)."""
+    if limit < 0:
+        limit = len(buf)
     n = 0
     shift = 0
-    i = 1
+    i = pos + 1
     while True:
-        if i >= len(buf):
+        if i >= limit:
             return None
         b = buf[i]
         n |= (b & 0x7F) << shift
@@ -99,6 +91,4 @@ def frame(buf):
         shift += 7
         if shift > 21:
             raise MQTTException("bad remaining length")
-    if len(buf) < i + n:
-        return None
-    return buf[0], i, i + n
+    return buf[pos], i, i + n

@@ -63,7 +63,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Never hang at exit because a test leaked a non-daemon thread (e.g. an unclosed aiosqlite connection).
+    """Never hang at exit because a test leaked a non-daemon thread (e.g. an unclosed SQLite store).
 
     Python waits for such threads forever when it shuts down, which would
     turn one leaking test into a CI run stuck until its time limit. The

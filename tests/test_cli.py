@@ -166,7 +166,7 @@ def test_log_format_and_levels() -> None:
     logging.getLogger("broker").info("New connection from %s", "127.0.0.1:5000")
     logging.getLogger("broker.core").debug("hidden")
     logging.getLogger("broker").warning("queue full")
-    logging.getLogger("aiosqlite").info("library chatter")
+    logging.getLogger("asyncio").info("library chatter")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2, lines
     assert TIMESTAMPED.match(lines[0]) and lines[0].endswith("broker: New connection from 127.0.0.1:5000")
@@ -179,7 +179,7 @@ def test_verbose_logs_debug_of_the_broker_only() -> None:
     setup_logging(True, stream)
     setup_logging(True, stream)  # a second setup replaces the handler, no doubled lines
     logging.getLogger("broker.core").debug("shown")
-    logging.getLogger("aiosqlite").debug("executing SELECT 1")
+    logging.getLogger("asyncio").debug("Using selector: EpollSelector")
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].endswith("broker: shown"), lines
 

@@ -173,6 +173,7 @@ TLS = 'certfile = "c.pem"\nkeyfile = "k.pem"\n'
         ("[[listener]]\nport = 1\ncafile = 'ca'\n", 3, "cafile is a TLS setting: it needs certfile and keyfile"),
         ("[[listener]]\nport = 1\n" + TLS + "require_certificate = true\n", 5, "require_certificate needs cafile or capath"),
         ("[[listener]]\nport = 1\n" + TLS + "cafile = 'a'\nuse_identity_as_username = true\n", 6, "use_identity_as_username needs require_certificate = true"),
+        ("[[listener]]\nport = 1\n" + TLS + "crlfile = 'r.crl'\n", 5, "crlfile needs require_certificate = true"),
         ("[[listener]]\nport = 1\n" + TLS + "tls_version = 'tlsv1.1'\n", 5, 'tls_version must be one of "tlsv1.2", "tlsv1.3"'),
         ("[[listener]]\npath = '/tmp/s'\nport = 1\n", 3, "give either path (a Unix socket) or port"),
         ("[[listener]]\npath = '/tmp/s'\n" + TLS, 3, "a Unix socket listener takes no TLS settings (certfile)"),

@@ -36,7 +36,7 @@ from broker.protocol.packets import (
     Subscribe,
     Unsubscribe,
 )
-from broker.storage.base import StoredMessage
+from broker.message import Message
 
 if TYPE_CHECKING:
     from broker.core.engine import Engine
@@ -134,6 +134,7 @@ class Connection:
         self.reading_paused = False
         self.resume_scheduled = False
         engine.connections.add(self)
+        engine.stats.connections_opened += 1
 
     @property
     def active_session(self) -> Session:
@@ -165,8 +166,10 @@ class Connection:
             if self.state != CLOSED or self.closing:
                 if len(out) == 1:
                     self.transport.write(out[0])
+                    self.engine.stats.bytes_sent += len(out[0])
                 else:
                     self.transport.writelines(out)
+                    self.engine.stats.bytes_sent += sum(map(len, out))
         finally:
             out.clear()
 
@@ -223,7 +226,7 @@ class Connection:
 
     def send_publish(
         self,
-        message: StoredMessage,
+        message: Message,
         qos: int,
         retain: bool,
         subscription_ids: list[int],
@@ -239,7 +242,8 @@ class Connection:
         if qos == 0 and self.transport.write_buffer_size() > SLOW_CONSUMER_BYTES:
             # A client that does not read must not make the broker buffer without bound:
             # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
-            self.engine.drop("slow_consumer")
+            self.engine.dropped_messages += 1
+            self.engine.stats.dropped_slow_consumer += 1
             return True
         topic = message.topic
         if self.version == MQTT_5:
@@ -267,8 +271,9 @@ class Connection:
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, None, self.version)
         if len(data) > self.max_send_packet_size:
             log.debug("dropping message on %s for %s: larger than its maximum packet size", topic, self.client_id)
+            self.engine.stats.dropped_too_large += 1
             return False
-        self.engine.stats.publish_sent += 1
+        self.engine.stats.sent_by_qos[qos] += 1
         if self.trace:
             packetlog.sending_publish(self, message, qos, retain, packet_id, dup)
         (self.send_after_commit if after_commit else self.send)(data)
@@ -282,6 +287,7 @@ class Connection:
         if self.state == CLOSED:
             return
         self.last_received = time.monotonic()
+        self.engine.stats.bytes_received += len(data)
         flow = self.engine.flow
         flow.input_received(len(data))
         try:
@@ -464,6 +470,7 @@ class Connection:
         if session is None:
             return
         self.session = None
+        engine.stats.count_disconnect(self.close_reason)
         if session.connection is self:
             log.info("Client %s disconnected: %s.", self.client_id, self.close_reason)
         will = self.will if publish_will and not self.disconnected_cleanly else None

@@ -19,19 +19,27 @@ from typing import Protocol
 
 from broker.config import Config
 from broker.core.flow import ENTRY_OVERHEAD, FlowControl
+from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.sessions import SessionLifecycle
 from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
+from broker.core.transport import Transport
 from broker.protocol.packets import SubscriptionOptions
 from broker.protocol.topics import split_shared
-from broker.storage.base import Storage, StoredMessage, SubscriptionRecord
+from broker.message import Message
+from broker.storage.base import Storage, SubscriptionRecord
 
 
 
 class ClientConnection(Protocol):
-    """What the engine needs of the connections it serves (``core/connection.py``)."""
+    """What the engine (and what reads its state: $SYS, metrics) needs of the connections
+    it serves (``core/connection.py``)."""
+
+    session: Session | None  # set once CONNECT is accepted
+    version: int  # MQTT protocol level
+    transport: Transport
 
     def check_keepalive(self, now: float) -> None: ...
 
@@ -42,14 +50,78 @@ class ClientConnection(Protocol):
 
 log = logging.getLogger("broker")
 
-class Stats:
-    """Counters for ``$SYS``: one attribute increment on the hot path each."""
+# Upper bounds (seconds) of the storage commit latency histogram (``broker.ops.metrics``).
+COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-    __slots__ = ("publish_received", "publish_sent")
+
+# Connection.close reasons -> metric label; reasons not listed are protocol errors, except
+# lost connections ("connection lost: ...", "closed by client").
+DISCONNECT_REASONS = {
+    "disconnected": "client_disconnect",
+    "disconnected with will": "client_disconnect",
+    "closed by client": "connection_lost",
+    "keepalive timeout": "keepalive_timeout",
+    "session taken over": "session_taken_over",
+    "broker shutting down": "broker_shutdown",
+    "storage commit failed": "storage_error",
+    "storage read failed": "storage_error",
+    "protocol_error": "protocol_error",
+}
+
+
+class Stats:
+    """Counters for ``$SYS`` and metrics: plain integers, read at scrape time, one
+    increment on the hot path each (metrics code never runs per message)."""
+
+    __slots__ = (
+        "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
+        "connections_opened", "connects", "disconnects", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
+        "dropped_stalled",
+        "commits", "commit_seconds_sum", "commit_buckets",
+    )
 
     def __init__(self) -> None:
-        self.publish_received = 0
-        self.publish_sent = 0
+        self.received_by_qos = [0, 0, 0]  # PUBLISH packets, by QoS
+        self.sent_by_qos = [0, 0, 0]
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.connections_opened = 0
+        self.connects = 0  # CONNECT accepted
+        self.disconnects = dict.fromkeys(DISCONNECT_REASONS.values(), 0)
+        # engine.dropped_messages counts every drop; these say why (the rest: queue full).
+        self.dropped_slow_consumer = 0
+        self.dropped_too_large = 0
+        self.dropped_expired = 0
+        # Queue limits that dropped for an online subscriber that stopped reading (core/flow.py).
+        self.dropped_stalled = 0
+        self.commits = 0
+        self.commit_seconds_sum = 0.0
+        self.commit_buckets = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)  # the last one: +Inf
+
+    @property
+    def publish_received(self) -> int:
+        return sum(self.received_by_qos)
+
+    @property
+    def publish_sent(self) -> int:
+        return sum(self.sent_by_qos)
+
+    def count_disconnect(self, why: str) -> None:
+        """One connected client gone, filed under a fixed set of reasons (metric labels)."""
+        reason = DISCONNECT_REASONS.get(why)
+        if reason is None:
+            reason = "connection_lost" if why.startswith(("connection lost", "closed by client")) else "protocol_error"
+        self.disconnects[reason] += 1
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commits += 1
+        self.commit_seconds_sum += seconds
+        buckets = self.commit_buckets
+        for i, bound in enumerate(COMMIT_SECONDS_BUCKETS):
+            if seconds <= bound:
+                buckets[i] += 1
+                return
+        buckets[-1] += 1
 
 
 class Engine:
@@ -60,8 +132,11 @@ class Engine:
         self.tree: SubscriptionTree[Subscription] = SubscriptionTree()
         self.retained = RetainedStore()
         self.connections: set[ClientConnection] = set()
-        self.dropped_messages = 0  # every message dropped, whatever the reason
-        self.drops: dict[str, int] = {}  # by reason (see ``drop``)
+        self.dropped_messages = 0  # every message dropped, whatever the reason (Stats: why)
+        # Sessions with their own queue limits (bridges' backlogs), by client id.
+        self.queue_limits: dict[str, QueueLimits] = {}
+        # Client ids that only a bridge (a transport of protocol "bridge") may use.
+        self.bridge_client_ids: set[str] = set()
         self.stats = Stats()
         self.flow = FlowControl(config, self.held_bytes)
         self.sys_topics = SysTopics(self)
@@ -90,19 +165,16 @@ class Engine:
     async def shutdown(self) -> None:
         """Close every connection (v5: DISCONNECT 0x8B) and make the state durable."""
         for conn in list(self.connections):
-            conn.shutdown()
+            try:
+                conn.shutdown()
+            except Exception:
+                # One connection's socket error must not cost everyone the final commit.
+                log.exception("closing a connection at shutdown failed")
         await self.storage.close()  # commits everything buffered
         if self._next_commit is not None and not self._next_commit.done():
             self._next_commit.set_result(None)
 
-    # ---- drops and memory -----------------------------------------------------------
-    def drop(self, reason: str) -> None:
-        """Count one message dropped for one subscriber: "queue_full" (offline session),
-        "stalled" (a subscriber that stopped reading), "too_large" (larger than
-        max_queued_bytes), "slow_consumer" (QoS 0 to a client whose socket buffer is full)."""
-        self.dropped_messages += 1
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-
+    # ---- memory ---------------------------------------------------------------------
     def held_bytes(self) -> int:
         """Bytes of messages held in RAM (each message once, however many queues hold it):
         queues of online sessions (of all sessions with the in-memory backend), unsent
@@ -161,14 +233,14 @@ class Engine:
             self.tree.remove(session.client_id, topic_filter)
         session.subscriptions.clear()
 
-    def retained_for(self, topic_filter: str) -> list[StoredMessage]:
+    def retained_for(self, topic_filter: str) -> list[Message]:
         return self.retained.matching(topic_filter, self._clear_retained_in_storage)
 
     def _clear_retained_in_storage(self, topic: str) -> None:
         self.storage.set_retained(topic, None)
 
     # ---- routing --------------------------------------------------------------------
-    def route(self, message: StoredMessage, sender_id: str | None, persist_retained: bool = True) -> int:
+    def route(self, message: Message, sender_id: str | None, persist_retained: bool = True) -> int:
         """Deliver a published message to every matching session; returns how many matched.
 
         Updates the retained store when the message carries the retain flag.
@@ -177,7 +249,6 @@ class Engine:
             if message.payload:
                 self.retained.set(message)
                 if persist_retained:
-                    self.storage.store_message(message)
                     self.storage.set_retained(message.topic, message)
             elif self.retained.clear(message.topic) and persist_retained:
                 self.storage.set_retained(message.topic, None)
@@ -236,6 +307,28 @@ class Engine:
                     message, granted if granted < qos else qos, retain and member.options.retain_as_published, sub_ids
                 )
         return matched
+
+    def needs_storage(self, topic: str, retain: bool, qos: int, publisher: Session) -> bool:
+        """Would routing this QoS 1/2 message write to storage? (Asked while storage is full.)
+
+        True for a retained message, for QoS 2 from a persistent session (its packet id is
+        stored), and when a persistent session subscribes: a superset of what ``route``
+        writes, so a False answer means the message can be acknowledged without a commit.
+        """
+        if retain or (qos == 2 and publisher.persistent):
+            return True
+        match = self.tree.match(topic)
+        sessions = self.sessions
+        for client_id, _ in match.normal:
+            session = sessions.get(client_id)
+            if session is not None and session.persistent:
+                return True
+        for _, _, members in match.shared:
+            for client_id in members:
+                session = sessions.get(client_id)
+                if session is not None and session.persistent:
+                    return True
+        return False
 
     def _pick_share_member(self, group: str, topic_filter: str, members: dict[str, Subscription]) -> Subscription | None:
         """Round robin over members, preferring online ones with room in their receive window."""
@@ -327,9 +420,11 @@ class Engine:
             return  # shutdown committed it already
         self._next_commit = None
         self._running_commit = future
+        started = time.perf_counter()
         stored = self.storage.commit()
 
         def done(result: asyncio.Future[None]) -> None:
+            self.stats.observe_commit(time.perf_counter() - started)
             if future.done():
                 return
             if result.cancelled():

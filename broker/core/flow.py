@@ -102,6 +102,18 @@ def malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+def marks(max_messages: int, max_bytes: int) -> tuple[int, int, int, int]:
+    """High- and low-water marks (messages, bytes) of a queue with these limits (0 = none)."""
+    limit = max_messages or DEFAULT_QUEUE_MARK
+    no_limit = 1 << 62
+    return (
+        max(1, limit * 3 // 4),
+        max_bytes * 3 // 4 if max_bytes else no_limit,
+        limit // 2,
+        max_bytes // 2 if max_bytes else no_limit,
+    )
+
+
 class Congestion:
     """A session over its high-water mark and the feeders waiting for it to drain."""
 
@@ -115,6 +127,7 @@ class Congestion:
 
 class FlowControl:
     __slots__ = (
+        "config",
         "high_messages",
         "low_messages",
         "high_bytes",
@@ -138,12 +151,10 @@ class FlowControl:
     )
 
     def __init__(self, config: Config, held_bytes: Callable[[], int]) -> None:
-        limit = config.max_queued_messages or DEFAULT_QUEUE_MARK
-        self.high_messages = max(1, limit * 3 // 4)
-        self.low_messages = limit // 2
-        no_limit = 1 << 62
-        self.high_bytes = config.max_queued_bytes * 3 // 4 if config.max_queued_bytes else no_limit
-        self.low_bytes = config.max_queued_bytes // 2 if config.max_queued_bytes else no_limit
+        self.config = config
+        self.high_messages, self.high_bytes, self.low_messages, self.low_bytes = marks(
+            config.max_queued_messages, config.max_queued_bytes
+        )
         self.stall_timeout = config.stalled_subscriber_timeout
         # The connection whose PUBLISH is being routed (set by the PUBLISH handler).
         self.feeder: Feeder | None = None
@@ -165,9 +176,17 @@ class FlowControl:
 
     # ---- queues --------------------------------------------------------------------------
     def over_high_water(self, session: Session) -> bool:
+        limits = session.limits
+        if limits is not self.config:  # a session with its own limits (a bridge's backlog)
+            high_messages, high_bytes, _, _ = marks(limits.max_queued_messages, limits.max_queued_bytes)
+            return session.queued_count >= high_messages or session.queued_bytes >= high_bytes
         return session.queued_count >= self.high_messages or session.queued_bytes >= self.high_bytes
 
     def under_low_water(self, session: Session) -> bool:
+        limits = session.limits
+        if limits is not self.config:
+            _, _, low_messages, low_bytes = marks(limits.max_queued_messages, limits.max_queued_bytes)
+            return session.queued_count <= low_messages and session.queued_bytes <= low_bytes
         return session.queued_count <= self.low_messages and session.queued_bytes <= self.low_bytes
 
     def can_hold(self, session: Session) -> bool:

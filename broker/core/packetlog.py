@@ -28,7 +28,7 @@ from broker.protocol.packets import (
 if TYPE_CHECKING:
     from broker.core.connection import Connection
     from broker.protocol.packets import Packet
-    from broker.storage.base import StoredMessage
+    from broker.message import Message
 
 log = logging.getLogger("broker")
 
@@ -89,7 +89,7 @@ def sending(conn: Connection, packet: Packet) -> None:
 
 
 def sending_publish(
-    conn: Connection, message: StoredMessage, qos: int, retain: bool, packet_id: int | None, dup: bool
+    conn: Connection, message: Message, qos: int, retain: bool, packet_id: int | None, dup: bool
 ) -> None:
     fields = _publish_fields(dup, qos, retain, packet_id, message.topic, len(message.payload))
     log.info("Sending PUBLISH to %s %s", conn.name, fields)

@@ -6,25 +6,25 @@ import time
 from collections.abc import Callable
 
 from broker.protocol.topics import topic_matches
-from broker.storage.base import StoredMessage
+from broker.message import Message
 
 
 class RetainedStore:
     __slots__ = ("_messages",)
 
     def __init__(self) -> None:
-        self._messages: dict[str, StoredMessage] = {}
+        self._messages: dict[str, Message] = {}
 
     def __len__(self) -> int:
         return len(self._messages)
 
-    def set(self, message: StoredMessage) -> None:
+    def set(self, message: Message) -> None:
         self._messages[message.topic] = message
 
     def clear(self, topic: str) -> bool:
         return self._messages.pop(topic, None) is not None
 
-    def matching(self, topic_filter: str, on_expired: Callable[[str], None]) -> list[StoredMessage]:
+    def matching(self, topic_filter: str, on_expired: Callable[[str], None]) -> list[Message]:
         """Unexpired retained messages whose topic matches the filter.
 
         Expired ones are dropped here and reported through ``on_expired`` so the

@@ -15,11 +15,14 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from broker.protocol.packets import SubscriptionOptions
-from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry, StoredMessage
+from broker.message import Message
+from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry
 
 log = logging.getLogger("broker")
 
 if TYPE_CHECKING:
+    from broker.config import Config
+    from broker.core.queuelimits import QueueLimits
     from broker.core.engine import Engine
 
 
@@ -30,7 +33,7 @@ class Outlet(Protocol):
 
     def send_publish(
         self,
-        message: StoredMessage,
+        message: Message,
         qos: int,
         retain: bool,
         subscription_ids: list[int],
@@ -149,7 +152,7 @@ class Session:
         return now >= self.disconnected_at + self.expiry_interval
 
     # ---- delivery -------------------------------------------------------------
-    def deliver(self, message: StoredMessage, qos: int, retain: bool, subscription_ids: list[int]) -> None:
+    def deliver(self, message: Message, qos: int, retain: bool, subscription_ids: list[int]) -> None:
         """Hand one routed message to this session (send now, queue in RAM or in storage)."""
         conn = self.connection
         if qos == 0:
@@ -158,7 +161,7 @@ class Session:
                 return
             if conn is None and not (self.persistent and self.engine.config.queue_qos0_messages):
                 return
-        config = self.engine.config
+        config = self.limits
         size = len(message.payload)
         trim = False
         if self._queue_full(size) and (
@@ -170,9 +173,8 @@ class Session:
             # Beyond the in-flight window the queue is full (an idle window takes it directly).
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
-            reason = "stalled" if self.stalled else "queue_full"
             if config.max_queued_bytes and size > config.max_queued_bytes:
-                self.engine.drop("too_large")
+                self._count_drop()
                 return  # could never fit
             if self.pending:
                 self._drop_expired_pending()
@@ -182,7 +184,7 @@ class Session:
                 # Still full: the oldest are in storage. Take this one and trim exactly there.
                 trim = self._queue_full(size) and self.persistent
             if self._queue_full(size) and not trim:
-                self.engine.drop(reason)
+                self._count_drop()
                 return
         self.last_seq += 1
         entry = QueueEntry(self.last_seq, message, qos, retain, subscription_ids)
@@ -193,8 +195,6 @@ class Session:
         # in RAM it would overtake the stored ones, and nothing would ever send it.
         if self.persistent or self.backlog:
             storage = self.engine.storage
-            if message.message_id == 0:
-                storage.store_message(message)
             storage.enqueue(self.client_id, entry)
             if trim:
                 self.start_io(self._trim(), True)
@@ -244,6 +244,7 @@ class Session:
             expires_at = entry.message.expires_at
             if expires_at is not None and expires_at <= now:
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
                 continue
             if entry.qos == 0:
                 conn.send_publish(entry.message, 0, entry.retain, entry.subscription_ids, None, False)
@@ -269,15 +270,33 @@ class Session:
         if self.congested and self.engine.flow.under_low_water(self):
             self.engine.flow.queue_drained(self)
 
+    @property
+    def limits(self) -> Config | QueueLimits:
+        """This session's queue limits: its own if it has some (a bridge), else ``[limits]``."""
+        engine = self.engine
+        if engine.queue_limits:
+            own = engine.queue_limits.get(self.client_id)
+            if own is not None:
+                return own
+        return engine.config
+
+    def _count_drop(self) -> None:
+        self.engine.dropped_messages += 1
+        if self.stalled:
+            self.engine.stats.dropped_stalled += 1
+        own = self.engine.queue_limits.get(self.client_id)
+        if own is not None:
+            own.dropped += 1
+
     def _queue_full(self, size: int) -> bool:
-        config = self.engine.config
+        config = self.limits
         return bool(
             (config.max_queued_messages and self.queued_count >= config.max_queued_messages)
             or (config.max_queued_bytes and self.queued_bytes + size > config.max_queued_bytes)
         )
 
     def _over_limits(self) -> bool:
-        config = self.engine.config
+        config = self.limits
         return bool(
             (config.max_queued_messages and self.queued_count > config.max_queued_messages)
             or (config.max_queued_bytes and self.queued_bytes > config.max_queued_bytes)
@@ -288,7 +307,7 @@ class Session:
         self.queued_count -= 1
         self.queued_bytes -= len(entry.message.payload)
         self._forget(entry)
-        self.engine.drop("stalled" if self.stalled else "queue_full")
+        self._count_drop()
 
     def _note_pending_expiry(self, expires_at: float) -> None:
         if self.pending_expiry is None or expires_at < self.pending_expiry:
@@ -308,6 +327,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 self._forget(entry)
+                self.engine.stats.dropped_expired += 1
             else:
                 kept.append(entry)
                 if expires_at is not None:
@@ -441,7 +461,7 @@ class Session:
         if self.connection is not conn:
             return
         if (
-            self.engine.config.queue_full_policy == "drop_oldest"
+            self.limits.queue_full_policy == "drop_oldest"
             # Online and reading, backpressure bounds the queue; what was over the limits while
             # offline is trimmed once the first page of a resumed session is read (loading).
             and (self.connection is None or self.stalled or self.loading)
@@ -473,7 +493,7 @@ class Session:
                 self.queued_count -= 1
                 self.queued_bytes -= len(entry.message.payload)
                 storage.delete_entry(self.client_id, entry.seq)
-                self.engine.drop("stalled" if self.stalled else "queue_full")
+                self._count_drop()
 
     async def purge_expired(self) -> None:
         """Delete stored entries whose message expired (they must not take queue room)."""
@@ -496,6 +516,7 @@ class Session:
                     self.queued_count -= 1
                     self.queued_bytes -= len(entry.message.payload)
                     storage.delete_entry(self.client_id, entry.seq)
+                    self.engine.stats.dropped_expired += 1
                 elif earliest is None or expires_at < earliest:
                     earliest = expires_at
             if len(page) < 500:

@@ -17,7 +17,8 @@ from broker.core.session import Outlet, Session
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
 from broker.protocol.packets import Will
-from broker.storage.base import SessionRecord, StoredMessage
+from broker.message import Message
+from broker.storage.base import SessionRecord
 
 if TYPE_CHECKING:
     from broker.core.engine import Engine
@@ -25,16 +26,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("broker")
 
 
-def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, properties: dict) -> StoredMessage:
+def message_from_publish(topic: str, payload: bytes, qos: int, retain: bool, properties: dict) -> Message:
     """Build the stored form of an incoming PUBLISH or will (expiry made absolute)."""
     if not properties:
-        return StoredMessage(topic, payload, qos, retain, {}, None)
+        return Message(topic, payload, qos, retain, {}, None)
     forwarded = {k: v for k, v in properties.items() if k in FORWARDED_PROPERTIES}
     expires_at = None
     interval = properties.get(P.MESSAGE_EXPIRY_INTERVAL)
     if interval is not None:
         expires_at = time.time() + interval
-    return StoredMessage(topic, payload, qos, retain, forwarded, expires_at)
+    return Message(topic, payload, qos, retain, forwarded, expires_at)
 
 
 # Properties of a PUBLISH that travel with the message to subscribers.
@@ -50,7 +51,7 @@ FORWARDED_PROPERTIES = (
 class PendingWill:
     __slots__ = ("due", "message", "client_id")
 
-    def __init__(self, due: float, message: StoredMessage, client_id: str) -> None:
+    def __init__(self, due: float, message: Message, client_id: str) -> None:
         self.due = due
         self.message = message
         self.client_id = client_id
@@ -65,7 +66,7 @@ class SessionLifecycle:
         self._next_auto_id = 0
 
     # ---- start-up ----------------------------------------------------------------------
-    def load(self, records: list[SessionRecord], wills: list[tuple[str, StoredMessage, float]], now: float) -> None:
+    def load(self, records: list[SessionRecord], wills: list[tuple[str, Message, float]], now: float) -> None:
         """Sessions and pending wills from storage; sessions that expired while down end."""
         engine = self.engine
         for record in records:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from broker import __version__
-from broker.storage.base import StoredMessage
+from broker.message import Message
 
 if TYPE_CHECKING:
     from broker.core.engine import Engine
@@ -44,8 +44,11 @@ class SysTopics:
             "$SYS/broker/publish/messages/sent": str(stats.publish_sent),
             "$SYS/broker/publish/messages/dropped": str(engine.dropped_messages),
         }
-        for reason, count in engine.drops.items():
-            values[f"$SYS/broker/publish/messages/dropped/{reason}"] = str(count)
+        if engine.dropped_messages:
+            stalled, slow = stats.dropped_stalled, stats.dropped_slow_consumer
+            values["$SYS/broker/publish/messages/dropped/queue_full"] = str(engine.dropped_messages - stalled - slow)
+            values["$SYS/broker/publish/messages/dropped/stalled"] = str(stalled)
+            values["$SYS/broker/publish/messages/dropped/slow_consumer"] = str(slow)
         for source in self.sources:
             values.update(source())
         return values
@@ -59,4 +62,4 @@ class SysTopics:
         for topic, value in self.snapshot().items():
             if self._values.get(topic) != value:
                 self._values[topic] = value
-                self.engine.route(StoredMessage(topic, value.encode(), 0, True), None, persist_retained=False)
+                self.engine.route(Message(topic, value.encode(), 0, True), None, persist_retained=False)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# A value shared with the core and the storage (broker/message.py has no other imports).
+from broker.message import SubscriptionOptions
+
 # Packet type numbers (fixed header, high nibble).
 CONNECT = 1
 CONNACK = 2
@@ -105,14 +108,6 @@ class Pubcomp:
     reason_code: int = 0
     properties: dict = field(default_factory=dict)
     packet_type = PUBCOMP
-
-
-@dataclass(slots=True)
-class SubscriptionOptions:
-    qos: int = 0
-    no_local: bool = False  # v5 only
-    retain_as_published: bool = False  # v5 only
-    retain_handling: int = 0  # v5 only: 0 send, 1 send if new, 2 don't send
 
 
 @dataclass(slots=True)

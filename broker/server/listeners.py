@@ -15,7 +15,6 @@ import datetime
 import ipaddress
 import logging
 import os
-import socket
 import stat
 from collections.abc import Callable
 
@@ -30,6 +29,7 @@ from broker.server.websocket import WebSocketProtocol
 log = logging.getLogger("broker")
 
 EXPIRY_CHECK_SECONDS = 86_400.0  # certificates about to expire are warned about daily
+
 
 class ListenerError(Exception):
     """A listener cannot start; the message names the listener and the file or address."""
@@ -169,29 +169,42 @@ class Listener(HandshakeObserver):
                 self.name, self.settings.certfile, new.subject, f"{new.not_after:%Y-%m-%d %H:%M}",
             )
         else:
-            log.info("listener %s: certificate %s reloaded (unchanged)", self.name, self.settings.certfile)
+            log.info(
+                "listener %s: certificate %s reloaded (the same certificate; CA and CRL files re-read)",
+                self.name, self.settings.certfile,
+            )
         self.warn_if_expiring(_utcnow())
 
     def warn_if_expiring(self, now: datetime.datetime) -> None:
         tls = self.tls
         if tls is None:
             return
-        left = tls.expires_in(now)
-        if left <= datetime.timedelta(0):
-            log.error(
-                "listener %s: certificate %s expired on %s UTC: TLS clients cannot connect; renew it",
-                self.name, self.settings.certfile, f"{tls.not_after:%Y-%m-%d %H:%M}",
-            )
-        elif left <= EXPIRY_WARNING:
-            log.warning(
-                "listener %s: certificate %s expires in %d days (%s UTC); renew it "
-                "(python -m broker certs renew) and send SIGHUP",
-                self.name, self.settings.certfile, left.days, f"{tls.not_after:%Y-%m-%d %H:%M}",
+        self._warn_expiry(
+            now, tls.not_after, f"certificate {self.settings.certfile}", "TLS clients cannot connect", ""
+        )
+        if tls.ca_not_after is not None:
+            self._warn_expiry(
+                now, tls.ca_not_after, f"CA certificate in cafile {self.settings.cafile}",
+                "client certificates cannot be verified", " ca",
             )
         if tls.not_before > now:
             log.warning(
                 "listener %s: certificate %s is valid only from %s UTC (is the clock right?)",
                 self.name, self.settings.certfile, f"{tls.not_before:%Y-%m-%d %H:%M}",
+            )
+
+    def _warn_expiry(
+        self, now: datetime.datetime, not_after: datetime.datetime, what: str, effect: str, renew: str
+    ) -> None:
+        left = not_after - now
+        when = f"{not_after:%Y-%m-%d %H:%M}"
+        if left <= datetime.timedelta(0):
+            log.error("listener %s: %s expired on %s UTC: %s; renew it", self.name, what, when, effect)
+        elif left <= EXPIRY_WARNING:
+            log.warning(
+                "listener %s: %s expires in %d days (%s UTC); renew it (python -m broker certs renew%s) "
+                "and send SIGHUP",
+                self.name, what, left.days, when, renew,
             )
 
     # ---- sockets ---------------------------------------------------------------------
@@ -313,6 +326,14 @@ class Listeners:
         for listener in self.listeners:
             values.update(listener.sys_values())
         return values
+
+    def is_serving(self) -> bool:
+        """Every listener accepts connections (for /readyz and the systemd watchdog)."""
+        return all(listener.server is not None and listener.server.is_serving() for listener in self.listeners)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [address for listener in self.listeners for address in listener.addresses]
 
     def close(self) -> None:
         if self._expiry_task is not None:

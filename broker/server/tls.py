@@ -37,9 +37,7 @@ class ServerTLS:
     not_before: datetime.datetime
     not_after: datetime.datetime
     fingerprint: str  # SHA-256 of the server certificate, to tell a renewed one in the log
-
-    def expires_in(self, now: datetime.datetime) -> datetime.timedelta:
-        return self.not_after - now
+    ca_not_after: datetime.datetime | None = None  # the first CA certificate of cafile to expire
 
 
 def _certificate(settings: ListenerConfig) -> x509.Certificate:
@@ -58,14 +56,32 @@ def _certificate(settings: ListenerConfig) -> x509.Certificate:
     return certificate
 
 
-def _check_ca(settings: ListenerConfig) -> None:
+def _check_ca(settings: ListenerConfig) -> datetime.datetime | None:
+    """Check the CA and CRL files; returns when the first CA certificate of cafile expires."""
+    ca_not_after = None
     if settings.cafile is not None:
         try:
-            load_certificates(settings.cafile)
+            authorities = load_certificates(settings.cafile)
         except CertError as exc:
             raise TLSFileError(f"cafile {exc}") from None
+        ca_not_after = min(ca.not_valid_after_utc for ca in authorities)
     if settings.capath is not None and not os.path.isdir(settings.capath):
         raise TLSFileError(f"capath {settings.capath} is not a directory")
+    if settings.crlfile is not None:
+        data = _read_crl(settings.crlfile)
+        try:
+            x509.load_pem_x509_crl(data)
+        except ValueError:
+            raise TLSFileError(f"crlfile {settings.crlfile} holds no PEM certificate revocation list") from None
+    return ca_not_after
+
+
+def _read_crl(path: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise TLSFileError(f"crlfile {path}: cannot read it: {exc.strerror or exc}") from None
 
 
 def _no_password() -> str:
@@ -88,10 +104,11 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
             f"certfile {settings.certfile} expired on {not_after:%Y-%m-%d %H:%M} UTC; renew it "
             "(python -m broker certs renew)"
         )
-    _check_ca(settings)
+    ca_not_after = _check_ca(settings)
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _MINIMUM_VERSION[settings.tls_version]
+    context.options |= ssl.OP_NO_RENEGOTIATION  # TLS 1.2 renegotiation: CPU for the client to burn
     if settings.ciphers is not None:
         try:
             context.set_ciphers(settings.ciphers)
@@ -107,6 +124,12 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
         except (ssl.SSLError, OSError) as exc:
             where = settings.cafile if settings.cafile is not None else settings.capath
             raise TLSFileError(f"CA certificates {where}: {exc}") from None
+    if settings.crlfile is not None:
+        try:
+            context.load_verify_locations(cafile=settings.crlfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSFileError(f"crlfile {settings.crlfile}: {exc}") from None
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     # As mosquitto: a certificate is asked for only when one is required.
     context.verify_mode = ssl.CERT_REQUIRED if settings.require_certificate else ssl.CERT_NONE
     return ServerTLS(
@@ -115,5 +138,6 @@ def load_server_tls(settings: ListenerConfig, now: datetime.datetime | None = No
         not_before=certificate.not_valid_before_utc,
         not_after=not_after,
         fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
+        ca_not_after=ca_not_after,
     )
 

@@ -4,7 +4,8 @@ asyncio's own TLS layer (``create_server(ssl=...)``, ``start_tls``) gives every
 connection a 256 KiB read buffer, zero-filled and so resident: an idle TLS client
 cost the broker about 240 KiB, where mosquitto needs about 14 KiB. Here the TLS
 state of a connection is OpenSSL's (which releases its buffers while idle) and
-two memory BIOs, and plaintext is read in the chunks OpenSSL returns.
+two memory BIOs fed at most ``BIO_SLICE`` bytes at a time (a BIO keeps the largest
+buffer it ever held), and plaintext is read in the chunks OpenSSL returns.
 
 ``TLSServerProtocol`` sits on the TCP connection: it runs the handshake (with a
 deadline, reporting the outcome to its listener), then creates the MQTT or
@@ -17,11 +18,14 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from broker.server.transport import describe_peer, set_nodelay
 
 READ_SIZE = 64 * 1024  # asked of SSLObject.read; OpenSSL returns at most one record (16 KiB)
+# Bytes put into a memory BIO at a time. A BIO keeps the largest buffer it ever held: fed a
+# 256 KiB read at once, it would hold 256 KiB for the rest of the connection's life.
+BIO_SLICE = 16 * 1024
 
 
 class HandshakeObserver:
@@ -34,6 +38,11 @@ class HandshakeObserver:
 
 class TLSServerProtocol(asyncio.Protocol):
     """One TLS connection's TCP side: handshake, then decryption into the application protocol."""
+
+    __slots__ = (
+        "context", "make_app", "handshake_timeout", "observer", "raw", "peer", "incoming", "outgoing",
+        "sslobj", "app", "app_transport", "timer", "failed", "read_paused", "unfed", "ended",
+    )
 
     def __init__(
         self,
@@ -56,14 +65,14 @@ class TLSServerProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.failed = False
         self.read_paused = False
+        self.unfed: memoryview | None = None  # received, not yet in the incoming BIO (while paused)
+        self.ended = False  # the client's close_notify arrived: nothing more to read
 
     # ---- the TCP side ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        raw = transport if isinstance(transport, asyncio.Transport) else None
-        if raw is None:  # pragma: no cover - TCP servers give stream transports
-            transport.close()
-            return
+        # A stream transport (uvloop's do not derive from asyncio.Transport: no isinstance check).
+        raw = cast(asyncio.Transport, transport)
         self.raw = raw
         set_nodelay(raw)
         self.peer = describe_peer(raw)
@@ -73,12 +82,25 @@ class TLSServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.failed or (self.app_transport is not None and self.app_transport.closing):
             return
-        self.incoming.write(data)
-        if self.app is None:
-            self._handshake()
-            if self.app is None:
+        if self.unfed is None:
+            self.unfed = memoryview(data)
+        else:  # rare: bytes already on their way when the application paused reading
+            self.unfed = memoryview(self.unfed.tobytes() + data)
+        self.feed()
+
+    def feed(self) -> None:
+        """Move received bytes into OpenSSL a slice at a time, handshaking or delivering as they go."""
+        while self.unfed is not None:
+            if self.failed or self.ended or (self.app is not None and self.read_paused):
                 return
-        self.deliver()
+            piece, rest = self.unfed[:BIO_SLICE], self.unfed[BIO_SLICE:]
+            self.unfed = rest if len(rest) else None
+            self.incoming.write(piece)
+            if self.app is None:
+                self._handshake()
+                if self.app is None:
+                    continue
+            self.deliver()
 
     def eof_received(self) -> bool | None:
         if self.app is None:
@@ -115,7 +137,10 @@ class TLSServerProtocol(asyncio.Protocol):
             return
         except ssl.SSLError as exc:
             self.flush()  # the alert that tells the client why
-            self._fail(exc.reason or str(exc))
+            reason = exc.reason or str(exc)
+            if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+                reason = f"{reason} ({exc.verify_message})"  # "certificate revoked", "unable to get ..."
+            self._fail(reason)
             return
         self.flush()
         if self.timer is not None:
@@ -146,7 +171,7 @@ class TLSServerProtocol(asyncio.Protocol):
         """Hand the application every byte of plaintext OpenSSL has, unless it paused reading."""
         sslobj = self.sslobj
         assert sslobj is not None
-        while not self.read_paused and self.app is not None:
+        while not self.read_paused and not self.ended and self.app is not None:
             try:
                 chunk = sslobj.read(READ_SIZE)
             except ssl.SSLWantReadError:
@@ -157,8 +182,8 @@ class TLSServerProtocol(asyncio.Protocol):
                 if self.raw is not None:
                     self.raw.abort()
                 break
-            if not chunk:  # close_notify: the client's end of the stream
-                self.read_paused = True  # nothing can follow it
+            if not chunk:  # close_notify: the client's end of the stream, told to the application once
+                self.ended = True
                 if not self.app.eof_received() and self.app_transport is not None:
                     self.app_transport.close()
                 break
@@ -168,6 +193,11 @@ class TLSServerProtocol(asyncio.Protocol):
         if self.outgoing.pending:
             self.flush()
 
+    def resume(self) -> None:
+        if self.app is not None and not self.read_paused:
+            self.deliver()
+            self.feed()
+
     def flush(self) -> None:
         if self.outgoing.pending and self.raw is not None and not self.raw.is_closing():
             self.raw.write(self.outgoing.read())
@@ -175,6 +205,8 @@ class TLSServerProtocol(asyncio.Protocol):
 
 class TLSTransport(asyncio.Transport):
     """What the MQTT or WebSocket protocol writes to on a TLS connection: plaintext in, records out."""
+
+    __slots__ = ("owner", "raw", "sslobj", "closing")
 
     def __init__(self, owner: TLSServerProtocol) -> None:
         super().__init__()
@@ -188,7 +220,13 @@ class TLSTransport(asyncio.Transport):
         if self.closing:
             return
         try:
-            self.sslobj.write(data)
+            if len(data) <= BIO_SLICE:
+                self.sslobj.write(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(view), BIO_SLICE):
+                    self.sslobj.write(view[start : start + BIO_SLICE])
+                    self.owner.flush()
         except ssl.SSLError:
             self.abort()
             return
@@ -215,8 +253,8 @@ class TLSTransport(asyncio.Transport):
             return
         self.owner.read_paused = False
         self.raw.resume_reading()
-        # Plaintext already decrypted or received stays in OpenSSL until asked for.
-        asyncio.get_running_loop().call_soon(self.owner.deliver)
+        # What arrived before the pause is still in OpenSSL or not yet fed to it.
+        asyncio.get_running_loop().call_soon(self.owner.resume)
 
     def is_reading(self) -> bool:
         return not self.owner.read_paused and self.raw.is_reading()

@@ -13,13 +13,18 @@ Design (why it looks like this):
   commits or consults its buffer first).
 * Offline queues live in the backend, not in RAM: the engine keeps counters
   and reads a session's queue in pages (``read_queue``) when it drains it.
-* A message fanned out to many sessions is stored once (``store_message``
-  returns its id); queue entries refer to it. A backend drops a message when
-  no queue entry and no retained slot refers to it any more — checked at the
-  end of each batch, so a stored message must be referenced (``enqueue`` or
-  ``set_retained``) in the same step, before yielding to the event loop.
-* A failed commit stops the store: every later commit and read raises. The
-  broker then stops rather than acknowledge anything it cannot keep.
+* A message fanned out to many sessions is stored once: a backend recognises a
+  ``Message`` object it has written or read (by identity, ``storage/identity.py``)
+  and refers to the same row; the core never sees row ids. A backend drops a
+  message when no queue entry and no retained slot refers to it any more,
+  checked at the end of each batch.
+* The storage knows nothing of the protocol: it imports only ``broker.message``,
+  and keeps MQTT 5 properties as a dict it serializes generically.
+* Lack of space does not fail a commit: the backend keeps the writes, sets
+  ``full`` and retries until they are durable (the commit future waits that
+  long); meanwhile the broker refuses new messages that would need storage.
+* Any other failed commit stops the store: every later commit and read raises.
+  The broker then stops rather than acknowledge anything it cannot keep.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from broker.protocol.packets import SubscriptionOptions
+from broker.message import Message, SubscriptionOptions
 
 NEVER_EXPIRES = 0xFFFFFFFF  # v5 session expiry interval meaning "never"
 
@@ -38,19 +43,9 @@ SENT = 1  # PUBLISH sent with packet_id, awaiting PUBACK (QoS 1) / PUBREC (QoS 2
 RELEASED = 2  # QoS 2: PUBREC received, PUBREL sent, awaiting PUBCOMP
 
 
-@dataclass(slots=True)
-class StoredMessage:
-    """An application message as published (before per-subscriber QoS/ids)."""
-
-    topic: str
-    payload: bytes
-    qos: int  # QoS it was published with
-    retain: bool
-    properties: dict = field(default_factory=dict)  # v5 properties to forward
-    expires_at: float | None = None  # wall-clock time.time(); None = never
-    message_id: int = 0  # assigned by Storage.store_message (0 = not stored)
-    # The v3.1.1 QoS 0 PUBLISH (retain 0) encoded once for every subscriber (fan-out).
-    wire_v4_qos0: bytes | None = field(default=None, compare=False, repr=False)
+# The message type is the core's and the storage's common value (broker/message.py): the
+# storage's row ids live in the backends (broker/storage/identity.py), not on the message.
+StoredMessage = Message  # deprecated name, kept while older code still imports it
 
 
 @dataclass(slots=True)
@@ -58,7 +53,7 @@ class QueueEntry:
     """One message in one session's outbound queue, in delivery order (seq)."""
 
     seq: int  # strictly increasing per session
-    message: StoredMessage
+    message: Message
     qos: int  # delivery QoS: min(published QoS, granted QoS)
     retain: bool = False  # retain flag as delivered (retain-as-published)
     subscription_ids: list[int] = field(default_factory=list)
@@ -96,6 +91,10 @@ class CorruptDatabase(Exception):
 class Storage(ABC):
     """Persistence for sessions, their queues, inbound QoS 2 state and retained messages."""
 
+    # Commits that had writes to make durable: a statistic, and how the contract checks
+    # that awaited commits are separate and concurrent ones may be grouped.
+    commits_done: int = 0
+
     # ---- life cycle -------------------------------------------------------
     @abstractmethod
     async def open(self) -> None:
@@ -114,6 +113,11 @@ class Storage(ABC):
         waits for (or skips) a commit, so no caller has to remember to flag its writes.
         """
 
+    @property
+    def full(self) -> bool:
+        """Out of space (or below the configured reserve): refuse what would need storage."""
+        return False
+
     @abstractmethod
     def commit(self) -> asyncio.Future[None]:
         """A future that resolves when every write issued so far is durable.
@@ -127,8 +131,8 @@ class Storage(ABC):
         """Every stored session with subscriptions, inbound QoS 2 ids and queue stats."""
 
     @abstractmethod
-    async def load_retained(self) -> list[StoredMessage]:
-        """Every retained message (with message_id set)."""
+    async def load_retained(self) -> list[Message]:
+        """Every retained message (recognised by this storage if queued again)."""
 
     # ---- queue reads ------------------------------------------------------------
     @abstractmethod
@@ -155,12 +159,8 @@ class Storage(ABC):
     def delete_subscription(self, client_id: str, topic_filter: str) -> None: ...
 
     @abstractmethod
-    def store_message(self, message: StoredMessage) -> int:
-        """Store the message once (if message.message_id is 0), set and return its id."""
-
-    @abstractmethod
     def enqueue(self, client_id: str, entry: QueueEntry) -> None:
-        """Append an entry; entry.message must have been stored (message_id != 0)."""
+        """Append an entry; its message is written unless this storage already has it."""
 
     @abstractmethod
     def update_entry(self, client_id: str, seq: int, state: int, packet_id: int | None) -> None: ...
@@ -170,10 +170,6 @@ class Storage(ABC):
         """Remove an acknowledged (or dropped/expired) entry."""
 
     @abstractmethod
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        """Drop the QUEUED entry with the smallest seq > after_seq (queue-full policy drop_oldest)."""
-
-    @abstractmethod
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None: ...
 
     @abstractmethod
@@ -181,17 +177,23 @@ class Storage(ABC):
 
     # ---- delayed wills (MQTT 5 Will Delay Interval) -----------------------------------------
     @abstractmethod
-    async def load_wills(self) -> list[tuple[str, StoredMessage, float]]:
+    async def load_wills(self) -> list[tuple[str, Message, float]]:
         """Every pending will: (client_id, message, wall-clock time it is due)."""
 
     @abstractmethod
-    def save_will(self, client_id: str, message: StoredMessage, due: float) -> None:
-        """Keep a will whose publication is delayed (a self-contained copy; no message_id)."""
+    def save_will(self, client_id: str, message: Message, due: float) -> None:
+        """Keep a will whose publication is delayed (a self-contained copy)."""
 
     @abstractmethod
     def delete_will(self, client_id: str) -> None:
         """The will was published or cancelled (a reconnect within the delay)."""
 
     @abstractmethod
-    def set_retained(self, topic: str, message: StoredMessage | None) -> None:
-        """Set (message already stored) or clear (None) the retained message of a topic."""
+    def set_retained(self, topic: str, message: Message | None) -> None:
+        """Set or clear (None) the retained message of a topic (written unless already stored)."""
+
+    # ---- statistics ------------------------------------------------------------------------
+    @abstractmethod
+    async def message_count(self) -> int:
+        """Messages stored after garbage collection: each counted once however many queue
+        entries and retained slots refer to it (for $SYS and to check that nothing leaks)."""

@@ -18,7 +18,11 @@ def create_storage(config: Config, *, sync: str | None = None) -> Storage:
         return MemoryStorage()
     if config.backend == "sqlite":
         os.makedirs(config.data_dir, exist_ok=True)
-        return SqliteStorage(os.path.join(config.data_dir, DB_FILE_NAME), sync=sync or config.sync)
+        return SqliteStorage(
+            os.path.join(config.data_dir, DB_FILE_NAME),
+            sync=sync or config.sync,
+            min_free_space=config.min_free_space,
+        )
     raise ValueError(f"unknown storage backend {config.backend!r} (expected 'sqlite' or 'memory')")
 
 

@@ -1,7 +1,7 @@
 """In-memory storage: plain dicts, nothing survives the process.
 
 Used for brokers that need no persistence and as the reference the SQLite
-backend is tested against (tests/storage/test_contract.py). It keeps the same
+backend is tested against (tests/storage/test_differential.py). It keeps the same
 observable behaviour as SQLite on purpose:
 
 * properties are stored encoded (``serialization``) and decoded on read, so
@@ -10,8 +10,8 @@ observable behaviour as SQLite on purpose:
   the store;
 * unreferenced messages are dropped at ``commit()``, not at the moment their
   last reference goes, exactly like SQLite drops them at the end of a batch.
-  A message stored with ``store_message`` must therefore be referenced
-  (``enqueue``/``set_retained``) before the next ``commit()``.
+  A message object is recognised by identity (``identity.MessageRows``) while
+  its row exists.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from __future__ import annotations
 import asyncio
 from bisect import bisect_right, insort
 
-from broker.protocol.packets import SubscriptionOptions
+from broker.message import Message, SubscriptionOptions
 from broker.storage.base import (
-    QUEUED,
     QueueEntry,
     SessionRecord,
     Storage,
-    StoredMessage,
     SubscriptionRecord,
 )
+from broker.storage.identity import MessageRows
 from broker.storage.serialization import decode_properties, encode_properties
 
 # Field positions of a stored message tuple.
@@ -59,6 +58,7 @@ class MemoryStorage(Storage):
         self._wills: dict[str, tuple] = {}  # client_id -> will row and the time it is due
         self._gc_candidates: set[int] = set()
         self._next_id = 0
+        self._rows = MessageRows()
 
     # ---- life cycle -------------------------------------------------------
     async def open(self) -> None:
@@ -110,13 +110,13 @@ class MemoryStorage(Storage):
             records.append(record)
         return records
 
-    async def load_wills(self) -> list[tuple[str, StoredMessage, float]]:
+    async def load_wills(self) -> list[tuple[str, Message, float]]:
         return [
-            (client_id, StoredMessage(topic, payload, qos, retain, decode_properties(props), expires), due)
+            (client_id, Message(topic, payload, qos, retain, decode_properties(props), expires), due)
             for client_id, (topic, payload, qos, retain, props, expires, due) in sorted(self._wills.items())
         ]
 
-    def save_will(self, client_id: str, message: StoredMessage, due: float) -> None:
+    def save_will(self, client_id: str, message: Message, due: float) -> None:
         self._dirty = True
         self._wills[client_id] = (
             message.topic,
@@ -132,7 +132,7 @@ class MemoryStorage(Storage):
         self._dirty = True
         self._wills.pop(client_id, None)
 
-    async def load_retained(self) -> list[StoredMessage]:
+    async def load_retained(self) -> list[Message]:
         result = []
         for topic in sorted(self._retained):
             message_id = self._retained[topic]
@@ -203,9 +203,11 @@ class MemoryStorage(Storage):
             if not subs:
                 del self._subscriptions[client_id]
 
-    def store_message(self, message: StoredMessage) -> int:
-        if message.message_id:
-            return message.message_id
+    def _row(self, message: Message) -> int:
+        """The row of ``message``: the one it was stored or read as, or a new one."""
+        message_id = self._rows.get(message)
+        if message_id and message_id in self._messages:
+            return message_id
         properties = encode_properties(message.properties)
         self._dirty = True
         self._next_id += 1
@@ -220,13 +222,11 @@ class MemoryStorage(Storage):
         )
         self._refs[message_id] = 0
         self._gc_candidates.add(message_id)  # dropped at commit unless referenced
-        message.message_id = message_id
+        self._rows.remember(message, message_id)
         return message_id
 
     def enqueue(self, client_id: str, entry: QueueEntry) -> None:
-        message_id = entry.message.message_id
-        if not message_id:
-            raise ValueError("enqueue: the message has not been stored (message_id 0)")
+        message_id = self._row(entry.message)
         self._dirty = True
         queue = self._queues.get(client_id)
         if queue is None:
@@ -274,16 +274,6 @@ class MemoryStorage(Storage):
             del self._queues[client_id]
         self._unref(entry[0])
 
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        self._dirty = True
-        queue = self._queues.get(client_id)
-        if queue is None:
-            return
-        for seq in queue.seqs[bisect_right(queue.seqs, after_seq):]:
-            if queue.entries[seq][4] == QUEUED:
-                self.delete_entry(client_id, seq)
-                return
-
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self._dirty = True
         self._inbound.setdefault(client_id, set()).add(packet_id)
@@ -296,20 +286,18 @@ class MemoryStorage(Storage):
             if not ids:
                 del self._inbound[client_id]
 
-    def set_retained(self, topic: str, message: StoredMessage | None) -> None:
-        if message is not None and not message.message_id:
-            raise ValueError("set_retained: the message has not been stored (message_id 0)")
+    def set_retained(self, topic: str, message: Message | None) -> None:
+        row = self._row(message) if message is not None else 0
         self._dirty = True
         previous = self._retained.pop(topic, None)
         if previous is not None:
             self._unref(previous)
-        if message is not None:
-            self._retained[topic] = message.message_id
-            self._refs[message.message_id] = self._refs.get(message.message_id, 0) + 1
+        if row:
+            self._retained[topic] = row
+            self._refs[row] = self._refs.get(row, 0) + 1
 
-    # ---- introspection for tests ---------------------------------------------------
-    async def _message_count(self) -> int:
-        """Stored messages after garbage collection (same meaning as SQLite's)."""
+    # ---- statistics ------------------------------------------------------------------
+    async def message_count(self) -> int:
         self._collect()
         return len(self._messages)
 
@@ -330,17 +318,11 @@ class MemoryStorage(Storage):
                 self._messages.pop(message_id, None)
         self._gc_candidates.clear()
 
-    def _message(self, message_id: int) -> StoredMessage:
+    def _message(self, message_id: int) -> Message:
         topic, payload, qos, retain, properties, expires_at = self._messages[message_id]
-        return StoredMessage(
-            topic=topic,
-            payload=payload,
-            qos=qos,
-            retain=retain,
-            properties=decode_properties(properties),
-            expires_at=expires_at,
-            message_id=message_id,
-        )
+        message = Message(topic, payload, qos, retain, decode_properties(properties), expires_at)
+        self._rows.remember(message, message_id)
+        return message
 
 
 def _subscription_record(topic_filter: str, row: tuple) -> SubscriptionRecord:

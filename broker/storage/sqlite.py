@@ -9,21 +9,36 @@ Write path (why it is shaped like this):
   reaches the disk, nor does a message nothing refers to any more.
 * ``commit()`` hands the batch to one asyncio task that writes it in ONE
   transaction (one ``executemany`` per kind of statement, one fsync with
-  ``synchronous=FULL``). Commits asked for while a batch is being written
-  share the next batch: group commit.
+  ``synchronous=FULL``), in ONE hop to the database thread: a thread hop
+  costs about as much as a small statement, so one per statement would
+  halve the throughput (docs/benchmarks.md). Commits asked for while a
+  batch is being written share the next batch: group commit.
 * Message garbage collection is deferred to the end of each batch: deleted
   queue entries and replaced retained slots record their message id in a
   temporary table, and one statement deletes those no row refers to any
   more. So a message may move from one reference to another within a batch
   (e.g. redelivery to another shared-subscription member) without being lost.
-  A message stored with ``store_message`` must be referenced (``enqueue`` /
-  ``set_retained``) before the batch is taken, i.e. before the caller yields
-  to the event loop or calls ``commit()``; otherwise it is not written.
+  A message is written by the first ``enqueue``/``set_retained`` that refers
+  to it and recognised afterwards by identity (``identity.MessageRows``).
 
 Rows are never rewritten in place by the engine's normal flow except the
 queue entry state, so the hot path per QoS 1/2 message is: one message
 insert, one queue insert per subscriber, one update per send, one delete per
 acknowledgement.
+
+Lack of space (SQLITE_FULL, ENOSPC) is not a failure of the store: the
+batch that could not be written is kept, ``full`` turns true (the broker
+then refuses new messages that need storage), and the commit is retried
+every ``retry_interval`` seconds, together with what was written since,
+until it goes through; the commit futures resolve only then. An optional
+reserve (``min_free_space``) turns ``full`` on before the disk is out of
+space, while commits still go through. Any other failed commit stops the
+store (``StorageFailed``).
+
+The database thread is ours (``dbthread.DatabaseThread``): the standard
+library's ``sqlite3`` connection lives on it from ``open()`` to ``close()``,
+which stops the thread. Every statement runs there; the event loop never
+touches the connection.
 
 On open the file is checked (``PRAGMA quick_check`` on a read-only
 connection, so a damaged file is never written to); a damaged file is moved
@@ -35,25 +50,26 @@ aside, never deleted, and ``CorruptDatabase`` is raised. The connection uses
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sqlite3
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
-import aiosqlite
-
-from broker.protocol.packets import SubscriptionOptions
+from broker.message import Message, SubscriptionOptions
 from broker.storage.base import (
-    QUEUED,
     CorruptDatabase,
     QueueEntry,
     SessionRecord,
     Storage,
-    StoredMessage,
     SubscriptionRecord,
 )
+from broker.storage.dbthread import DatabaseThread
+from broker.storage.identity import MessageRows
 from broker.storage.serialization import (
     decode_ints,
     decode_properties,
@@ -70,6 +86,10 @@ SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
 # After a checkpoint, shrink the WAL back to this size: a burst of traffic must
 # not leave a huge file behind on a small device.
 WAL_SIZE_LIMIT = 16 * 1024 * 1024
+
+# compact(): run when at least this many pages (4 KiB each) are free; vacuum this many at a time.
+COMPACT_MIN_FREE_PAGES = 256
+COMPACT_PAGES_PER_STEP = 1024
 
 _WAL_MAGICS = (0x377F0682, 0x377F0683)  # big-/little-endian checksum variants
 
@@ -181,9 +201,14 @@ _READ_QUEUE = """SELECT q.seq, q.qos, q.retain, q.subscription_ids, q.state, q.p
 _INSERT = 0
 _UPDATE = 1
 _DELETE = 2
-_NO_BOUND = 2**63 - 1
+
+_T = TypeVar("_T")
 
 _CORRUPTION_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+# Seconds between two attempts at a commit that failed for lack of space.
+FULL_RETRY_INTERVAL = 1.0
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 
 
@@ -196,22 +221,40 @@ class UnsupportedSchema(Exception):
 
 
 class StorageFailed(Exception):
-    """A commit failed (disk full, I/O error...): its writes are lost, so every later
-    commit and read fails too; the cause is in ``__cause__``. The broker should stop."""
+    """A commit failed (an I/O error; lack of space only while closing): its writes are
+    lost, so every later commit and read fails too; the cause is in ``__cause__``. The
+    broker should stop."""
 
 
 class SqliteStorage(Storage):
     def __init__(
-        self, path: str | os.PathLike, *, sync: str = "full", lock_timeout: float = 2.0
+        self,
+        path: str | os.PathLike,
+        *,
+        sync: str = "full",
+        lock_timeout: float = 2.0,
+        min_free_space: int = 0,
+        retry_interval: float = FULL_RETRY_INTERVAL,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         self.path = Path(path)
         self.sync = sync
         self.lock_timeout = lock_timeout
+        self.min_free_space = min_free_space  # bytes kept free on the file system; 0 = no reserve
+        self.retry_interval = retry_interval
+        self._retry: list[tuple] = []  # batches a commit could not write for lack of space
+        self._space_error: BaseException | None = None  # why the last attempt failed, while full
+        self._low_space = False  # free space below min_free_space at the last check
+        self._watch: asyncio.Task | None = None  # re-checks the free space while it is low
+        self._attempt: list[tuple] = []  # batches being written right now
+        self._space_waiters: list[asyncio.Future[None]] = []  # readers told when space runs out
+        self._closing = False
         self.commits_done = 0  # transactions written by the group commit
-        self._conn: aiosqlite.Connection | None = None
+        self._thread: DatabaseThread | None = None  # the database thread, while open
+        self._conn: sqlite3.Connection | None = None  # used on the database thread only
         self._next_id = 0
+        self._rows = MessageRows()
         self._task: asyncio.Task | None = None
         self._waiters: list[asyncio.Future] = []  # resolved by the next batch
         self._inflight: list[asyncio.Future] = []  # resolved by the batch being written
@@ -232,11 +275,6 @@ class SqliteStorage(Storage):
         self._inbound: dict[tuple[str, int], bool] = {}
         self._retained: dict[str, int | None] = {}
         self._wills: dict[str, tuple | None] = {}  # client_id -> will row, or None to delete
-        # delete_oldest_queued calls in call order: [client_id, after_seq, seq bound]. The
-        # bound is the first seq enqueued for the client after the call: entries queued
-        # later were not there when the call was made, so they are never the target.
-        self._drop_oldest: list[list] = []
-        self._open_drops: dict[str, list[list]] = {}  # drops of a client still unbounded
 
     def _take_batch(self) -> tuple:
         batch = (
@@ -248,7 +286,6 @@ class SqliteStorage(Storage):
             self._queue,
             self._inbound,
             self._retained,
-            self._drop_oldest,
             self._wills,
         )
         self._reset_batch()
@@ -264,53 +301,94 @@ class SqliteStorage(Storage):
 
     # ---- life cycle -----------------------------------------------------------------
     async def open(self) -> None:
-        if self._conn is not None:
+        if self._thread is not None:
             raise RuntimeError("storage already open")
-        await asyncio.to_thread(self._check_files)
-        conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.lock_timeout)
+        self._thread = DatabaseThread(f"edgemq-sqlite {self.path.name}")
         try:
-            await conn.execute("PRAGMA locking_mode = EXCLUSIVE")
-            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
-            if rows[0][0].lower() != "wal":
+            self._next_id = await self._run(self._open_sync)
+            if self.min_free_space:
+                free = await self._run(self._free_space)
+                if free is not None:
+                    self._update_space(free)
+        except BaseException:
+            self._stop_thread()
+            raise
+
+    def _open_sync(self) -> int:
+        """Check, open, migrate and sweep the database (on the database thread).
+
+        Returns the highest message id in use.
+        """
+        self._check_files()
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.lock_timeout)
+        try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            # New files: freed pages can be given back to the file system (compact()).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
                 raise RuntimeError(f"{self.path}: cannot switch to WAL journal mode")
-            await conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
-            await conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-            await conn.execute("PRAGMA temp_store = MEMORY")
-            await self._migrate(conn)
-            await conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA synchronous = {SYNC_MODES[self.sync]}")
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            self._migrate(conn)
+            conn.execute("BEGIN IMMEDIATE")
             for statement in _SWEEP:
-                cursor = await conn.execute(statement)
+                cursor = conn.execute(statement)
                 if cursor.rowcount > 0:
                     log.warning("%s: removed %d inconsistent rows (%s)", self.path,
                                 cursor.rowcount, statement.split(" WHERE")[0])
-            await conn.execute("COMMIT")
+            conn.execute("COMMIT")
             for statement in _GC_SETUP:
-                await conn.execute(statement)
-            rows = list(await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM messages"))
-            self._next_id = rows[0][0]
+                conn.execute(statement)
+            next_id: int = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            await conn.close()
+            conn.close()
             if _is_corruption(exc):
                 raise self._move_aside(str(exc)) from exc
             if _is_busy(exc):
                 raise DatabaseInUse(self._in_use_message()) from exc
             raise
         except BaseException:
-            await conn.close()
+            conn.close()
             raise
         self._conn = conn
+        return next_id
 
     async def close(self) -> None:
-        if self._conn is None:
+        if self._thread is None:
             return
+        self._closing = True  # out of space now: give up after one more attempt
         try:
             if self._dirty or self._task is not None:
                 await self.commit()
         finally:
+            if self._watch is not None:
+                self._watch.cancel()
+                await asyncio.gather(self._watch, return_exceptions=True)
             if self._task is not None:
                 await asyncio.gather(self._task, return_exceptions=True)
-            conn, self._conn = self._conn, None
-            await conn.close()
+            try:
+                await self._run(self._close_sync)
+            finally:
+                self._stop_thread()
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _stop_thread(self) -> None:
+        """Stop the database thread (idle by now: every call was awaited)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.stop()
+
+    def _run(self, function: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """Run ``function(*args)`` on the database thread: one hop, one future."""
+        if self._thread is None:
+            raise RuntimeError("storage is not open")
+        return self._thread.run(function, *args)
 
     @property
     def dirty(self) -> bool:
@@ -321,7 +399,7 @@ class SqliteStorage(Storage):
         future = loop.create_future()
         if self._failure is not None:
             future.set_exception(self._failed())
-        elif self._conn is None:
+        elif self._thread is None:
             future.set_exception(RuntimeError("storage is not open"))
         elif self._dirty:
             self._waiters.append(future)
@@ -336,12 +414,25 @@ class SqliteStorage(Storage):
 
     async def _commit_loop(self) -> None:
         try:
-            while self._waiters:
-                self._inflight, self._waiters = self._waiters, []
-                batch = self._take_batch()
+            while self._waiters or self._retry:
+                self._inflight += self._waiters
+                self._waiters = []
+                # Batches that failed for lack of space go first: writing them in order,
+                # each with its garbage collection, is what committing them one by one does.
+                batches = (self._retry + [self._take_batch()]) if self._dirty else self._retry
+                self._retry = []
+                self._attempt = batches
                 try:
-                    await self._write(batch)
+                    free = await self._write(batches)
                 except BaseException as exc:
+                    self._attempt = []
+                    if isinstance(exc, Exception) and _is_out_of_space(exc) and not self._closing:
+                        # Nothing was written: keep it all for the retry, before anything
+                        # a reader sealed meanwhile (``_unwritten``).
+                        self._retry = batches + self._retry
+                        self._set_space_error(exc)
+                        await asyncio.sleep(self.retry_interval)
+                        continue
                     self._failure = exc
                     log.error("%s: commit failed, storage stopped: %r", self.path, exc)
                     error = self._failed()
@@ -352,12 +443,74 @@ class SqliteStorage(Storage):
                     if not isinstance(exc, Exception):
                         raise
                     return
+                self._attempt = []
                 inflight, self._inflight = self._inflight, []
                 for future in inflight:
                     if not future.done():
                         future.set_result(None)
+                self._set_space_error(None)
+                if free is not None:
+                    self._update_space(free)
         finally:
             self._task = None
+
+    # ---- out of space -------------------------------------------------------------------
+    @property
+    def full(self) -> bool:
+        return self._space_error is not None or self._low_space
+
+    def _set_space_error(self, error: BaseException | None) -> None:
+        was_full = self.full
+        self._space_error = error
+        if error is not None:
+            waiters, self._space_waiters = self._space_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        if error is not None and not was_full:
+            log.error(
+                "%s: out of disk space (%s): refusing new QoS 1/2 messages that need storage,"
+                " delivering what is stored, retrying the commit every %g s",
+                self.path, error, self.retry_interval,
+            )
+        elif error is None and was_full and not self.full:
+            log.warning("%s: disk space available again: accepting messages again", self.path)
+
+    def _update_space(self, free: int) -> None:
+        """Turn the reserve condition on or off after a look at the free space."""
+        low = free < self.min_free_space
+        was_full = self.full
+        self._low_space = low
+        if low and not was_full:
+            log.error(
+                "%s: %d bytes free, below min_free_space (%d): refusing new QoS 1/2 messages"
+                " that need storage until space is freed", self.path, free, self.min_free_space,
+            )
+        elif was_full and not self.full:
+            log.warning("%s: %d bytes free again: accepting messages again", self.path, free)
+        if low and self._watch is None:
+            self._watch = asyncio.get_running_loop().create_task(self._watch_space())
+
+    async def _watch_space(self) -> None:
+        """While below the reserve, look at the free space now and then (commits may be rare)."""
+        try:
+            while self._low_space and self._thread is not None:
+                await asyncio.sleep(self.retry_interval)
+                if self._task is None and self._thread is not None:  # else the commit loop looks
+                    free = await self._run(self._free_space)
+                    if free is not None:
+                        self._update_space(free)
+        finally:
+            self._watch = None
+
+    def _free_space(self) -> int | None:
+        """Bytes available to us on the database's file system (database thread)."""
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError as exc:  # never fail a commit that is written already
+            log.warning("%s: cannot read the free space: %s", self.path, exc)
+            return None
+        return stat.f_bavail * stat.f_frsize
 
     def _failed(self) -> StorageFailed:
         error = StorageFailed(
@@ -367,18 +520,21 @@ class SqliteStorage(Storage):
         error.__cause__ = self._failure
         return error
 
-    @property
-    def _db(self) -> aiosqlite.Connection:
+    async def _fetch(self, sql: str, parameters: tuple = ()) -> list:
+        return await self._run(self._fetch_sync, sql, parameters)
+
+    def _fetch_sync(self, sql: str, parameters: tuple) -> list:
+        return self._connection().execute(sql, parameters).fetchall()
+
+    def _connection(self) -> sqlite3.Connection:
+        """The sqlite3 connection (call on the database thread only)."""
         if self._conn is None:
             raise RuntimeError("storage is not open")
         return self._conn
 
-    async def _fetch(self, sql: str, parameters: tuple = ()) -> list:
-        return list(await self._db.execute_fetchall(sql, parameters))
-
     async def _flush(self) -> None:
         """Make reads see every write issued before them."""
-        if self._conn is None:
+        if self._thread is None:
             raise RuntimeError("storage is not open")
         if self._dirty or self._task is not None or self._failure is not None:
             await self.commit()
@@ -422,18 +578,18 @@ class SqliteStorage(Storage):
                 record.last_seq = last_seq
         return list(records.values())
 
-    async def load_wills(self) -> list[tuple[str, StoredMessage, float]]:
+    async def load_wills(self) -> list[tuple[str, Message, float]]:
         await self._flush()
         rows = await self._fetch(
             "SELECT client_id, topic, payload, qos, retain, properties, expires_at, due"
             " FROM wills ORDER BY client_id"
         )
         return [
-            (client_id, StoredMessage(topic, payload, qos, bool(retain), decode_properties(props), expires), due)
+            (client_id, Message(topic, payload, qos, bool(retain), decode_properties(props), expires), due)
             for client_id, topic, payload, qos, retain, props, expires, due in rows
         ]
 
-    def save_will(self, client_id: str, message: StoredMessage, due: float) -> None:
+    def save_will(self, client_id: str, message: Message, due: float) -> None:
         self._dirty = True
         payload = message.payload
         self._wills[client_id] = (
@@ -450,28 +606,32 @@ class SqliteStorage(Storage):
         self._dirty = True
         self._wills[client_id] = None
 
-    async def load_retained(self) -> list[StoredMessage]:
+    async def load_retained(self) -> list[Message]:
         await self._flush()
         rows = await self._fetch(
             "SELECT m.id, m.topic, m.payload, m.qos, m.retain, m.properties, m.expires_at"
             " FROM retained r JOIN messages m ON m.id = r.message_id ORDER BY r.topic"
         )
         return [
-            StoredMessage(topic, payload, qos, bool(retain), decode_properties(props), expires, mid)
+            self._read_message(mid, topic, payload, qos, retain, props, expires)
             for mid, topic, payload, qos, retain, props, expires in rows
         ]
+
+    def _read_message(
+        self, mid: int, topic: str, payload: bytes, qos: int, retain: int, props: bytes | None, expires: float | None
+    ) -> Message:
+        message = Message(topic, payload, qos, bool(retain), decode_properties(props), expires)
+        self._rows.remember(message, mid)
+        return message
 
     async def read_queue(self, client_id: str, after_seq: int, limit: int) -> list[QueueEntry]:
         if limit <= 0:
             return []
-        await self._flush()
-        rows = await self._fetch(_READ_QUEUE, (client_id, after_seq, limit))
+        rows = await self._read_queue_rows(client_id, after_seq, limit)
         return [
             QueueEntry(
                 seq=seq,
-                message=StoredMessage(
-                    topic, payload, m_qos, bool(m_retain), decode_properties(props), expires, mid
-                ),
+                message=self._read_message(mid, topic, payload, m_qos, m_retain, props, expires),
                 qos=qos,
                 retain=bool(retain),
                 subscription_ids=decode_ints(sub_ids),
@@ -481,6 +641,97 @@ class SqliteStorage(Storage):
             for (seq, qos, retain, sub_ids, state, packet_id,
                  mid, topic, payload, m_qos, m_retain, props, expires) in rows
         ]
+
+    async def _read_queue_rows(self, client_id: str, after_seq: int, limit: int) -> list:
+        """Rows of ``_READ_QUEUE``, seeing every write issued before the call.
+
+        Normally the writes are committed first. While out of space they cannot be, and a
+        session must still get what is stored: the unwritten batches are then applied to
+        what the database returns (``_read_queue_unwritten``) instead of waiting.
+        """
+        while True:
+            if self._space_error is not None and self._failure is None:
+                return await self._run(
+                    self._read_queue_unwritten, client_id, after_seq, limit, self._unwritten()
+                )
+            if self._dirty or self._task is not None or self._failure is not None:
+                done = self.commit()
+                if not done.done():
+                    space = asyncio.get_running_loop().create_future()
+                    self._space_waiters.append(space)
+                    try:
+                        await asyncio.wait((done, space), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        if space in self._space_waiters:
+                            self._space_waiters.remove(space)
+                    if not done.done():
+                        continue  # the commit ran out of space: read around it
+                done.result()  # raises if the store failed
+            return await self._fetch(_READ_QUEUE, (client_id, after_seq, limit))
+
+    def _unwritten(self) -> list[tuple]:
+        """Every batch not known to be on disk, oldest first (while out of space).
+
+        Pending writes are sealed into a batch of their own, so that no write can change
+        what the database thread reads; their commit waiters still wait for it.
+        """
+        if self._dirty:
+            self._retry.append(self._take_batch())
+        return self._attempt + self._retry
+
+    def _read_queue_unwritten(self, client_id: str, after_seq: int, limit: int, batches: list[tuple]) -> list:
+        """``_READ_QUEUE`` as if ``batches`` were written (database thread).
+
+        Applying a batch that did get written in the meantime again changes nothing: each
+        write is absolute (insert or replace, delete, set state), so this is exact either way.
+        """
+        conn = self._connection()
+        rows: dict[int, list] = {}
+        bound: int | None = None  # rows beyond the database's window are unknown
+        if not any(client_id in batch[2] for batch in batches):  # else a batch wipes them
+            removals = sum(
+                1 for batch in batches for (c, _), op in batch[5].items() if c == client_id and op[0] == _DELETE
+            )
+            window = limit + removals  # enough for ``limit`` rows to survive the deletes
+            found = conn.execute(_READ_QUEUE, (client_id, after_seq, window)).fetchall()
+            rows = {row[0]: list(row) for row in found}
+            if len(found) >= window:
+                bound = found[-1][0]
+        new_messages: dict[int, tuple] = {}
+        for (stored, refs, deleted_clients, _, _, queue, *_) in batches:
+            new_messages.update((mid, row) for mid, row in stored.items() if refs[mid] > 0)
+            if client_id in deleted_clients:
+                rows.clear()
+            for (c, seq), op in queue.items():
+                if c != client_id or seq <= after_seq:
+                    continue
+                if op[0] == _INSERT:  # [kind, message_id, qos, retain, sub_ids, state, packet_id, ...]
+                    rows[seq] = [seq, op[2], op[3], op[4], op[5], op[6], op[1]]
+                elif op[0] == _UPDATE:
+                    row = rows.get(seq)
+                    if row is not None:
+                        row[4], row[5] = op[1], op[2]
+                else:
+                    rows.pop(seq, None)
+        seqs = sorted(seq for seq in rows if bound is None or seq <= bound)[:limit]
+        missing = [rows[seq][6] for seq in seqs if len(rows[seq]) == 7 and rows[seq][6] not in new_messages]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            for found_row in conn.execute(
+                "SELECT id, topic, payload, qos, retain, properties, expires_at FROM messages"
+                f" WHERE id IN ({marks})", missing,
+            ):
+                new_messages[found_row[0]] = tuple(found_row)
+        result = []
+        for seq in seqs:
+            row = rows[seq]
+            if len(row) == 7:  # an entry of a batch: add its message, as the join would
+                message = new_messages.get(row[6])
+                if message is None:
+                    continue
+                row = row + list(message[1:])
+            result.append(tuple(row))
+        return result
 
     # ---- buffered writes -----------------------------------------------------------------
     def save_session(self, record: SessionRecord) -> None:
@@ -506,9 +757,6 @@ class SqliteStorage(Storage):
             op = self._queue.pop(queue_key)
             if op[0] == _INSERT:
                 self._unref(op[1])
-        self._open_drops.pop(client_id, None)
-        if self._drop_oldest:
-            self._drop_oldest = [d for d in self._drop_oldest if d[0] != client_id]
 
     def save_subscription(self, client_id: str, sub: SubscriptionRecord) -> None:
         self._dirty = True
@@ -527,9 +775,11 @@ class SqliteStorage(Storage):
         self._dirty = True
         self._subscriptions[(client_id, topic_filter)] = None
 
-    def store_message(self, message: StoredMessage) -> int:
-        if message.message_id:
-            return message.message_id
+    def _row(self, message: Message) -> int:
+        """The row of ``message``: the one it was stored or read as, or a new one."""
+        message_id = self._rows.get(message)
+        if message_id:
+            return message_id
         properties = encode_properties(message.properties)
         payload = message.payload
         if type(payload) is not bytes:
@@ -547,13 +797,11 @@ class SqliteStorage(Storage):
             message.expires_at,
         )
         self._new_refs[message_id] = 0
-        message.message_id = message_id
+        self._rows.remember(message, message_id)
         return message_id
 
     def enqueue(self, client_id: str, entry: QueueEntry) -> None:
-        message_id = entry.message.message_id
-        if not message_id:
-            raise ValueError("enqueue: the message has not been stored (message_id 0)")
+        message_id = self._row(entry.message)
         self._dirty = True
         key = (client_id, entry.seq)
         previous = self._queue.get(key)
@@ -578,11 +826,6 @@ class SqliteStorage(Storage):
         ]
         if message_id in self._new_refs:
             self._new_refs[message_id] += 1
-        if self._open_drops:
-            drops = self._open_drops.pop(client_id, None)
-            if drops is not None:
-                for drop in drops:
-                    drop[2] = entry.seq
 
     def update_entry(self, client_id: str, seq: int, state: int, packet_id: int | None) -> None:
         self._dirty = True
@@ -608,20 +851,6 @@ class SqliteStorage(Storage):
             else:
                 del self._queue[key]
 
-    def delete_oldest_queued(self, client_id: str, after_seq: int) -> None:
-        """Resolved when the batch is written, after its other queue writes.
-
-        That is exact for the way the engine drops: the call sees every write
-        issued before it; entries enqueued after it are excluded by the seq
-        bound; and entries beyond ``after_seq`` are not in the engine's RAM, so
-        it cannot update or delete them later in the same batch (reading them
-        flushes the batch first).
-        """
-        self._dirty = True
-        drop = [client_id, after_seq, _NO_BOUND]
-        self._drop_oldest.append(drop)
-        self._open_drops.setdefault(client_id, []).append(drop)
-
     def add_inbound_qos2(self, client_id: str, packet_id: int) -> None:
         self._dirty = True
         self._inbound[(client_id, packet_id)] = True
@@ -633,183 +862,196 @@ class SqliteStorage(Storage):
         self._dirty = True
         self._inbound[(client_id, packet_id)] = False
 
-    def set_retained(self, topic: str, message: StoredMessage | None) -> None:
-        if message is not None and not message.message_id:
-            raise ValueError("set_retained: the message has not been stored (message_id 0)")
+    def set_retained(self, topic: str, message: Message | None) -> None:
+        row = self._row(message) if message is not None else 0
         self._dirty = True
         previous = self._retained.get(topic)
         if previous is not None:
             self._unref(previous)
-        if message is None:
+        if not row:
             self._retained[topic] = None
         else:
-            self._retained[topic] = message.message_id
-            self._ref(message.message_id)
+            self._retained[topic] = row
+            self._ref(row)
 
     # ---- writing one batch --------------------------------------------------------------
-    async def _write(self, batch: tuple) -> None:
-        """Write one batch in one transaction, in a single call to the database thread."""
-        await self._db._execute(self._write_sync, batch)  # one thread hop, not one per statement
+    async def _write(self, batches: list[tuple]) -> int | None:
+        """Write batches in one transaction, in a single call to the database thread.
 
-    def _write_sync(self, batch: tuple) -> None:
-        """Write one batch in one transaction.
+        Returns the free space left when a reserve is set (looked at in the same hop).
+        """
+        return await self._run(self._write_sync, batches)  # one thread hop, not one per statement
+
+    def _write_sync(self, batches: list[tuple]) -> int | None:
+        """Write batches (oldest first) in one transaction (database thread)."""
+        work = [batch for batch in batches if not _nothing_to_write(batch)]
+        if work:  # else everything cancelled out: no transaction at all
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for batch in work:
+                    self._write_batch(conn, batch)
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except Exception:  # the connection may be unusable; the failure is reported anyway
+                        pass
+                if isinstance(exc, Exception) and _is_out_of_space(exc):
+                    self._compact_wal(conn)
+                raise
+            self.commits_done += 1
+        return self._free_space() if self.min_free_space else None
+
+    def _compact_wal(self, conn: sqlite3.Connection) -> None:
+        """Out of space: try to give back what old page versions in the WAL hold.
+
+        The WAL keeps every version of a page written since the last checkpoint; a
+        checkpoint that completes truncates it. On a disk truly full of data it fails
+        (the database file cannot grow) and changes nothing: SQLite keeps the WAL until
+        every frame is copied.
+        """
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:
+            pass
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: tuple) -> None:
+        """The statements of one batch, inside the caller's transaction.
 
         Order matters only where rows of different kinds meet: cascades of
         deleted sessions first (later writes of this batch re-create what they
-        should), queue deletes before inserts (a reused key), drops after the
-        inserts (an entry queued earlier in this batch may be the oldest), and
-        garbage collection last.
+        should), queue deletes before inserts (a reused key), and garbage
+        collection last.
         """
         (new_messages, new_refs, deleted_clients, sessions, subscriptions,
-         queue, inbound, retained, drop_oldest, wills) = batch
+         queue, inbound, retained, wills) = batch
         messages = [row for mid, row in new_messages.items() if new_refs[mid] > 0]
-        if not (messages or deleted_clients or sessions or subscriptions or queue
-                or inbound or retained or drop_oldest or wills):
-            return  # everything cancelled out: no transaction at all
-        conn = self._db._conn  # the sqlite3 connection; we run on aiosqlite's thread
         collect = False  # did anything delete a reference to a message?
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if deleted_clients:
-                clients = [(c,) for c in deleted_clients]
-                for table in ("queue", "subscriptions", "inbound_qos2", "sessions"):
-                    conn.executemany(f"DELETE FROM {table} WHERE client_id = ?", clients)
-                collect = True
-            if messages:
+        if deleted_clients:
+            clients = [(c,) for c in deleted_clients]
+            for table in ("queue", "subscriptions", "inbound_qos2", "sessions"):
+                conn.executemany(f"DELETE FROM {table} WHERE client_id = ?", clients)
+            collect = True
+        if messages:
+            conn.executemany(
+                "INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                messages,
+            )
+        if sessions:
+            conn.executemany(
+                "INSERT OR REPLACE INTO sessions"
+                " (client_id, expiry_interval, protocol_level, disconnected_at)"
+                " VALUES (?, ?, ?, ?)",
+                list(sessions.values()),
+            )
+        if subscriptions:
+            removed = [key for key, row in subscriptions.items() if row is None]
+            saved = [row for row in subscriptions.values() if row is not None]
+            if removed:
                 conn.executemany(
-                    "INSERT INTO messages (id, topic, payload, qos, retain, properties, expires_at)"
+                    "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?", removed
+                )
+            if saved:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos, no_local,"
+                    " retain_as_published, retain_handling, subscription_id)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    messages,
+                    saved,
                 )
-            if sessions:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO sessions"
-                    " (client_id, expiry_interval, protocol_level, disconnected_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    list(sessions.values()),
-                )
-            if subscriptions:
-                removed = [key for key, row in subscriptions.items() if row is None]
-                saved = [row for row in subscriptions.values() if row is not None]
-                if removed:
-                    conn.executemany(
-                        "DELETE FROM subscriptions WHERE client_id = ? AND topic_filter = ?", removed
-                    )
-                if saved:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO subscriptions (client_id, topic_filter, qos, no_local,"
-                        " retain_as_published, retain_handling, subscription_id)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        saved,
-                    )
-            if queue:
-                deletes = []
-                updates = []
-                inserts = []
-                for key, op in queue.items():
-                    kind = op[0]
-                    if kind == _INSERT:
-                        if op[7]:
-                            deletes.append(key)
-                        inserts.append((key[0], key[1], op[1], op[2], op[3], op[4], op[5], op[6]))
-                    elif kind == _UPDATE:
-                        updates.append((op[1], op[2], key[0], key[1]))
-                    else:
+        if queue:
+            deletes = []
+            updates = []
+            inserts = []
+            for key, op in queue.items():
+                kind = op[0]
+                if kind == _INSERT:
+                    if op[7]:
                         deletes.append(key)
-                if deletes:
-                    conn.executemany(
-                        "DELETE FROM queue WHERE client_id = ? AND seq = ?", deletes
-                    )
-                    collect = True
-                if updates:
-                    conn.executemany(
-                        "UPDATE queue SET state = ?, packet_id = ? WHERE client_id = ? AND seq = ?",
-                        updates,
-                    )
-                if inserts:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO queue (client_id, seq, message_id, qos, retain,"
-                        " subscription_ids, state, packet_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        inserts,
-                    )
-            if drop_oldest:
-                # executemany runs them one after the other: each drops the next oldest.
+                    inserts.append((key[0], key[1], op[1], op[2], op[3], op[4], op[5], op[6]))
+                elif kind == _UPDATE:
+                    updates.append((op[1], op[2], key[0], key[1]))
+                else:
+                    deletes.append(key)
+            if deletes:
                 conn.executemany(
-                    "DELETE FROM queue WHERE client_id = ?1 AND seq = (SELECT MIN(seq) FROM queue"
-                    f" WHERE client_id = ?1 AND seq > ?2 AND seq < ?3 AND state = {QUEUED})",
-                    drop_oldest,
+                    "DELETE FROM queue WHERE client_id = ? AND seq = ?", deletes
                 )
                 collect = True
-            if inbound:
-                removed = [key for key, present in inbound.items() if not present]
-                added = [key for key, present in inbound.items() if present]
-                if removed:
-                    conn.executemany(
-                        "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?", removed
-                    )
-                if added:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)",
-                        added,
-                    )
-            if retained:
-                cleared = [(topic,) for topic, mid in retained.items() if mid is None]
-                kept = [(topic, mid) for topic, mid in retained.items() if mid is not None]
-                if cleared:
-                    conn.executemany("DELETE FROM retained WHERE topic = ?", cleared)
-                if kept:
-                    # An upsert, not INSERT OR REPLACE: REPLACE would not fire the GC trigger.
-                    conn.executemany(
-                        "INSERT INTO retained (topic, message_id) VALUES (?, ?) ON CONFLICT (topic)"
-                        " DO UPDATE SET message_id = excluded.message_id",
-                        kept,
-                    )
-                collect = True
-            if wills:
+            if updates:
                 conn.executemany(
-                    "DELETE FROM wills WHERE client_id = ?", [(c,) for c, row in wills.items() if row is None]
+                    "UPDATE queue SET state = ?, packet_id = ? WHERE client_id = ? AND seq = ?",
+                    updates,
                 )
+            if inserts:
                 conn.executemany(
-                    "INSERT OR REPLACE INTO wills (client_id, topic, payload, qos, retain, properties,"
-                    " expires_at, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(c, *row) for c, row in wills.items() if row is not None],
+                    "INSERT OR REPLACE INTO queue (client_id, seq, message_id, qos, retain,"
+                    " subscription_ids, state, packet_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    inserts,
                 )
-            if collect:
-                conn.execute(_GC)
-                conn.execute("DELETE FROM temp.gc")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except Exception:  # the connection may be unusable; the failure is reported anyway
-                    pass
-            raise
-        self.commits_done += 1
+        if inbound:
+            removed = [key for key, present in inbound.items() if not present]
+            added = [key for key, present in inbound.items() if present]
+            if removed:
+                conn.executemany(
+                    "DELETE FROM inbound_qos2 WHERE client_id = ? AND packet_id = ?", removed
+                )
+            if added:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO inbound_qos2 (client_id, packet_id) VALUES (?, ?)",
+                    added,
+                )
+        if retained:
+            cleared = [(topic,) for topic, mid in retained.items() if mid is None]
+            kept = [(topic, mid) for topic, mid in retained.items() if mid is not None]
+            if cleared:
+                conn.executemany("DELETE FROM retained WHERE topic = ?", cleared)
+            if kept:
+                # An upsert, not INSERT OR REPLACE: REPLACE would not fire the GC trigger.
+                conn.executemany(
+                    "INSERT INTO retained (topic, message_id) VALUES (?, ?) ON CONFLICT (topic)"
+                    " DO UPDATE SET message_id = excluded.message_id",
+                    kept,
+                )
+            collect = True
+        if wills:
+            conn.executemany(
+                "DELETE FROM wills WHERE client_id = ?", [(c,) for c, row in wills.items() if row is None]
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO wills (client_id, topic, payload, qos, retain, properties,"
+                " expires_at, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(c, *row) for c, row in wills.items() if row is not None],
+            )
+        if collect:
+            conn.execute(_GC)
+            conn.execute("DELETE FROM temp.gc")
 
     # ---- open: checks, schema, corruption -------------------------------------------------
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        version = list(await conn.execute_fetchall("PRAGMA user_version"))[0][0]
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise UnsupportedSchema(
                 f"{self.path} has schema version {version}; this broker knows up to"
                 f" {SCHEMA_VERSION}. Run a newer broker or restore an older backup."
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            await conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _MIGRATIONS[target]:
-                    await conn.execute(statement)
-                await conn.execute(f"PRAGMA user_version = {target}")
-                await conn.execute("COMMIT")
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {target}")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+                    conn.execute("ROLLBACK")
                 raise
             log.info("%s: schema version %d", self.path, target)
 
     def _check_files(self) -> None:
-        """Check the database read-only before opening it for writing (runs in a thread).
+        """Check the database read-only before opening it for writing (database thread).
 
         A read-only connection never checkpoints or deletes anything, so a
         damaged file stays exactly as found when it is moved aside.
@@ -880,9 +1122,54 @@ class SqliteStorage(Storage):
             f" The next start uses {self.path} as it is."
         )
 
-    # ---- introspection for tests ---------------------------------------------------
-    async def _message_count(self) -> int:
-        """Stored messages after garbage collection."""
+    # ---- operations: backup and compaction ---------------------------------------------
+    async def backup(self, destination: str | os.PathLike) -> None:
+        """Copy the committed database to a new file with SQLite's online backup API.
+
+        Runs on the database thread between group commits, so the copy is one consistent
+        state, taken while the broker serves (the exclusive lock keeps other processes out).
+        """
+
+        def copy() -> None:
+            target = sqlite3.connect(destination)
+            try:
+                self._connection().backup(target)
+            finally:
+                target.close()
+
+        await self._run(copy)
+
+    async def compact(self, pages_per_step: int = COMPACT_PAGES_PER_STEP) -> bool:
+        """Give freed pages back to the file system and empty the WAL; True if it wrote.
+
+        Called when the broker has been quiet for a while after traffic (never on a
+        timer while idle), so a burst leaves neither a large database nor a large WAL
+        behind on an SD card. A file created before auto_vacuum was set is vacuumed once.
+        Each step is one call to the database thread: group commits run between them.
+        """
+        if self._failure is not None:
+            return False
+        freelist = (await self._fetch("PRAGMA freelist_count"))[0][0]
+        wal = _sidecar(self.path, "-wal")
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        if freelist < COMPACT_MIN_FREE_PAGES and wal_size == 0:
+            return False
+        if freelist >= COMPACT_MIN_FREE_PAGES:
+            if (await self._fetch("PRAGMA auto_vacuum"))[0][0] == 0:
+                await self._run(self._script, "VACUUM;")  # switches the file to incremental auto_vacuum
+            previous = -1
+            while 0 < freelist != previous:
+                # (executescript runs the pragma to completion; a cursor would free one page per step.)
+                await self._run(self._script, f"PRAGMA incremental_vacuum({pages_per_step});")
+                previous, freelist = freelist, (await self._fetch("PRAGMA freelist_count"))[0][0]
+        await self._run(self._script, "PRAGMA wal_checkpoint(TRUNCATE);")
+        return True
+
+    def _script(self, sql: str) -> None:
+        self._connection().executescript(sql)
+
+    # ---- statistics ------------------------------------------------------------------
+    async def message_count(self) -> int:
         await self._flush()
         rows = await self._fetch("SELECT COUNT(*) FROM messages")
         return rows[0][0]
@@ -937,6 +1224,20 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     if code is None:
         return False
     return (code & 0xFF) in _CORRUPTION_CODES
+
+
+def _nothing_to_write(batch: tuple) -> bool:
+    """Did every write of this batch cancel out (and no stored message stay referenced)?"""
+    new_messages, new_refs, *rows = batch
+    return not any(rows) and not any(new_refs[mid] > 0 for mid in new_messages)
+
+
+def _is_out_of_space(exc: Exception) -> bool:
+    """SQLITE_FULL (SQLite's word for ENOSPC on a write), or ENOSPC/EDQUOT itself."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and (code & 0xFF) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

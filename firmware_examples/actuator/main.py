@@ -15,6 +15,24 @@ except ImportError:  # CPython
     from edge_client.compat import ticks_diff, ticks_ms
 
 
+def credentials():
+    """user, password, ssl and ssl_params for MQTTClient from config.py (on the
+    simulation, EDGE_USER, EDGE_PASSWORD, EDGE_SSL=1, EDGE_CA, EDGE_CERT, ... override)."""
+    user = board.setting("USER", config.USER)
+    password = board.setting("PASSWORD", config.PASSWORD)
+    if str(board.setting("SSL", config.SSL)) not in ("True", "1"):
+        return user, password, False, {}
+    params = {"cafile": board.setting("CA", config.CA)}
+    cert = board.setting("CERT", config.CERT)
+    if cert:
+        params["cert"] = cert
+        params["key"] = board.setting("KEY", config.KEY)
+    name = board.setting("SERVER_HOSTNAME", config.SERVER_HOSTNAME)
+    if name:
+        params["server_hostname"] = name
+    return user, password, True, params
+
+
 def main():
     cid = board.setting("CLIENT_ID", config.CLIENT_ID) or "actuator-" + board.unique_id()
     host = board.setting("BROKER", config.BROKER)
@@ -26,8 +44,9 @@ def main():
 
     # The state file keeps the ids of QoS 2 commands already carried out until the
     # broker releases them: a command that arrives again after a reset is not repeated.
+    user, password, ssl, ssl_params = credentials()
     client = MQTTClient(
-        cid, host, port, config.USER, config.PASSWORD, keepalive=30, timeout=5,
+        cid, host, port, user, password, keepalive=30, timeout=5, ssl=ssl, ssl_params=ssl_params,
         outbox=board.STATE_DIR + config.STATE_FILE, backoff_ms=(500, 30000),
     )
     client.set_last_will(online_topic, "0", retain=True, qos=1)

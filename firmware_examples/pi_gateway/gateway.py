@@ -128,7 +128,7 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await client.connect()
+        await client.connect(clean_session=False)  # the broker keeps what is in flight
         print("connected", flush=True)
     except (OSError, MQTTException) as e:
         print(f"broker unreachable ({e!r}); readings wait in the outbox", flush=True)

@@ -2,6 +2,8 @@
 # edge_client outbox on flash, so no reading is lost to a Wi-Fi outage, a broker
 # restart, a reset or deep sleep. Runs on ESP32 / Pico W, and on the MicroPython
 # Unix port with simulated hardware (see board.py).
+import os
+
 import board
 import config
 
@@ -14,16 +16,45 @@ except ImportError:  # CPython
 
 
 def load_seq(path):
-    try:
-        with open(path) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 0
+    # The temp file counts too: a reset between removing the old file and the rename
+    # (FAT cannot rename over a file) leaves only it.
+    for p in (path, path + ".tmp"):
+        try:
+            with open(p) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            pass
+    return 0
 
 
 def save_seq(path, seq):
-    with open(path, "w") as f:
+    """Atomically: a reset mid-write must not restart the sequence at 0."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
         f.write(str(seq))
+    try:
+        os.rename(tmp, path)  # atomic on littlefs (ESP32, Pico W) and POSIX
+    except OSError:  # FAT: no rename over an existing file
+        os.remove(path)
+        os.rename(tmp, path)
+
+
+def credentials():
+    """user, password, ssl and ssl_params for MQTTClient from config.py (on the
+    simulation, EDGE_USER, EDGE_PASSWORD, EDGE_SSL=1, EDGE_CA, EDGE_CERT, ... override)."""
+    user = board.setting("USER", config.USER)
+    password = board.setting("PASSWORD", config.PASSWORD)
+    if str(board.setting("SSL", config.SSL)) not in ("True", "1"):
+        return user, password, False, {}
+    params = {"cafile": board.setting("CA", config.CA)}
+    cert = board.setting("CERT", config.CERT)
+    if cert:
+        params["cert"] = cert
+        params["key"] = board.setting("KEY", config.KEY)
+    name = board.setting("SERVER_HOSTNAME", config.SERVER_HOSTNAME)
+    if name:
+        params["server_hostname"] = name
+    return user, password, True, params
 
 
 def main():
@@ -37,14 +68,17 @@ def main():
     topic = config.TOPIC.replace("{id}", cid)
     seq_path = board.STATE_DIR + "seq.txt"
 
+    user, password, ssl, ssl_params = credentials()
     client = MQTTClient(
-        cid, host, port, config.USER, config.PASSWORD, keepalive=30, timeout=5,
+        cid, host, port, user, password, keepalive=30, timeout=5, ssl=ssl, ssl_params=ssl_params,
         outbox=board.STATE_DIR + config.OUTBOX, outbox_size=config.OUTBOX_SIZE,
         backoff_ms=(500, 30000),
     )
     if board.wifi_connect(config.WIFI_SSID, config.WIFI_PASSWORD, 15000):
         try:
-            client.connect()
+            # A persistent session: the broker keeps what is in flight across our
+            # resets and its restarts, so no reading waiting for its ack is lost.
+            client.connect(clean_session=False)
         except Exception as e:  # the broker may be away: readings wait in the outbox
             print("OFFLINE", repr(e))
     else:

@@ -169,7 +169,7 @@ def test_own_messages_into_a_full_queue_are_dropped_not_held() -> None:
         assert len(acked(sub.received())) == 100
         session = engine.sessions["sub"]
         assert len(session.inflight) == WINDOW and session.queued_count == LIMIT
-        assert engine.drops == {"queue_full": 100 - WINDOW - LIMIT}
+        assert engine.dropped_messages == 100 - WINDOW - LIMIT and engine.stats.dropped_stalled == 0
 
     asyncio.run(main())
 
@@ -185,7 +185,7 @@ def test_a_stalled_subscriber_lets_its_publishers_go_and_drops_by_reason() -> No
         engine.flow.check_stalls(time.monotonic() + 1.5)  # nothing acknowledged for 1 s
         await settle()
         assert acked(pub.received()) == list(range(WINDOW + 8, 61))
-        assert engine.drops == {"stalled": 60 - WINDOW - LIMIT}
+        assert engine.dropped_messages == engine.stats.dropped_stalled == 60 - WINDOW - LIMIT
         # Reading again: backpressure instead of drops.
         sub.send(*[Puback(p.packet_id) for p in sub.received()])
         await settle()

@@ -212,6 +212,12 @@ class Peer:
     def wait_connected(self, timeout: float = 15.0) -> None:
         assert self._connected.wait(timeout), "paho peer did not reconnect"
 
+    def wait_disconnected(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._connected.is_set():
+            assert time.monotonic() < deadline, "paho peer did not notice the broker going away"
+            time.sleep(0.02)
+
     def wait_for(self, n: int, timeout: float = 15.0) -> list[tuple[str, int, int, bytes]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

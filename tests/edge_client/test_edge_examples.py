@@ -1,6 +1,6 @@
 """The firmware examples, run briefly as they are: the sensor node and the actuator on
 the MicroPython Unix port (simulated hardware, 64 KB heap), the Pi gateway on CPython,
-all against mosquitto."""
+each against mosquitto and against our broker (the `edge_broker` fixture)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_harness import REPO, Peer, Runtime
+from edge_harness import REPO, EdgeBroker, Peer, Runtime
 
 EXAMPLES = REPO / "firmware_examples"
 
@@ -35,9 +35,9 @@ def sim_env(state: Path, port: int, **extra: object) -> dict[str, str]:
 
 
 def test_sensor_node_keeps_readings_through_outages_and_deep_sleep(
-    unix_port: Runtime, mosquitto_factory: Any, tmp_path: Path
+    unix_port: Runtime, edge_broker: EdgeBroker, tmp_path: Path
 ) -> None:
-    broker = mosquitto_factory()
+    broker = edge_broker
     example = EXAMPLES / "sensor_node"
     state = tmp_path / "flash"
     state.mkdir()
@@ -69,10 +69,40 @@ def test_sensor_node_keeps_readings_through_outages_and_deep_sleep(
     peer.close()
 
 
-def test_actuator_runs_commands_sent_while_offline_exactly_once(
-    unix_port: Runtime, mosquitto_factory: Any, tmp_path: Path
+def test_sensor_node_delivers_every_reading_taken_while_the_broker_was_down(
+    unix_port: Runtime, edge_broker: EdgeBroker, tmp_path: Path
 ) -> None:
-    broker = mosquitto_factory(persistence=True)
+    """The outage story: always on, the broker stops for a while and comes back; every
+    reading taken meanwhile arrives, in order, once it is back."""
+    example = EXAMPLES / "sensor_node"
+    state = tmp_path / "flash"
+    state.mkdir()
+    peer = Peer(edge_broker.host, edge_broker.port, "peer-outage", clean_session=False)
+    peer.subscribe("sensors/#", 1)
+    n = 12
+    prog = unix_port.start(
+        example / "main.py", extra_paths=(example,),
+        env=sim_env(state, edge_broker.port, INTERVAL_MS=250, DEEP_SLEEP=0, CYCLES=n, FLUSH_MS=20000),
+    )
+    prog.expect("READING 2")
+    edge_broker.stop()
+    down_from = int(prog.expect("READING").split()[1])
+    prog.expect(f"READING {down_from + 3}")  # readings taken with the broker away
+    edge_broker.start()
+    prog.finish(60)
+    assert prog.lines[-1] == "PENDING 0", prog.output()
+    peer.wait_connected()
+    seqs = [json.loads(m[3])["seq"] for m in peer.wait_for(n, timeout=30)]
+    assert sorted(set(seqs)) == list(range(n)), seqs  # QoS 1: at least once
+    assert [s for i, s in enumerate(seqs) if s not in seqs[:i]] == list(range(n))  # in order
+    assert (state / "seq.txt").read_text() == str(n) and not (state / "seq.txt.tmp").exists()
+    peer.close()
+
+
+def test_actuator_runs_commands_sent_while_offline_exactly_once(
+    unix_port: Runtime, edge_broker: EdgeBroker, tmp_path: Path
+) -> None:
+    broker = edge_broker
     example = EXAMPLES / "actuator"
     state = tmp_path / "flash"
     state.mkdir()
@@ -97,8 +127,8 @@ def test_actuator_runs_commands_sent_while_offline_exactly_once(
     peer.close()
 
 
-def test_pi_gateway_bridges_sysfs_sensors(mosquitto_factory: Any, tmp_path: Path, mpy_lib: Path) -> None:
-    broker = mosquitto_factory()
+def test_pi_gateway_bridges_sysfs_sensors(edge_broker: EdgeBroker, tmp_path: Path, mpy_lib: Path) -> None:
+    broker = edge_broker
     sysfs = tmp_path / "sys"
     w1 = sysfs / "bus/w1/devices/28-0000075e1a2b"
     w1.mkdir(parents=True)

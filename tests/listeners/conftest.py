@@ -56,8 +56,10 @@ class PKI:
         return context
 
 
-def make_pki(directory: Path, client_name: str = "device-1", server_days: int = certs.SERVER_DAYS) -> PKI:
-    where = certs.init(directory, hosts=["localhost"], ips=["127.0.0.1"], server_days=server_days)
+def make_pki(
+    directory: Path, client_name: str = "device-1", server_days: int = certs.SERVER_DAYS, ca_days: int = certs.CA_DAYS
+) -> PKI:
+    where = certs.init(directory, hosts=["localhost"], ips=["127.0.0.1"], server_days=server_days, ca_days=ca_days)
     device = certs.issue_client(directory, client_name)
     return PKI(
         dir=directory,
@@ -92,6 +94,25 @@ def write_expired_certificate(pki: PKI, path: Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def write_crl(pki: PKI, revoked: list[Path], path: Path) -> None:
+    """A PEM CRL from the PKI's CA that revokes the given certificates (the tool makes no CRLs)."""
+    ca_cert = certs.load_certificate(pki.ca)
+    ca_key = certs.load_key(certs.paths(pki.dir).ca_key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=7))
+    )
+    for cert_path in revoked:
+        serial = certs.load_certificate(cert_path).serial_number
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
 
 
 LISTENING_LINE = re.compile(r"broker: (?P<kind>.+) listening on (?P<address>\S+)$", re.MULTILINE)

@@ -218,10 +218,14 @@ def test_unix_socket_in_a_missing_directory_stops_start_up(tmp_path: Path) -> No
 def test_certificate_expiring_soon_is_warned_about(broker_factory: BrokerFactory, tmp_path: Path) -> None:
     from .conftest import make_pki
 
-    soon = make_pki(tmp_path / "soon", server_days=12)
-    broker = broker_factory("--memory", config=soon.tls_table(mutual=False))
+    soon = make_pki(tmp_path / "soon", server_days=12, ca_days=25)
+    broker = broker_factory("--memory", config=soon.tls_table(mutual=True))
     broker.wait_for_log(
         rf"warning: listener mqtt 127\.0\.0\.1:\d+: certificate {soon.server_cert} expires in 1[12] days"
+    )
+    broker.wait_for_log(
+        rf"warning: listener mqtt 127\.0\.0\.1:\d+: CA certificate in cafile {soon.ca} expires in 2[45] days"
+        r" \(.*\); renew it \(python -m broker certs renew ca\)"
     )
     assert broker.running
 

@@ -24,7 +24,7 @@ from brokerprocess import BrokerProcess
 from e2e.mqttraw import connect_packet
 from e2e.pahoclient import PahoClient
 
-from .conftest import PKI, Endpoint, make_pki
+from .conftest import PKI, Endpoint, make_pki, write_crl
 
 StartTLS = Callable[..., tuple[BrokerProcess, Endpoint]]
 
@@ -252,3 +252,23 @@ def test_sighup_swaps_the_certificate_without_dropping_connections(tls_broker: S
     for client in (connected, newcomer):
         client.client.disconnect()
         client.client.loop_stop()
+
+
+def test_revoked_client_certificate_is_refused_and_crl_reloads_on_sighup(tls_broker: StartTLS, tmp_path: Path) -> None:
+    own = make_pki(tmp_path / "pki")
+    other = certs.issue_client(own.dir, "device-2")
+    crl = tmp_path / "revoked.crl"
+    write_crl(own, [own.client_cert], crl)
+    broker, tls = tls_broker(pki=own, mutual=True, extra=f'crlfile = "{crl}"')
+
+    revoked = tls_args(own)
+    code, _, _ = finish(mosquitto("mosquitto_pub", tls, *revoked, "-t", "t", "-m", "x"))
+    assert code != 0, "a revoked certificate was accepted"
+    broker.wait_for_log(r"TLS handshake with \S+ failed: CERTIFICATE_VERIFY_FAILED \(certificate revoked\)")
+    allowed = ["--cafile", str(own.ca), "--cert", str(other.cert), "--key", str(other.key)]
+    assert finish(mosquitto("mosquitto_pub", tls, *allowed, "-t", "t", "-m", "x"))[0] == 0
+
+    write_crl(own, [], crl)  # the revocation is lifted
+    broker.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    broker.wait_for_log(r"certificate \S+server.crt reloaded")
+    assert finish(mosquitto("mosquitto_pub", tls, *revoked, "-t", "t", "-m", "x"))[0] == 0

@@ -179,3 +179,102 @@ def test_handshake_failure_sends_an_alert(pki: PKI) -> None:
         await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+class PausingRecorder(Recorder):
+    """Pauses reading itself after the first chunk, as the core does under backpressure."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if len(self.data) == len(data):  # the first chunk
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+
+def test_pause_inside_data_received_holds_the_rest_of_a_large_read(pki: PKI) -> None:
+    """Bytes already received when the application pauses are kept, and delivered in order on resume."""
+    settings = ListenerConfig(port=0, certfile=str(pki.server_cert), keyfile=str(pki.server_key))
+    context = load_server_tls(settings).context
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        apps: list[PausingRecorder] = []
+
+        def make_app() -> asyncio.Protocol:
+            apps.append(PausingRecorder())
+            return apps[-1]
+
+        server = await loop.create_server(lambda: TLSServerProtocol(context, make_app, 5.0, Counts()), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=pki.client_context(with_certificate=False), server_hostname="127.0.0.1"
+        )
+        blob = bytes(range(251)) * 1200  # ~300 KB: many records and several BIO slices
+        writer.write(blob)
+        await writer.drain()
+        while not apps or not apps[0].data:
+            await asyncio.sleep(0.01)
+        app = apps[0]
+        await asyncio.sleep(0.3)
+        held = len(app.data)
+        assert held < len(blob), "nothing was held back while paused"
+        assert app.transport is not None
+        app.transport.resume_reading()
+        await app.wait_for(len(blob))
+        assert bytes(app.data) == blob
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+class HalfOpenRecorder(Recorder):
+    """Keeps the connection open after the client's close_notify, and counts how often it is told."""
+
+    eofs = 0
+
+    def eof_received(self) -> bool | None:
+        self.eofs += 1
+        return True
+
+
+def test_the_end_of_the_stream_is_told_once(pki: PKI) -> None:
+    settings = ListenerConfig(port=0, certfile=str(pki.server_cert), keyfile=str(pki.server_key))
+    context = load_server_tls(settings).context
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        apps: list[HalfOpenRecorder] = []
+
+        def make_app() -> asyncio.Protocol:
+            apps.append(HalfOpenRecorder())
+            return apps[-1]
+
+        server = await loop.create_server(lambda: TLSServerProtocol(context, make_app, 5.0, Counts()), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=pki.client_context(with_certificate=False), server_hostname="127.0.0.1"
+        )
+        writer.write(b"last words")
+        await writer.drain()
+        while not apps:
+            await asyncio.sleep(0.01)
+        await apps[0].wait_for(10)
+        writer.close()  # close_notify
+        for _ in range(100):
+            if apps[0].eofs:
+                break
+            await asyncio.sleep(0.02)
+        app = apps[0]
+        assert app.transport is not None
+        app.transport.pause_reading()
+        app.transport.resume_reading()  # as a lingering close does
+        await asyncio.sleep(0.2)
+        assert (app.eofs, bytes(app.data)) == (1, b"last words")
+        app.transport.close()
+        await asyncio.wait_for(app.lost, 5)
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(scenario())

@@ -1,4 +1,4 @@
-"""Shared helpers of the storage suite: backends under test and running coroutines.
+"""Shared helpers of the storage suite: SQLite files under test and running coroutines.
 
 No pytest-asyncio: each test is an ``async def`` wrapped by ``run_async``,
 which runs it with ``asyncio.run`` (a fresh event loop per test).
@@ -13,11 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from broker.storage.base import Storage
-from broker.storage.memory import MemoryStorage
 from broker.storage.sqlite import SqliteStorage
-
-BACKENDS = ["memory", "sqlite"]
 
 
 def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -30,31 +26,21 @@ def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., N
     return wrapper
 
 
-class Backend:
-    """Builds stores of one kind; for SQLite every store uses the same file."""
+class SqliteFiles:
+    """SQLite stores on one file, for the SQLite-specific tests (test_sqlite.py)."""
 
-    def __init__(self, name: str, directory: Path) -> None:
-        self.name = name
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.db_path = directory / "broker.db"
 
-    @property
-    def persistent(self) -> bool:
-        return self.name == "sqlite"
-
-    def create(self, **kwargs: Any) -> Storage:
-        if self.name == "memory":
-            return MemoryStorage()
+    def create(self, **kwargs: Any) -> SqliteStorage:
         return SqliteStorage(self.db_path, **kwargs)
 
     @asynccontextmanager
-    async def opened(self, **kwargs: Any) -> AsyncIterator[Storage]:
+    async def opened(self, **kwargs: Any) -> AsyncIterator[SqliteStorage]:
         store = self.create(**kwargs)
         await store.open()
         try:
             yield store
         finally:
             await store.close()
-
-    def __repr__(self) -> str:
-        return self.name

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from broker.config import Config
 from broker.protocol.packets import SubscriptionOptions
-from broker.storage.base import (
-    SENT,
-    CorruptDatabase,
-    QueueEntry,
-    SessionRecord,
-    StoredMessage,
-    SubscriptionRecord,
-)
+from broker.message import Message
+from broker.storage.base import SENT, CorruptDatabase, QueueEntry, SessionRecord, SubscriptionRecord
 from broker.storage.factory import create_storage, open_storage
 from broker.storage.memory import MemoryStorage
 from broker.storage.sqlite import (
@@ -30,24 +28,32 @@ from broker.storage.sqlite import (
     UnsupportedSchema,
 )
 
-from .helpers import Backend, run_async
+from .helpers import SqliteFiles, run_async
 
 
-def message(topic: str = "t", payload: bytes = b"x") -> StoredMessage:
-    return StoredMessage(topic, payload, 1, False)
+def message(topic: str = "t", payload: bytes = b"x") -> Message:
+    return Message(topic, payload, 1, False)
 
 
 async def fill(store: SqliteStorage, client_id: str, count: int, payload: bytes = b"p") -> None:
     store.save_session(SessionRecord(client_id, 3600, 5))
     for seq in range(1, count + 1):
         m = message(f"{client_id}/{seq}", payload)
-        store.store_message(m)
         store.enqueue(client_id, QueueEntry(seq, m, 1))
     await store.commit()
 
 
 def raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
+
+
+async def sql(store: SqliteStorage, statement: str) -> list:
+    """Rows of one statement, run on the store's own database thread and connection."""
+    return await store._fetch(statement)
+
+
+async def total_changes(store: SqliteStorage) -> int:
+    return await store._run(lambda: store._connection().total_changes)
 
 
 def files_named(directory: Path, prefix: str) -> list[Path]:
@@ -59,11 +65,10 @@ def files_named(directory: Path, prefix: str) -> list[Path]:
 
 @pytest.mark.parametrize("sync, level", [("full", 2), ("normal", 1), ("off", 0)])
 @run_async
-async def test_wal_and_synchronous_setting(sqlite_backend: Backend, sync: str, level: int) -> None:
+async def test_wal_and_synchronous_setting(sqlite_backend: SqliteFiles, sync: str, level: int) -> None:
     async with sqlite_backend.opened(sync=sync) as store:
-        conn = store._conn
-        assert (await conn.execute_fetchall("PRAGMA journal_mode"))[0][0] == "wal"
-        assert (await conn.execute_fetchall("PRAGMA synchronous"))[0][0] == level
+        assert (await sql(store, "PRAGMA journal_mode"))[0][0] == "wal"
+        assert (await sql(store, "PRAGMA synchronous"))[0][0] == level
         await fill(store, "c", 3)
     async with sqlite_backend.opened(sync=sync) as store:
         (record,) = await store.load_sessions()
@@ -76,7 +81,7 @@ def test_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
 
 
 @run_async
-async def test_schema_has_the_documented_tables_and_version(sqlite_backend: Backend) -> None:
+async def test_schema_has_the_documented_tables_and_version(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened():
         pass
     conn = raw(sqlite_backend.db_path)
@@ -115,11 +120,10 @@ async def test_schema_has_the_documented_tables_and_version(sqlite_backend: Back
 
 
 @run_async
-async def test_properties_are_stored_as_data_not_pickle(sqlite_backend: Backend) -> None:
+async def test_properties_are_stored_as_data_not_pickle(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 0)
-        m = StoredMessage("t", b"", 1, False, {0x26: [("k", "v")], 0x03: "ct"})
-        store.store_message(m)
+        m = Message("t", b"", 1, False, {0x26: [("k", "v")], 0x03: "ct"})
         store.enqueue("c", QueueEntry(1, m, 1))
         await store.commit()
     conn = raw(sqlite_backend.db_path)
@@ -132,7 +136,7 @@ async def test_properties_are_stored_as_data_not_pickle(sqlite_backend: Backend)
 
 
 @run_async
-async def test_newer_schema_is_refused_and_the_file_left_alone(sqlite_backend: Backend) -> None:
+async def test_newer_schema_is_refused_and_the_file_left_alone(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 2)
     conn = raw(sqlite_backend.db_path)
@@ -149,7 +153,7 @@ async def test_newer_schema_is_refused_and_the_file_left_alone(sqlite_backend: B
 
 @run_async
 async def test_commits_during_a_commit_in_flight_share_one_next_transaction(
-    sqlite_backend: Backend,
+    sqlite_backend: SqliteFiles,
 ) -> None:
     async with sqlite_backend.opened() as store:
         store.save_session(SessionRecord("first", 1, 5))
@@ -170,8 +174,24 @@ async def test_commits_during_a_commit_in_flight_share_one_next_transaction(
 
 
 @run_async
+async def test_concurrent_commits_make_one_transaction(sqlite_backend: SqliteFiles) -> None:
+    async def publisher(store: SqliteStorage, n: int) -> None:
+        m = message(f"t/{n}", b"%d" % n)
+        store.enqueue(f"c{n}", QueueEntry(1, m, 1))
+        await store.commit()
+
+    async with sqlite_backend.opened() as store:
+        for n in range(50):
+            store.save_session(SessionRecord(f"c{n}", 60, 5))
+        await store.commit()
+        before = store.commits_done
+        await asyncio.gather(*(publisher(store, n) for n in range(50)))
+        assert 1 <= store.commits_done - before <= 2  # group commit (two at worst)
+
+
+@run_async
 async def test_commit_with_nothing_new_waits_for_the_commit_in_flight(
-    sqlite_backend: Backend,
+    sqlite_backend: SqliteFiles,
 ) -> None:
     async with sqlite_backend.opened() as store:
         store.save_session(SessionRecord("c", 1, 5))
@@ -184,13 +204,12 @@ async def test_commit_with_nothing_new_waits_for_the_commit_in_flight(
 
 
 @run_async
-async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend) -> None:
+async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 1)
-        changes = store._conn.total_changes
+        changes = await total_changes(store)
         commits = store.commits_done
         m = message()
-        store.store_message(m)
         store.enqueue("c", QueueEntry(2, m, 1))
         store.update_entry("c", 2, SENT, 7)
         store.update_entry("c", 2, SENT, 8)
@@ -198,19 +217,20 @@ async def test_cancelled_out_writes_never_reach_the_disk(sqlite_backend: Backend
         store.add_inbound_qos2("c", 9)
         store.remove_inbound_qos2("c", 9)
         await store.commit()
-        assert store._conn.total_changes == changes  # no row inserted, updated or deleted
-        assert await store._message_count() == 1
+        assert await total_changes(store) == changes  # no row inserted, updated or deleted
+        assert await store.message_count() == 1
         assert [e.seq for e in await store.read_queue("c", 0, 10)] == [1]
         # Only the kept delete of inbound id 9 (a no-op on disk) made a transaction.
         assert store.commits_done <= commits + 1
 
-        store.store_message(message())  # stored, then nothing refers to it
+        store.enqueue("c", QueueEntry(9, message(), 1))  # stored, then nothing refers to it
+        store.delete_entry("c", 9)
         await store.commit()
-        assert store._conn.total_changes == changes
+        assert await total_changes(store) == changes
 
 
 @run_async
-async def test_many_messages_in_one_batch(sqlite_backend: Backend) -> None:
+async def test_many_messages_in_one_batch(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 5000, payload=b"x" * 100)
         (record,) = await store.load_sessions()
@@ -219,7 +239,7 @@ async def test_many_messages_in_one_batch(sqlite_backend: Backend) -> None:
             store.update_entry("c", seq, SENT, seq % 65535 + 1)
             store.delete_entry("c", seq)
         await store.commit()
-        assert await store._message_count() == 1000
+        assert await store.message_count() == 1000
         page = await store.read_queue("c", 0, 3)
         assert [e.seq for e in page] == [4001, 4002, 4003]
 
@@ -228,19 +248,25 @@ async def test_many_messages_in_one_batch(sqlite_backend: Backend) -> None:
 
 
 @run_async
-async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: Backend) -> None:
+async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: SqliteFiles) -> None:
     store = sqlite_backend.create()
     await store.open()
     await fill(store, "c", 1)
-    pages = (await store._conn.execute_fetchall("PRAGMA page_count"))[0][0]
-    await store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
-    big = message("big", b"B" * 200_000)
-    store.store_message(big)
-    store.enqueue("c", QueueEntry(2, big, 1))
+    taken = message("taken", b"T")
+    store.enqueue("c", QueueEntry(2, taken, 1))
+    await store.commit()
+    # A failure that is not lack of space (here a broken invariant: a message id in use).
+    clash = message("clash", b"C")
+    store.enqueue("c", QueueEntry(3, clash, 1))
+    (clash_id, row), = store._new_messages.items()
+    del store._new_messages[clash_id]
+    taken_id = clash_id - 1  # the row of "taken", written by the previous commit
+    store._new_messages[taken_id] = (taken_id, *row[1:])
+    store._new_refs[taken_id] = 1
     with pytest.raises(StorageFailed) as caught:
         await store.commit()
-    cause = caught.value.__cause__
-    assert isinstance(cause, sqlite3.OperationalError) and "full" in str(cause)
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    assert not store.full  # not a matter of space
     with pytest.raises(StorageFailed):
         await store.commit()
     with pytest.raises(StorageFailed):
@@ -248,15 +274,101 @@ async def test_a_failed_commit_is_reported_and_stops_the_store(sqlite_backend: B
     store.save_session(SessionRecord("after", 1, 5))
     with pytest.raises(StorageFailed):
         await store.close()
-    assert store._conn is None  # closed anyway
+    assert store._conn is None and store._thread is None  # closed anyway, thread stopped
 
     async with sqlite_backend.opened() as store:
         (record,) = await store.load_sessions()  # the failed batch left no trace
-        assert record.client_id == "c" and record.queued_count == 1
+        assert record.client_id == "c" and record.queued_count == 2
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def disk_full(store: SqliteStorage) -> int:
+    """Let the database grow no more (SQLITE_FULL, as on a full disk); returns its page count."""
+    pages = (await sql(store, "PRAGMA page_count"))[0][0]
+    await sql(store, f"PRAGMA max_page_count = {pages}")
+    return pages
 
 
 @run_async
-async def test_second_broker_on_the_same_file_is_refused(sqlite_backend: Backend) -> None:
+async def test_out_of_space_keeps_the_writes_and_retries_until_they_fit(
+    sqlite_backend: SqliteFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    async with sqlite_backend.opened(retry_interval=0.02) as store:
+        await fill(store, "c", 2)
+        await disk_full(store)
+        big = message("big", b"B" * 200_000)
+        store.enqueue("c", QueueEntry(3, big, 1))
+        first = store.commit()
+        await until(lambda: store.full)
+        store.delete_entry("c", 1)  # written while full: goes with the retry, after the big one
+        second = store.commit()
+        with pytest.raises(TimeoutError):  # several retries fail meanwhile
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(first, second)), 0.3)
+        assert store.full
+        # Reads do not wait for the disk: they see the writes that are not on it yet.
+        page = await asyncio.wait_for(store.read_queue("c", 0, 10), 5)
+        assert [(e.seq, e.message.payload[:1]) for e in page] == [(2, b"p"), (3, b"B")]
+        store.update_entry("c", 2, SENT, 9)
+        assert [(e.seq, e.state) for e in await store.read_queue("c", 0, 1)] == [(2, SENT)]
+        assert not first.done() and not second.done()
+        assert sum("out of disk space" in r.getMessage() for r in caplog.records) == 1  # once
+
+        await sql(store, "PRAGMA max_page_count = 1073741823")  # space is back
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert not store.full
+        assert sum("available again" in r.getMessage() for r in caplog.records) == 1
+        assert await store.message_count() == 2
+    async with sqlite_backend.opened() as store:
+        assert [(e.seq, e.state) for e in await store.read_queue("c", 0, 10)] == [(2, SENT), (3, 0)]
+
+
+@run_async
+async def test_close_while_out_of_space_gives_up_and_stops_the_thread(sqlite_backend: SqliteFiles) -> None:
+    store = sqlite_backend.create(retry_interval=0.02)
+    await store.open()
+    await fill(store, "c", 1)
+    await disk_full(store)
+    big = message("big", b"B" * 200_000)
+    store.enqueue("c", QueueEntry(2, big, 1))
+    pending = store.commit()
+    await until(lambda: store.full)
+    with pytest.raises(StorageFailed):
+        await store.close()  # one last attempt, then the unwritten batch is given up
+    with pytest.raises(StorageFailed):
+        await pending  # never reported durable
+    assert store._thread is None
+    async with sqlite_backend.opened() as store:
+        assert [e.seq for e in await store.read_queue("c", 0, 10)] == [1]
+
+
+@run_async
+async def test_below_the_free_space_reserve_the_store_is_full_but_commits(
+    sqlite_backend: SqliteFiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="broker")
+    free = shutil.disk_usage(sqlite_backend.directory).free
+    store = sqlite_backend.create(min_free_space=free * 4, retry_interval=0.02)
+    await store.open()
+    assert store.full  # known from the start
+    await fill(store, "c", 3)  # the reserve is for this: writes of work already accepted
+    assert store.full
+    assert [e.seq for e in await store.read_queue("c", 0, 10)] == [1, 2, 3]
+    store.min_free_space = 1  # as if space had been freed: noticed without any commit
+    await until(lambda: not store.full)
+    assert sum("below min_free_space" in r.getMessage() for r in caplog.records) == 1
+    assert sum("free again" in r.getMessage() for r in caplog.records) == 1
+    await store.close()
+
+
+@run_async
+async def test_second_broker_on_the_same_file_is_refused(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 1)
         with pytest.raises(DatabaseInUse, match="another broker"):
@@ -267,7 +379,7 @@ async def test_second_broker_on_the_same_file_is_refused(sqlite_backend: Backend
 
 
 @run_async
-async def test_open_repairs_rows_left_inconsistent(sqlite_backend: Backend) -> None:
+async def test_open_repairs_rows_left_inconsistent(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 2)
     conn = raw(sqlite_backend.db_path)
@@ -281,16 +393,19 @@ async def test_open_repairs_rows_left_inconsistent(sqlite_backend: Backend) -> N
     async with sqlite_backend.opened() as store:
         (record,) = await store.load_sessions()
         assert (record.queued_count, record.last_seq) == (2, 2)
-        assert await store._message_count() == 2
+        assert await store.message_count() == 2
         assert await store.read_queue("ghost", 0, 10) == []
-        assert store.store_message(message()) == 3  # ids continue after the highest kept id
+        # New rows continue after the highest kept id: the kept message 100 stays intact.
+        store.enqueue("c", QueueEntry(3, message("new", b"n"), 1))
+        await store.commit()
+        assert await store.message_count() == 3
 
 
 # ---- damaged files --------------------------------------------------------------------------------
 
 
 @run_async
-async def test_garbage_database_is_moved_aside_not_deleted(sqlite_backend: Backend) -> None:
+async def test_garbage_database_is_moved_aside_not_deleted(sqlite_backend: SqliteFiles) -> None:
     garbage = os.urandom(3 * 4096)
     sqlite_backend.db_path.write_bytes(garbage)
     shm = sqlite_backend.directory / "broker.db-shm"
@@ -306,7 +421,7 @@ async def test_garbage_database_is_moved_aside_not_deleted(sqlite_backend: Backe
 
 
 @run_async
-async def test_damaged_pages_are_found_by_quick_check(sqlite_backend: Backend) -> None:
+async def test_damaged_pages_are_found_by_quick_check(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 300, payload=b"y" * 200)
     data = bytearray(sqlite_backend.db_path.read_bytes())
@@ -325,7 +440,7 @@ async def test_damaged_pages_are_found_by_quick_check(sqlite_backend: Backend) -
 
 
 @run_async
-async def test_garbage_wal_is_moved_aside_and_the_database_kept(sqlite_backend: Backend) -> None:
+async def test_garbage_wal_is_moved_aside_and_the_database_kept(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 3)  # checkpointed into broker.db on close
     wal = sqlite_backend.directory / "broker.db-wal"
@@ -343,7 +458,7 @@ async def test_garbage_wal_is_moved_aside_and_the_database_kept(sqlite_backend: 
 
 
 @run_async
-async def test_zeroed_wal_header_is_an_ordinary_crash(sqlite_backend: Backend) -> None:
+async def test_zeroed_wal_header_is_an_ordinary_crash(sqlite_backend: SqliteFiles) -> None:
     async with sqlite_backend.opened() as store:
         await fill(store, "c", 3)
     (sqlite_backend.directory / "broker.db-wal").write_bytes(b"\x00" * 4096)
@@ -362,7 +477,7 @@ def crash_image(source: Path, target_dir: Path) -> Path:
 
 @run_async
 async def test_torn_wal_tail_falls_back_to_the_last_complete_commit(tmp_path: Path) -> None:
-    live = Backend("sqlite", tmp_path / "live")
+    live = SqliteFiles(tmp_path / "live")
     live.directory.mkdir()
     async with live.opened() as store:
         await fill(store, "early", 2)
@@ -373,13 +488,13 @@ async def test_torn_wal_tail_falls_back_to_the_last_complete_commit(tmp_path: Pa
     with open(wal, "r+b") as f:
         f.truncate(wal.stat().st_size - 100)  # the last frame (the commit record) is torn
 
-    async with Backend("sqlite", intact.parent).opened() as store:
+    async with SqliteFiles(intact.parent).opened() as store:
         assert [r.client_id for r in await store.load_sessions()] == ["early", "late"]
-    async with Backend("sqlite", torn.parent).opened() as store:
+    async with SqliteFiles(torn.parent).opened() as store:
         (record,) = await store.load_sessions()
         assert record.client_id == "early" and record.queued_count == 2
-        assert await store._message_count() == 2
-        assert (await store._conn.execute_fetchall("PRAGMA quick_check"))[0][0] == "ok"
+        assert await store.message_count() == 2
+        assert (await sql(store, "PRAGMA quick_check"))[0][0] == "ok"
 
 
 # ---- factory ----------------------------------------------------------------------------------------
@@ -424,3 +539,42 @@ def test_subscription_record_shapes_stay_plain(tmp_path: Path) -> None:
         assert sub.options.no_local is True and sub.options.retain_as_published is False
 
     asyncio.run(body())
+
+
+# ---- the database thread ------------------------------------------------------------------------
+
+
+def sqlite_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("edgemq-sqlite")]
+
+
+@run_async
+async def test_the_database_thread_lives_from_open_to_close(sqlite_backend: SqliteFiles) -> None:
+    before = sqlite_threads()
+    store = sqlite_backend.create()
+    await store.open()
+    (thread,) = [t for t in sqlite_threads() if t not in before]
+    assert not thread.daemon  # a forgotten close() is noticed, never silently killed
+    await fill(store, "c", 2)
+    await store.close()
+    assert not thread.is_alive()
+
+
+@run_async
+async def test_a_failed_open_stops_the_database_thread(tmp_path: Path) -> None:
+    before = sqlite_threads()
+    path = tmp_path / "broker.db"
+    conn = raw(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(UnsupportedSchema):
+        await SqliteStorage(path).open()
+    assert sqlite_threads() == before
+
+
+@run_async
+async def test_errors_on_the_database_thread_reach_the_caller(sqlite_backend: SqliteFiles) -> None:
+    async with sqlite_backend.opened() as store:
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await sql(store, "SELECT * FROM nowhere")
+        assert await sql(store, "SELECT 1") == [(1,)]  # the thread goes on serving

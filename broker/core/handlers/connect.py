@@ -42,6 +42,9 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
             assigned_id = client_id
     conn.client_id = client_id
     conn.username = packet.username
+    if client_id in engine.bridge_client_ids and conn.transport.listener.protocol != "bridge":
+        # The session of a bridge is its store-and-forward backlog: no device may take it over.
+        return conn.refuse(RC.CLIENT_IDENTIFIER_NOT_VALID, f"client id {client_id!r} is reserved for a bridge")
     if version == MQTT_5 and P.AUTHENTICATION_METHOD in props:
         return conn.refuse(
             RC.BAD_AUTHENTICATION_METHOD, f"unsupported authentication method {props[P.AUTHENTICATION_METHOD]!r}"
@@ -104,6 +107,7 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         keepalive,
         f", u'{packet.username}'" if packet.username else "",
     )
+    engine.stats.connects += 1
     # Not held for the commit of the session row: after a crash the client would only see
     # session present 0 and subscribe again. A DISCONNECT never comes before the CONNACK.
     conn.send_packet(Connack(session_present, 0, ack_props))

@@ -41,7 +41,7 @@ def resolve_topic(conn: Connection, packet: Publish) -> str:
 def handle_publish(conn: Connection, packet: Publish) -> None:
     engine = conn.engine
     topic = resolve_topic(conn, packet)
-    engine.stats.publish_received += 1
+    engine.stats.received_by_qos[packet.qos] += 1
     # $SYS holds the broker's own statistics: acknowledged but not routed, as with mosquitto.
     routed = not topic.startswith("$SYS")
     qos = packet.qos
@@ -64,6 +64,11 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
         # Re-sent before PUBREL: already routed once, acknowledge again only.
         conn.send_packet(Pubrec(packet_id), after_commit=True)
         return
+    after_commit = True
+    if engine.storage.full:
+        if engine.needs_storage(topic, packet.retain, qos, session):
+            return refuse_for_lack_of_space(conn, packet_id, qos)
+        after_commit = False  # nothing of it is stored: no commit to wait for
     conn.inbound_unacked += 1
     if conn.inbound_unacked > engine.config.max_inflight_messages and conn.version == MQTT_5:
         raise ProtocolError("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
@@ -77,15 +82,26 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     reason = RC.SUCCESS if matched or conn.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
     if qos == 1:
         conn.inbound_unacked -= 1
-        if reason == 0 and not conn.trace:  # the common case, without building a packet object
+        if reason == 0 and after_commit and not conn.trace:  # the common case, without a packet object
             conn.send_after_commit(_PUBACK + packet_id.to_bytes(2, "big"))
         else:
-            conn.send_packet(Puback(packet_id, reason), after_commit=True)
+            conn.send_packet(Puback(packet_id, reason), after_commit)
     else:
         session.inbound_qos2.add(packet_id)
         if session.persistent:
             engine.storage.add_inbound_qos2(conn.client_id, packet_id)
-        conn.send_packet(Pubrec(packet_id, reason), after_commit=True)
+        conn.send_packet(Pubrec(packet_id, reason), after_commit)
+
+
+def refuse_for_lack_of_space(conn: Connection, packet_id: int, qos: int) -> None:
+    """The storage is full: a v5 client gets 0x97 Quota exceeded, a v3.1.1 one (which has
+    no way to be told) is disconnected and will resend after reconnecting."""
+    if conn.version != MQTT_5:
+        conn.close("storage full: cannot accept QoS 1/2 messages", None)
+        return
+    reason = {P.REASON_STRING: "storage full"} if conn.problem_information else {}
+    ack = Puback(packet_id, RC.QUOTA_EXCEEDED, reason) if qos == 1 else Pubrec(packet_id, RC.QUOTA_EXCEEDED, reason)
+    conn.send_packet(ack)
 
 
 def handle_pubrel(conn: Connection, packet: Pubrel) -> None:

@@ -9,7 +9,7 @@ from broker.protocol import reason_codes as RC
 from broker.protocol.errors import ProtocolError
 from broker.protocol.packets import MQTT_5, Suback, Subscribe
 from broker.protocol.topics import is_valid_topic_filter, split_shared
-from broker.storage.base import StoredMessage
+from broker.message import Message
 
 if TYPE_CHECKING:
     from broker.core.connection import Connection
@@ -24,7 +24,7 @@ def handle_subscribe(conn: Connection, packet: Subscribe) -> None:
     sub_ids = packet.properties.get(P.SUBSCRIPTION_IDENTIFIER) if v5 else None
     subscription_id = sub_ids[0] if sub_ids else None
     codes: list[int] = []
-    retained_to_send: list[tuple[StoredMessage, int]] = []
+    retained_to_send: list[tuple[Message, int]] = []
     for topic_filter, options in packet.subscriptions:
         if not is_valid_topic_filter(topic_filter):
             codes.append(RC.TOPIC_FILTER_INVALID if v5 else RC.V3_SUBACK_FAILURE)

@@ -1,0 +1,1 @@
+"""Bridges to upstream brokers: a persistent local session is the store-and-forward backlog."""
