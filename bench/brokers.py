@@ -28,6 +28,8 @@ STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 TLS_LISTENING = re.compile(r"mqtt over TLS \S+ .*listening on (\S+):(\d+)")
+WS_LISTENING = re.compile(r"websockets \(ws, [^)]*\) listening on (\S+):(\d+)")
+WS_PATH = "/mqtt"  # the websockets listeners' path (ours' default; mosquitto accepts any path)
 
 
 class TLSFiles:
@@ -104,13 +106,15 @@ class Broker:
     key = "broker"
     label = "broker"
 
-    def __init__(self, workdir: Path, nofile: int, tls: TLSFiles | None = None) -> None:
+    def __init__(self, workdir: Path, nofile: int, tls: TLSFiles | None = None, ws: bool = False) -> None:
         self.workdir = workdir
         self.nofile = nofile
         self.host = "127.0.0.1"
         self.port = 0
         self.tls = tls  # with files: a second listener, MQTT over TLS, on tls_port
         self.tls_port = 0
+        self.ws = ws  # a listener for MQTT over WebSockets (ws://, WS_PATH) on ws_port
+        self.ws_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{self.key}.log"
         self.starts = 0
@@ -132,9 +136,14 @@ class Broker:
         """How this broker is configured, for the report."""
         raise NotImplementedError
 
+    def port_for(self, listener: str) -> int:
+        """The port of the listener a scenario uses ("plain", "tls" or "ws", see Scenario.listener)."""
+        return {"plain": self.port, "tls": self.tls_port, "ws": self.ws_port}[listener]
+
     def _wait_ready(self, deadline: float) -> None:
-        """Default readiness: the port (and the TLS port) accept TCP connections."""
-        for port in (self.port, self.tls_port) if self.tls is not None else (self.port,):
+        """Default readiness: the port (and the TLS and WebSockets ports) accept TCP connections."""
+        ports = [self.port] + [self.tls_port] * (self.tls is not None) + [self.ws_port] * self.ws
+        for port in ports:
             while True:
                 self._check_alive("before accepting connections")
                 try:
@@ -214,26 +223,30 @@ class OursBroker(Broker):
     label = "ours"
 
     def __init__(
-        self, workdir: Path, nofile: int, extra_args: list[str] | None = None, tls: TLSFiles | None = None
+        self, workdir: Path, nofile: int, extra_args: list[str] | None = None, tls: TLSFiles | None = None,
+        ws: bool = False,
     ) -> None:
-        super().__init__(workdir, nofile, tls)
+        super().__init__(workdir, nofile, tls, ws)
         self.extra_args = list(extra_args or [])
         self.data_dir = workdir / "ours-data"
-        self.tls_config = workdir / "ours-tls.toml"
+        self.listeners_config = workdir / "ours-listeners.toml"
 
     def command(self) -> list[str]:
-        # With TLS: one [[listener]] table for it; --port 0 adds the plain listener in front.
-        config = ["-c", str(self.tls_config)] if self.tls is not None else []
+        # With TLS or WebSockets: a [[listener]] table for each; --port 0 adds the plain listener in front.
+        config = ["-c", str(self.listeners_config)] if self.tls is not None or self.ws else []
         return [sys.executable, "-m", "broker", *config, "--port", "0", "--data-dir", str(self.data_dir),
                 *self.extra_args]
 
     def prepare(self) -> None:
         # A fresh database for each start, so one round's leftovers never slow the next.
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        tables = []
         if self.tls is not None:
-            self.tls_config.write_text(
-                f'[[listener]]\nport = 0\ncertfile = "{self.tls.cert}"\nkeyfile = "{self.tls.key}"\n'
-            )
+            tables.append(f'[[listener]]\nport = 0\ncertfile = "{self.tls.cert}"\nkeyfile = "{self.tls.key}"\n')
+        if self.ws:
+            tables.append(f'[[listener]]\nport = 0\nprotocol = "websockets"\nwebsocket_path = "{WS_PATH}"\n')
+        if tables:
+            self.listeners_config.write_text("\n".join(tables))
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -248,11 +261,13 @@ class OursBroker(Broker):
                 text = log.read().decode(errors="replace")
                 match = LISTENING.search(text)
             tls_match = TLS_LISTENING.search(text) if self.tls is not None else None
-            if match and (self.tls is None or tls_match):
+            ws_match = WS_LISTENING.search(text) if self.ws else None
+            if match and (self.tls is None or tls_match) and (not self.ws or ws_match):
                 host = match.group(1).strip("[]")
                 self.host = {"0.0.0.0": "127.0.0.1"}.get(host, host)
                 self.port = int(match.group(2))
                 self.tls_port = int(tls_match.group(2)) if tls_match else 0
+                self.ws_port = int(ws_match.group(2)) if ws_match else 0
                 return
             if time.monotonic() > deadline:
                 raise BrokerError(f"ours printed no 'listening on HOST:PORT' line\n{self.log_tail()}")
@@ -273,6 +288,8 @@ class OursBroker(Broker):
         lines = [f"`python -m broker --port 0 --data-dir DIR{args}`: {mode}, defaults otherwise (20 in-flight messages per client)"]
         if self.tls is not None:
             lines.append("TLS scenarios: a `[[listener]]` with `port`, `certfile`, `keyfile` (ECDSA P-256 from `python -m broker certs`; TLS 1.2+)")
+        if self.ws:
+            lines.append(f'WebSockets scenarios: a `[[listener]]` with `port`, `protocol = "websockets"`, `websocket_path = "{WS_PATH}"`')
         return lines
 
 
@@ -283,8 +300,10 @@ class MosquittoBroker(Broker):
     label = "mosquitto"
     stop_signal = signal.SIGTERM
 
-    def __init__(self, workdir: Path, nofile: int, tls: TLSFiles | None = None, default_limits: bool = False) -> None:
-        super().__init__(workdir, nofile, tls)
+    def __init__(
+        self, workdir: Path, nofile: int, tls: TLSFiles | None = None, ws: bool = False, default_limits: bool = False
+    ) -> None:
+        super().__init__(workdir, nofile, tls, ws)
         self.config_path = workdir / "mosquitto.conf"
         # Free-running scenarios (issue 13) compare both brokers with their default queue limit
         # (1000 messages per client): no raised max_queued_messages.
@@ -312,6 +331,8 @@ class MosquittoBroker(Broker):
         ]
         if self.tls is not None:
             lines += [f"listener {self.tls_port} 127.0.0.1", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
+        if self.ws:
+            lines += [f"listener {self.ws_port} 127.0.0.1", "protocol websockets"]
         return lines
 
     def prepare(self) -> None:
@@ -320,6 +341,8 @@ class MosquittoBroker(Broker):
         self.port = free_port()
         if self.tls is not None:
             self.tls_port = free_port()
+        if self.ws:
+            self.ws_port = free_port()
         self.config_path.write_text("\n".join(self.config_lines()) + "\n")
 
     def version(self) -> str:
@@ -333,7 +356,28 @@ class MosquittoBroker(Broker):
                  "the same limit as ours"]
         if self.tls is not None:
             lines.append("TLS scenarios: `listener TLSPORT 127.0.0.1` with `certfile` and `keyfile` (the same files as ours)")
+        if self.ws:
+            lines.append("WebSockets scenarios: `listener WSPORT 127.0.0.1` with `protocol websockets`")
         return lines
+
+    @classmethod
+    def websockets_refusal(cls, workdir: Path, nofile: int) -> str | None:
+        """None if this mosquitto starts with a websockets listener; otherwise why not (from its log).
+
+        Builds without libwebsockets cannot open one; the WebSockets scenarios then run without
+        mosquitto (and the report says why) instead of failing. Debian's 2.0.11 does open one next
+        to the plain listener, as here; only a config whose sole listener is websockets makes it
+        exit with "Unable to start any listening sockets" (it counts its TCP listeners only).
+        """
+        probe = cls(workdir, nofile, ws=True)
+        try:
+            probe.start()
+        except BrokerError as exc:
+            errors = [line.split(": ", 1)[-1] for line in probe.log_tail().splitlines() if "Error" in line]
+            return errors[-1] if errors else str(exc).splitlines()[0]
+        finally:
+            probe.stop()
+        return None
 
 
 class AmqttBroker(Broker):
@@ -379,17 +423,18 @@ BROKER_KEYS = ("ours", "mosquitto", "amqtt")
 
 
 TLS_BROKERS = ("ours", "mosquitto")  # amqtt is measured without TLS
+WS_BROKERS = ("ours", "mosquitto")  # and without WebSockets
 
 
 def make_broker(
-    key: str, workdir: Path, nofile: int, ours_args: list[str], tls: TLSFiles | None = None,
+    key: str, workdir: Path, nofile: int, ours_args: list[str], tls: TLSFiles | None = None, ws: bool = False,
     default_limits: bool = False,
 ) -> Broker:
     """``default_limits``: the broker's own queue limits (ours always runs with its defaults)."""
     if key == "ours":
-        return OursBroker(workdir, nofile, ours_args, tls)
+        return OursBroker(workdir, nofile, ours_args, tls, ws)
     if key == "mosquitto":
-        return MosquittoBroker(workdir, nofile, tls, default_limits)
+        return MosquittoBroker(workdir, nofile, tls, ws, default_limits)
     if key == "amqtt":
         return AmqttBroker(workdir, nofile)
     raise ValueError(f"unknown broker {key!r} (choose from {', '.join(BROKER_KEYS)})")

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     elapsed = time.monotonic() - started
 
-    remarks = []
+    remarks = list(bench.remarks)
     if "ours" in info:
         now = bench.broker_info()["ours"]["version"]
         if now != info["ours"]["version"]:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(
             {"command": command, "machine": machine, "brokers": info, "params": params.__dict__,
-             "elapsed_s": elapsed, "scenarios": summary.to_json()},
+             "elapsed_s": elapsed, "remarks": remarks, "scenarios": summary.to_json()},
             indent=1, ensure_ascii=False))
     if write_doc:
         update_doc(doc_path, section)

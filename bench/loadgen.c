@@ -23,6 +23,13 @@
  *                connections until a line or EOF on stdin, then disconnects.
  *   Both modes take --tls CAFILE: MQTT over TLS (OpenSSL), the broker's certificate
  *   checked against CAFILE; each connection's handshake is done before its CONNECT.
+ *   run takes --ws PATH: MQTT over WebSockets. After the TCP connect, an HTTP upgrade
+ *   to PATH with the subprotocol "mqtt" (the 101 answer and its Sec-WebSocket-Accept
+ *   are checked); then every MQTT packet goes out in a masked binary frame of its own
+ *   (as browsers and paho send them; still batched into large send() calls), and the
+ *   broker's frames are unwrapped before the MQTT parser sees the bytes (binary and
+ *   continuation frames, 16/64-bit lengths; ping answered with pong; close ends the
+ *   connection).
  *
  * Payload layout (little endian, native): u32 publisher index, u32 sequence
  * number, u64 CLOCK_MONOTONIC send time in ns, then filler up to --payload.
@@ -50,6 +57,8 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 
 #define OUT_CHUNK (64 * 1024)   /* bytes of PUBLISH packets generated per send() */
@@ -178,6 +187,76 @@ static void buf_put(buf_t *b, const void *src, size_t n) {
 
 static size_t buf_pending(const buf_t *b) { return b->len - b->off; }
 
+/* ------------------------------------------------------------------ WebSocket frames (--ws PATH) */
+
+static const char *ws_path; /* NULL: MQTT straight on the stream */
+/* Client frames must be masked (RFC 6455 5.3); a fixed key is allowed and keeps templates fixed. */
+static const unsigned char ws_mask[4] = {0x5a, 0xc3, 0x17, 0x8e};
+
+/* The header of a masked frame (FIN set) carrying n bytes; returns its length (at most 14). */
+static size_t ws_header(unsigned char *h, unsigned char opcode, size_t n) {
+    size_t i = 0;
+    h[i++] = (unsigned char)(0x80 | opcode);
+    if (n < 126) {
+        h[i++] = (unsigned char)(0x80 | n);
+    } else if (n <= 0xffff) {
+        h[i++] = 0x80 | 126;
+        h[i++] = (unsigned char)(n >> 8);
+        h[i++] = (unsigned char)n;
+    } else {
+        h[i++] = 0x80 | 127;
+        for (int k = 7; k >= 0; k--) h[i++] = (unsigned char)((uint64_t)n >> (8 * k));
+    }
+    memcpy(h + i, ws_mask, 4);
+    return i + 4;
+}
+
+/* XOR with the mask; offset is the position of p[0] within the frame's payload. */
+static void ws_apply_mask(unsigned char *p, size_t n, size_t offset) {
+    for (size_t i = 0; i < n; i++) p[i] ^= ws_mask[(offset + i) & 3];
+}
+
+/* Append one frame (opcode, payload) to b. */
+static void ws_put_frame(buf_t *b, unsigned char opcode, const void *data, size_t n) {
+    unsigned char h[14];
+    size_t hl = ws_header(h, opcode, n);
+    buf_reserve(b, hl + n);
+    memcpy(b->data + b->len, h, hl);
+    memcpy(b->data + b->len + hl, data, n);
+    ws_apply_mask(b->data + b->len + hl, n, 0);
+    b->len += hl + n;
+}
+
+/* Append one MQTT packet to an output buffer: as it is, or in a binary frame with --ws. */
+static void put_packet(buf_t *b, const void *pkt, size_t n) {
+    if (ws_path) ws_put_frame(b, 0x2, pkt, n);
+    else buf_put(b, pkt, n);
+}
+
+/* Parse a server frame header: 1 and its fields if complete, 0 if incomplete, -1 if not allowed
+   (masked, reserved bits, an oversized or fragmented control frame). */
+static int ws_parse_header(const unsigned char *p, size_t avail, int *opcode, uint64_t *len, size_t *hl) {
+    if (avail < 2) return 0;
+    if ((p[0] & 0x70) || (p[1] & 0x80)) return -1;
+    *opcode = p[0] & 0x0f;
+    uint64_t n = p[1] & 0x7f;
+    size_t h = 2;
+    if (n == 126) {
+        if (avail < 4) return 0;
+        n = ((uint64_t)p[2] << 8) | p[3];
+        h = 4;
+    } else if (n == 127) {
+        if (avail < 10) return 0;
+        n = 0;
+        for (int k = 0; k < 8; k++) n = (n << 8) | p[2 + k];
+        h = 10;
+    }
+    if (*opcode >= 8 && (n > 125 || !(p[0] & 0x80))) return -1;
+    *len = n;
+    *hl = h;
+    return 1;
+}
+
 /* ------------------------------------------------------------------ MQTT encoding */
 
 static size_t put_varint(unsigned char *p, size_t v) {
@@ -231,7 +310,7 @@ static size_t encode_subscribe(unsigned char *out, uint16_t pid, const char *fil
 
 static void put_ack(buf_t *b, unsigned char type_byte, uint16_t pid) {
     unsigned char p[4] = {type_byte, 2, (unsigned char)(pid >> 8), (unsigned char)pid};
-    buf_put(b, p, 4);
+    put_packet(b, p, 4);
 }
 
 /* Parse a fixed header: returns header length (type byte + varint), 0 if incomplete, -1 if malformed. */
@@ -367,20 +446,124 @@ static void recv_exact(int fd, unsigned char *p, size_t n, const char *what) {
     }
 }
 
+/* Send one MQTT packet (blocking), in a frame with --ws. */
+static void send_packet_blocking(int fd, const void *pkt, size_t n) {
+    if (!ws_path) {
+        send_all_blocking(fd, pkt, n);
+        return;
+    }
+    buf_t b = {0};
+    ws_put_frame(&b, 0x2, pkt, n);
+    send_all_blocking(fd, b.data, b.len);
+    free(b.data);
+}
+
+/* Payload bytes of the current server frame not yet read by a blocking reader; handed to the
+   connection's own frame state when it goes non-blocking (ws_adopt_setup_frame). */
+static uint64_t ws_setup_left;
+
+/* Read n bytes of MQTT stream (blocking): with --ws, unwrapped from the server's frames. */
+static void recv_mqtt_exact(int fd, unsigned char *p, size_t n, const char *what) {
+    if (!ws_path) {
+        recv_exact(fd, p, n, what);
+        return;
+    }
+    while (n) {
+        if (ws_setup_left) {
+            size_t m = n < ws_setup_left ? n : (size_t)ws_setup_left;
+            recv_exact(fd, p, m, what);
+            p += m;
+            n -= m;
+            ws_setup_left -= m;
+            continue;
+        }
+        unsigned char h[10], payload[125];
+        int opcode = 0;
+        uint64_t len = 0;
+        size_t hl = 0, got = 2;
+        recv_exact(fd, h, 2, what);
+        int ok;
+        while ((ok = ws_parse_header(h, got, &opcode, &len, &hl)) == 0) {
+            recv_exact(fd, h + got, 1, what);
+            got++;
+        }
+        if (ok < 0) die("malformed WebSocket frame while waiting for %s", what);
+        if (opcode == 0 || opcode == 2) {
+            ws_setup_left = len;
+            continue;
+        }
+        if (opcode < 8) die("WebSocket frame with opcode %d while waiting for %s", opcode, what);
+        recv_exact(fd, payload, (size_t)len, what);
+        if (opcode == 8) die("WebSocket close frame from the broker while waiting for %s", what);
+        if (opcode == 9) { /* ping: pong with the same payload */
+            buf_t b = {0};
+            ws_put_frame(&b, 0xa, payload, (size_t)len);
+            send_all_blocking(fd, b.data, b.len);
+            free(b.data);
+        }
+    }
+}
+
+/* The HTTP upgrade to WebSocket on a connected blocking socket; returns 0 or an error message. */
+static const char *ws_upgrade(int fd, const char *host, int port) {
+    static char why[300];
+    unsigned char nonce[16];
+    char key[32], request[1024], response[4096];
+    for (int i = 0; i < 16; i++) nonce[i] = (unsigned char)random();
+    EVP_EncodeBlock((unsigned char *)key, nonce, 16);
+    int n = snprintf(request, sizeof request,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",
+                     ws_path, host, port, key);
+    send_all_blocking(fd, request, (size_t)n);
+    size_t got = 0; /* byte by byte: nothing after the header may be consumed */
+    while (got < 4 || memcmp(response + got - 4, "\r\n\r\n", 4)) {
+        if (got == sizeof response - 1) return "WebSocket upgrade: response header too long";
+        ssize_t r = io_recv(fd, response + got, 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            snprintf(why, sizeof why, "WebSocket upgrade: %s after %zu bytes of response",
+                     r == 0 ? "connection closed" : strerror(errno), got);
+            return why;
+        }
+        got++;
+    }
+    response[got] = 0;
+    if (strncmp(response, "HTTP/1.1 101", 12)) {
+        snprintf(why, sizeof why, "WebSocket upgrade refused: %.*s", (int)strcspn(response, "\r\n"), response);
+        return why;
+    }
+    /* Sec-WebSocket-Accept = base64(SHA-1(key + the RFC 6455 GUID)) */
+    char keyed[128], accept[64];
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    snprintf(keyed, sizeof keyed, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
+    SHA1((const unsigned char *)keyed, strlen(keyed), digest);
+    EVP_EncodeBlock((unsigned char *)accept, digest, SHA_DIGEST_LENGTH);
+    const char *field = strcasestr(response, "\r\nSec-WebSocket-Accept:");
+    if (!field) return "WebSocket upgrade: no Sec-WebSocket-Accept";
+    field += strlen("\r\nSec-WebSocket-Accept:");
+    field += strspn(field, " \t");
+    if (strncmp(field, accept, strlen(accept))) return "WebSocket upgrade: wrong Sec-WebSocket-Accept";
+    const char *proto = strcasestr(response, "\r\nSec-WebSocket-Protocol:");
+    if (!proto || strncmp(proto + strlen("\r\nSec-WebSocket-Protocol:") + strspn(proto + strlen("\r\nSec-WebSocket-Protocol:"), " \t"), "mqtt", 4))
+        return "WebSocket upgrade: the broker did not choose the subprotocol mqtt";
+    return NULL;
+}
+
 /* Read one whole packet (blocking, with the socket's receive timeout); returns its first byte. */
 static unsigned char read_packet(int fd, unsigned char *body, size_t cap, size_t *len, const char *what) {
     unsigned char head[5];
-    recv_exact(fd, head, 2, what);
+    recv_mqtt_exact(fd, head, 2, what);
     size_t hl = 2;
     while (head[hl - 1] & 0x80) {
         if (hl == 5) die("malformed remaining length while waiting for %s", what);
-        recv_exact(fd, head + hl, 1, what);
+        recv_mqtt_exact(fd, head + hl, 1, what);
         hl++;
     }
     size_t remaining = 0;
     parse_fixed_header(head, hl, &remaining);
     if (remaining > cap) die("packet of %zu bytes while waiting for %s", remaining, what);
-    recv_exact(fd, body, remaining, what);
+    recv_mqtt_exact(fd, body, remaining, what);
     *len = remaining;
     return head[0];
 }
@@ -398,9 +581,11 @@ static int mqtt_connect_blocking(const char *host, int port, const char *client_
     set_timeout(fd, 30);
     const char *tls_error = tls_attach(fd);
     if (tls_error) die("%s:%d: %s", host, port, tls_error);
+    const char *ws_error = ws_path ? ws_upgrade(fd, host, port) : NULL;
+    if (ws_error) die("%s:%d: %s", host, port, ws_error);
     unsigned char pkt[600], body[64];
     size_t n = encode_connect(pkt, client_id, clean), len;
-    send_all_blocking(fd, pkt, n);
+    send_packet_blocking(fd, pkt, n);
     unsigned char type = read_packet(fd, body, sizeof body, &len, "CONNACK");
     if (type != 0x20 || len != 2) die("expected CONNACK, got packet 0x%02x", type);
     if (body[1] != 0) die("CONNACK refused %s with return code %d", client_id, body[1]);
@@ -418,7 +603,11 @@ static void disconnect_and_close(int fd) {
     static const unsigned char disconnect[2] = {0xe0, 0};
     set_nonblocking(fd, 0);
     set_timeout(fd, 2);
-    if (io_send(fd, disconnect, 2, MSG_NOSIGNAL) == 2) {
+    buf_t b = {0};
+    put_packet(&b, disconnect, 2);
+    ssize_t sent = io_send(fd, b.data, b.len, MSG_NOSIGNAL);
+    free(b.data);
+    if (sent == (ssize_t)(ws_path ? 8 : 2)) {
         shutdown(fd, SHUT_WR);
         unsigned char junk[4096];
         while (io_recv(fd, junk, sizeof junk) > 0) {
@@ -461,6 +650,9 @@ typedef struct conn {
     int write_armed; /* EPOLLOUT registered: waiting for room in the socket */
     int closed;
     buf_t in, out;
+    buf_t raw;        /* --ws: bytes as received, before the frames are unwrapped into in */
+    uint64_t ws_left; /* --ws: payload bytes of the current data frame still to come */
+    size_t ws_hdr;    /* --ws: frame header bytes in front of the PUBLISH template (0 without) */
     /* publisher */
     unsigned char *tmpl; /* pre-encoded PUBLISH */
     size_t tmpl_len, pid_off, payload_off;
@@ -567,6 +759,47 @@ static void flush_out(conn_t *c) {
     }
 }
 
+/* A connection set up with blocking reads takes over the frame they were in the middle of. */
+static void ws_adopt_setup_frame(conn_t *c) {
+    c->ws_left = ws_setup_left;
+    ws_setup_left = 0;
+}
+
+/* --ws: move the payload of the server's data frames from raw to in; answers pings.
+   Returns -1 if the connection ended (a close frame, a malformed frame). */
+static int ws_unwrap(conn_t *c) {
+    buf_t *raw = &c->raw;
+    while (buf_pending(raw)) {
+        unsigned char *p = raw->data + raw->off;
+        size_t avail = buf_pending(raw);
+        if (c->ws_left) {
+            size_t m = avail < c->ws_left ? avail : (size_t)c->ws_left;
+            buf_put(&c->in, p, m);
+            raw->off += m;
+            c->ws_left -= m;
+            continue;
+        }
+        int opcode;
+        uint64_t len;
+        size_t hl;
+        int ok = ws_parse_header(p, avail, &opcode, &len, &hl);
+        if (ok < 0) { conn_closed(c, "malformed WebSocket frame from broker"); return -1; }
+        if (ok == 0) break;
+        if (opcode == 0 || opcode == 2) {
+            raw->off += hl;
+            c->ws_left = len;
+            continue;
+        }
+        if (opcode < 8) { conn_closed(c, "WebSocket frame that is not binary from broker"); return -1; }
+        if (avail < hl + len) break; /* control frames are handled whole (at most 125 bytes) */
+        if (opcode == 8) { conn_closed(c, "WebSocket close frame from broker"); return -1; }
+        if (opcode == 9) ws_put_frame(&c->out, 0xa, p + hl, (size_t)len); /* ping -> pong */
+        raw->off += hl + len;
+    }
+    if (raw->off == raw->len) raw->off = raw->len = 0;
+    return 0;
+}
+
 static void sub_on_publish(conn_t *s, const unsigned char *p, size_t hl, size_t rl, int64_t now) {
     unsigned char flags = p[0] & 0x0f;
     int qos = (flags >> 1) & 3;
@@ -667,8 +900,9 @@ static void handle_read(conn_t *c) {
             want = slow_allowance(c);
             if (!want) { c->read_off = 1; epoll_set(c); break; }
         }
-        buf_reserve(&c->in, IN_CHUNK);
-        ssize_t r = io_recv(c->fd, c->in.data + c->in.len, want < c->in.cap - c->in.len ? want : c->in.cap - c->in.len);
+        buf_t *dst = ws_path ? &c->raw : &c->in;
+        buf_reserve(dst, IN_CHUNK);
+        ssize_t r = io_recv(c->fd, dst->data + dst->len, want < dst->cap - dst->len ? want : dst->cap - dst->len);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) conn_closed(c, strerror(errno));
@@ -677,7 +911,8 @@ static void handle_read(conn_t *c) {
         if (r == 0) { conn_closed(c, "closed by the broker"); break; }
         int64_t now = mono_ns();
         last_rx_ns = now;
-        c->in.len += (size_t)r;
+        dst->len += (size_t)r;
+        if (ws_path && ws_unwrap(c) < 0) return;
         while (1) {
             const unsigned char *p = c->in.data + c->in.off;
             size_t avail = c->in.len - c->in.off, rl;
@@ -691,6 +926,16 @@ static void handle_read(conn_t *c) {
         if ((size_t)r < IN_CHUNK / 2) break; /* the socket is probably empty */
     }
     if (buf_pending(&c->out)) flush_out(c);
+}
+
+/* Write n bytes into a copy of the PUBLISH template; with --ws masked as the frame's payload. */
+static inline void patch_template(const conn_t *c, unsigned char *p, size_t off, const void *v, size_t n) {
+    if (!c->ws_hdr) {
+        memcpy(p + off, v, n);
+        return;
+    }
+    const unsigned char *src = v;
+    for (size_t i = 0; i < n; i++) p[off + i] = src[i] ^ ws_mask[(off - c->ws_hdr + i) & 3];
 }
 
 static uint64_t total_generated(void) {
@@ -775,12 +1020,12 @@ static int pump_publishers(int64_t now, int generating, int64_t t0) {
                         uint16_t pid = c->next_pid++;
                         c->pid_state[pid] = 1;
                         c->outstanding++;
-                        p[c->pid_off] = pid >> 8;
-                        p[c->pid_off + 1] = pid & 0xff;
+                        unsigned char be[2] = {(unsigned char)(pid >> 8), (unsigned char)pid};
+                        patch_template(c, p, c->pid_off, be, 2);
                     }
                     uint32_t seq = c->seq++;
-                    memcpy(p + c->payload_off + 4, &seq, 4);
-                    memcpy(p + c->payload_off + 8, &ts, 8);
+                    patch_template(c, p, c->payload_off + 4, &seq, 4);
+                    patch_template(c, p, c->payload_off + 8, &ts, 8);
                     c->out.len += c->tmpl_len;
                 }
                 transit_budget -= budget;
@@ -855,8 +1100,9 @@ static void run_mode(void) {
         s->fd = mqtt_connect_blocking(O.host, O.port, id, !O.persistent);
         unsigned char pkt[600], body[64];
         size_t n = encode_subscribe(pkt, 1, O.slow_rate > 0 && j == 0 && O.subscribers > 1 ? slow_filter : filter, O.qos), len;
-        send_all_blocking(s->fd, pkt, n);
+        send_packet_blocking(s->fd, pkt, n);
         unsigned char type = read_packet(s->fd, body, sizeof body, &len, "SUBACK");
+        ws_adopt_setup_frame(s);
         if (type != 0x90 || len != 3) die("expected SUBACK, got packet 0x%02x", type);
         if (body[2] == 0x80) die("SUBSCRIBE %s refused", filter);
         if (body[2] != O.qos) die("SUBSCRIBE %s granted QoS %d instead of %d", filter, body[2], O.qos);
@@ -870,6 +1116,7 @@ static void run_mode(void) {
         c->index = i;
         snprintf(id, sizeof id, "bench-%s-p%d", O.tag, i);
         c->fd = mqtt_connect_blocking(O.host, O.port, id, 1);
+        ws_adopt_setup_frame(c);
         c->pid_state = xcalloc(65536, 1);
         c->next_pid = 1;
         /* The pre-encoded PUBLISH: fixed header, topic, [packet id], payload. */
@@ -887,6 +1134,16 @@ static void run_mode(void) {
         memcpy(c->tmpl + h, &idx, 4);
         memset(c->tmpl + h + PAYLOAD_HEADER, 'x', (size_t)O.payload - PAYLOAD_HEADER);
         c->tmpl_len = h + (size_t)O.payload;
+        if (ws_path) { /* the template becomes a whole masked frame; offsets move behind its header */
+            buf_t framed = {0};
+            ws_put_frame(&framed, 0x2, c->tmpl, c->tmpl_len);
+            c->ws_hdr = framed.len - c->tmpl_len;
+            free(c->tmpl);
+            c->tmpl = framed.data;
+            c->tmpl_len = framed.len;
+            c->pid_off += c->ws_hdr;
+            c->payload_off += c->ws_hdr;
+        }
     }
     conn_t *all[2] = {subs, pubs};
     int counts[2] = {O.subscribers, O.publishers};
@@ -954,7 +1211,9 @@ static void run_mode(void) {
                     c->read_off = 0;
                     c->closed = 0;
                     snprintf(id, sizeof id, "bench-%s-s%d", O.tag, j);
+                    c->raw.off = c->raw.len = 0;
                     c->fd = mqtt_connect_blocking(O.host, O.port, id, 0);
+                    ws_adopt_setup_frame(c);
                     set_nonblocking(c->fd, 1);
                     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
                     epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
@@ -972,7 +1231,7 @@ static void run_mode(void) {
                 unsigned char pingreq[2] = {0xc0, 0};
                 for (int j = 0; j < O.subscribers; j++)
                     if (!subs[j].closed && subs[j].distinct < sub_expected(j)) {
-                        buf_put(&subs[j].out, pingreq, 2);
+                        put_packet(&subs[j].out, pingreq, 2);
                         flush_out(&subs[j]);
                         nudges++;
                     }
@@ -1269,9 +1528,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--concurrency")) concurrency = atoi(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--tls")) tls_init(arg_value(argc, argv, &i));
+        else if (!strcmp(a, "--ws")) ws_path = arg_value(argc, argv, &i);
         else die("unknown option %s", a);
     }
     if (O.port <= 0) die("--port is required");
+    if (ws_path && strcmp(mode, "run")) die("--ws is for run mode only");
+    srandom((unsigned)mono_ns());
     if (!strcmp(mode, "run")) run_mode();
     else if (!strcmp(mode, "idle")) idle_mode(O.host, O.port, connections, concurrency, O.tag, connect_timeout);
     else die("unknown mode %s (run or idle)", mode);

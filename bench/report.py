@@ -37,6 +37,7 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("TLS QoS 0 fan-in ≥ 0.5× mosquitto", "tls-qos0", "value", ">=", 0.5, "mosquitto"),
     ("TLS fan-out ≥ 0.5× mosquitto", "tls-fanout", "value", ">=", 0.5, "mosquitto"),
     ("Memory per idle TLS connection ≤ 2× mosquitto's", "tls-memory", "value", "<=", 2.0, "mosquitto"),
+    ("WebSockets QoS 0 fan-in ≥ 0.5× mosquitto", "ws-qos0", "value", ">=", 0.5, "mosquitto"),
     # Issue 13 (overload): publishers that never wait, both brokers with their default queue limits.
     ("QoS 1 fan-in, free-running, clean session ≥ 1.0× mosquitto", "qos1-free", "value", ">=", 1.0, "mosquitto"),
     ("QoS 1 fan-in, free-running, persistent ≥ 1.0× mosquitto", "qos1-free-persistent", "value", ">=", 1.0, "mosquitto"),

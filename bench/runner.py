@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
-from bench.brokers import TLS_BROKERS, Broker, BrokerError, TLSFiles, make_broker, raise_nofile_limit
+from bench.brokers import (
+    TLS_BROKERS, WS_BROKERS, WS_PATH, Broker, BrokerError, MosquittoBroker, TLSFiles, make_broker,
+    raise_nofile_limit,
+)
 from bench.machine import wait_quiet
 from bench.scenarios import Params, Scenario, figures
 
@@ -60,12 +63,40 @@ class Bench:
         self._tag_counter = 0
         # TLS scenarios: one CA and server certificate for every broker's TLS listener.
         self.tls = TLSFiles(workdir / "certs") if any(s.tls for s in scenario_list) else None
+        self.remarks: list[str] = []  # for the report: e.g. why a broker was left out of a scenario
+        self._ws: dict[str, bool] = {}
+
+    def _with_ws(self, key: str) -> bool:
+        """Whether broker ``key`` gets a WebSockets listener (asked once: some mosquitto builds have none)."""
+        if key not in self._ws:
+            wanted = [s for s in self.scenarios if s.ws]
+            self._ws[key] = bool(wanted) and key in WS_BROKERS
+            if self._ws[key] and key == "mosquitto":
+                refusal = MosquittoBroker.websockets_refusal(self.workdir / "mosquitto-ws-probe", self.nofile)
+                if refusal:
+                    self._ws[key] = False
+                    titles = ", ".join(s.title for s in wanted)
+                    self.remarks.append(
+                        f"mosquitto, {titles}: not measured, ours only: this mosquitto does not start with a "
+                        f"`listener PORT 127.0.0.1` + `protocol websockets` listener (its log: \"{refusal}\")")
+        return self._ws[key]
+
+    def _make(self, key: str) -> Broker:
+        return make_broker(key, self.workdir / key, self.nofile, self.ours_args, self.tls, self._with_ws(key))
+
+    def _measures(self, scenario: Scenario, key: str) -> bool:
+        """Whether broker ``key`` runs ``scenario`` (amqtt has no TLS nor WebSockets listener here)."""
+        if scenario.tls:
+            return key in TLS_BROKERS
+        if scenario.ws:
+            return self._with_ws(key)
+        return True
 
     def broker_info(self) -> dict[str, dict[str, Any]]:
         """Version and settings of each broker, for the report."""
         info = {}
         for key in self.broker_keys:
-            broker = make_broker(key, self.workdir / key, self.nofile, self.ours_args, self.tls)
+            broker = self._make(key)
             info[key] = {"version": broker.version(), "settings": broker.settings()}
         return info
 
@@ -76,12 +107,12 @@ class Bench:
         try:
             if any(s.kind != "memory" for s in self.scenarios):
                 for key in self.broker_keys:
-                    self.brokers[key] = make_broker(key, self.workdir / key, self.nofile, self.ours_args, self.tls)
+                    self.brokers[key] = self._make(key)
                     self.brokers[key].start()
             for round_no in range(1, self.params.rounds + 1):
                 for scenario in self.scenarios:
                     for key in self.broker_keys:
-                        if scenario.tls and key not in TLS_BROKERS:
+                        if not self._measures(scenario, key):
                             continue
                         result = self._run_one(round_no, scenario, key)
                         self.results.append(result)
@@ -134,8 +165,10 @@ class Bench:
                 if scenario.tls:
                     assert self.tls is not None
                     options["tls"] = str(self.tls.ca)
+                if scenario.ws:
+                    options["ws"] = WS_PATH
                 raw = loadgen.run(
-                    broker.tls_port if scenario.tls else broker.port,
+                    broker.port_for(scenario.listener),
                     options,
                     timeout=p.warmup + p.duration + p.drain_timeout + 2 * p.drain_idle + 90,
                     nofile=self.nofile,

@@ -47,6 +47,12 @@ class Scenario:
     persistent: bool = False
     rate: float = 0.0
     tls: bool = False  # MQTT over TLS (the brokers' TLS listener, certificates from broker.certs)
+    ws: bool = False  # MQTT over WebSockets (the brokers' websockets listener, ws:// on WS_PATH)
+
+    @property
+    def listener(self) -> str:
+        """Which of a broker's listeners the load goes to: "plain", "tls" or "ws"."""
+        return "tls" if self.tls else "ws" if self.ws else "plain"
     # Publishers that do not wait for the subscribers (no cap on messages in transit): what a
     # broker does with more than its subscribers take (issue 13).
     free_running: bool = False
@@ -92,6 +98,9 @@ class Scenario:
     def describe(self, params: Params) -> str:
         """One line for the report: what the load was."""
         over = " over TLS (ECDSA P-256 certificate, TLS 1.3)" if self.tls else ""
+        if self.ws:
+            over = (" over WebSockets (ws://127.0.0.1:PORT/mqtt, subprotocol `mqtt`; each MQTT packet in a "
+                    "masked binary frame of its own, as browsers and paho send them)")
         if self.kind == "memory":
             return (f"{params.connections} MQTT 3.1.1 connections{over} (CONNECT, clean session, keep-alive 300 s) "
                     "held idle; broker VmRSS after minus before, divided by the connections")
@@ -128,6 +137,7 @@ def scenarios(params: Params) -> dict[str, Scenario]:
         Scenario("tls-fanout", "TLS fan-out", "throughput", qos=0, publishers=1,
                  subscribers=params.fanout_subscribers, exact_filter=True, tls=True),
         Scenario("tls-memory", "Memory per idle TLS connection", "memory", tls=True),
+        Scenario("ws-qos0", "WebSockets QoS 0 fan-in", "throughput", qos=0, publishers=p, ws=True),
         # Issue 13: publishers that do not wait for the subscriber.
         Scenario("qos1-free", "QoS 1 fan-in, free-running, clean session", "throughput", qos=1, publishers=p,
                  free_running=True),

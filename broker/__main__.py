@@ -97,6 +97,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "certs": ("broker.certs.cli", "make a CA, the broker's TLS certificate and device certificates"),
     "backup": ("broker.ops.backup", "copy the database consistently, also while the broker runs"),
     "inspect": ("broker.ops.inspect", "sessions, queues, retained messages and database size (read-only)"),
+    "passwd": ("broker.auth.passwd", "manage a password file, like mosquitto_passwd"),
 }
 
 

@@ -112,6 +112,13 @@ class Config:
 
     sys_interval: int = 10  # seconds between $SYS/broker/... updates; 0 = no $SYS topics
 
+    # [auth]
+    password_file: str = ""  # mosquitto-style user:hash lines (python -m broker passwd); "" = none
+    acl_file: str = ""  # mosquitto-style ACL; "" = every client may use every topic
+    # None ("auto"): loopback listeners allow clients without a user name, others refuse them.
+    allow_anonymous: bool | None = None
+    clientid_prefix_username: bool = False  # an authenticated client's id must start with its user name
+
     # [log]
     verbose: bool = False
     log_packets: bool = False  # every packet in and out, as mosquitto -v (also on with verbose)

@@ -99,7 +99,7 @@ def parse_mode(value: object) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Key:
-    kind: str  # "str" | "int" | "bool" | "duration" | "size" | "mode" | "strings"
+    kind: str  # "str" | "int" | "bool" | "duration" | "size" | "mode" | "strings" | "path" ("" allowed) | "auto_bool"
     low: int | None = None
     high: int | None = None
     choices: tuple[str, ...] = ()
@@ -107,6 +107,16 @@ class _Key:
 
     def convert(self, value: object) -> object:
         """The Python value for a TOML value, or ValueError saying what is expected."""
+        if self.kind == "auto_bool":  # true, false, or "auto" (None: the code decides)
+            if isinstance(value, bool):
+                return value
+            if value == "auto":
+                return None
+            raise ValueError(f'must be true, false or "auto", got {_type_name(value)} ({value!r})')
+        if self.kind == "path":
+            if not isinstance(value, str):
+                raise ValueError(f"must be a string (a file path, or \"\" for none), got {_type_name(value)} ({value!r})")
+            return value
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise ValueError(f"must be true or false, got {_type_name(value)} ({value!r})")
@@ -184,6 +194,12 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "metrics_enabled": _Key("bool"),
         "metrics_bind": _Key("str"),
         "metrics_port": _Key("int", 0, 65535),
+    },
+    "auth": {
+        "password_file": _Key("path"),
+        "acl_file": _Key("path"),
+        "allow_anonymous": _Key("auto_bool"),
+        "clientid_prefix_username": _Key("bool"),
     },
 }
 

@@ -54,6 +54,8 @@ class MQTTClient:
         self.server = server
         self.port = port
         self.tls = (ssl, ssl_params) if ssl else None
+        if not outbox_size and not outbox:
+            raise ValueError("outbox_size=0 (no bound) needs a file outbox")
         args = (client_id, keepalive, outbox_size, drop_oldest, max_inflight, max_packet, bufsize)
         if not outbox:
             s = self.s = Session(*args)

@@ -55,6 +55,8 @@ class MQTTClient:
         self.server = server
         self.port = port
         self.tls = (ssl, ssl_params) if ssl else None
+        if not outbox_size and not outbox:
+            raise ValueError("outbox_size=0 (no bound) needs a file outbox")
         args = (client_id, keepalive, outbox_size, drop_oldest, max_inflight, max_packet, bufsize)
         if not outbox:
             s = self.s = Session(*args)
@@ -147,7 +149,11 @@ class MQTTClient:
         """Returns the granted QoS, or None while offline (the request is sent on
         connect) or when no SUBACK came within timeout. qos=None unsubscribes."""
         s = self.s
-        pid = s.subscription(topic, qos)
+        try:
+            pid = s.subscription(topic, qos)
+        except MemoryError:
+            self._oom(False)
+            return None
         if pid is None:
             return None
         self._io(0)
@@ -252,7 +258,7 @@ class MQTTClient:
         if drop:
             self._lost()
         gc.collect()
-        print("edge_client: out of memory;", "connection dropped" if drop else "message not queued")
+        print("edge_client: out of memory;", "connection dropped" if drop else "request not queued")
 
     def _read(self, ms):
         sock = self.sock

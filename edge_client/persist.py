@@ -224,40 +224,48 @@ class FilePersist(Session):
             self._truncate()
         elif head:
             self.ooo = 0
-            self._append(b"H" + struct.pack("!I", self.q[0][4] if self.q else self.cur), 0)
+            self._append((b"H" + struct.pack("!I", self.q[0][4] if self.q else self.cur),), 0)
         else:
             self.ooo += 1
-            self._append(b"D" + struct.pack("!I", off), 0)
+            self._append((b"D" + struct.pack("!I", off),), 0)
 
     def log(self, kind, e):
         if kind == b"R":
-            self._append(b"R" + struct.pack("!I", e[4]), 0)
+            self._append((b"R" + struct.pack("!I", e[4]),), 0)
             self.refill()
         elif kind == b"I" or kind == b"i":
-            self._append(kind + struct.pack("!H", e[0]), 0)
+            self._append((kind + struct.pack("!H", e[0]),), 0)
             if kind == b"i" and not self.q and not self.more and not self.inq:
                 self._truncate()
 
     # -- the file ---------------------------------------------------------
 
     def _record(self, e):
+        """An A record as (header, topic, payload): written piece by piece, not joined."""
         t = e[2]
         m = e[3]
-        return b"A" + struct.pack("!BHHI", e[1] & 0x17, e[0], len(t), len(m)) + t + m
+        return (b"A" + struct.pack("!BHHI", e[1] & 0x17, e[0], len(t), len(m)), t, m)
+
+    def _write(self, f, rec):
+        n = 0
+        for b in rec:
+            f.write(b)
+            n += len(b)
+        return n
 
     def _append(self, rec, new):
-        """Append one record; rewrite instead when the file has grown past its bound."""
+        """Append one record (a tuple of pieces); rewrite instead when the file has
+        grown past its bound."""
         if not new and (
             self.ooo > self.max_ooo or self.size > self.limit and self.size > 2 * self.base
         ):
             self._compact()
             return
         with open(self.path, "ab") as f:
-            f.write(rec)
+            self.size += self._write(f, rec)
             if _sync:
                 f.flush()
                 _sync(f.fileno())
-        self.size += len(rec)
 
     def _truncate(self):
         open(self.path, "wb").close()
@@ -273,9 +281,7 @@ class FilePersist(Session):
             pos = 0
             for e in self.q:
                 e[4] = pos
-                rec = self._record(e)
-                w.write(rec)
-                pos += len(rec)
+                pos += self._write(w, self._record(e))
             cur = pos
             if self.more:
                 with open(self.path, "rb") as f:

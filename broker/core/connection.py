@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from broker.core import packetlog
@@ -20,7 +21,7 @@ from broker.core.aliases import OutboundAliases
 from broker.core.flow import HELD_BYTES_LIMIT
 from broker.core.handlers import dispatch
 from broker.core.session import Session
-from broker.core.states import CLOSED, CONNECTED, CONNECTING
+from broker.core.states import AUTHENTICATING, CLOSED, CONNECTED, CONNECTING
 from broker.core.transport import Transport
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
@@ -39,6 +40,7 @@ from broker.protocol.packets import (
 from broker.message import Message
 
 if TYPE_CHECKING:
+    from broker.auth.access import ClientRights
     from broker.core.engine import Engine
     from broker.protocol.packets import Packet, Will
 
@@ -93,6 +95,9 @@ class Connection:
         "waiting_bytes",
         "reading_paused",
         "resume_scheduled",
+        "rights",
+        "held",
+        "held_error",
     )
 
     def __init__(self, engine: Engine, transport: Transport) -> None:
@@ -133,6 +138,11 @@ class Connection:
         self.waiting_bytes = 0
         self.reading_paused = False
         self.resume_scheduled = False
+        # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
+        # received while its CONNECT is being authenticated, handled in order afterwards.
+        self.rights: ClientRights | None = None
+        self.held: list[Packet] = []
+        self.held_error: MQTTError | None = None
         engine.connections.add(self)
         engine.stats.connections_opened += 1
 
@@ -239,6 +249,9 @@ class Connection:
         With ``after_commit`` it goes out once the storage writes issued so far are durable.
         Nothing about the connection changes (aliases, statistics) unless it is really sent.
         """
+        rights = self.rights
+        if rights is not None and not (rights.receive.get(message.topic) or rights.may_receive(message.topic)):
+            return False  # AUTH: read check on every message (wildcards, retained, queued, $SYS)
         if qos == 0 and self.transport.write_buffer_size() > SLOW_CONSUMER_BYTES:
             # A client that does not read must not make the broker buffer without bound:
             # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
@@ -279,6 +292,11 @@ class Connection:
         (self.send_after_commit if after_commit else self.send)(data)
         return True
 
+    def may_receive(self, topic: str) -> bool:
+        """AUTH: the read check ``send_publish`` makes, for choosing a shared subscription's member."""
+        rights = self.rights
+        return rights is None or rights.may_receive(topic)
+
     def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None:
         self.send_packet(Pubrel(packet_id, reason_code), after_commit)
 
@@ -293,25 +311,59 @@ class Connection:
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
+            if self.state == AUTHENTICATING:  # only one CONNECT passes the codec; cannot happen
+                return
             log.info("client from %s: unsupported protocol level %d", self.peer, exc.protocol_level)
             code = RC.V3_UNACCEPTABLE_PROTOCOL_VERSION if exc.protocol_level < 5 else RC.UNSUPPORTED_PROTOCOL_VERSION
             self._buffer(encode(Connack(False, code), 4 if exc.protocol_level < 5 else 5))
             self.close(f"unsupported protocol level {exc.protocol_level}", None, linger=True)
             return
         except MQTTError as exc:
-            for packet in getattr(exc, "packets_before", ()):
-                self.handle(packet)
-                if self.state == CLOSED:
-                    return
-            self.protocol_violation(str(exc), exc.reason_code)
+            self.handle_all(getattr(exc, "packets_before", ()), exc)
             return
-        for packet in packets:
+        self.handle_all(packets, None)
+
+    def handle_all(self, packets: Iterable[Packet], error: MQTTError | None) -> None:
+        """Handle packets in order, then report ``error`` (a bad packet after them), if any."""
+        if self.state == AUTHENTICATING:
+            self._hold(iter(packets), error)
+            return
+        flow = self.engine.flow
+        remaining: Iterator[Packet] = iter(packets)
+        for packet in remaining:
             if type(packet) in DEFERRED_TYPES and (self.waiting or self.held_by or flow.memory_full):
-                self._wait(packet)
+                self._wait(packet)  # backpressure (flow.py)
                 continue
             self.handle(packet)
-            if self.state == CLOSED:
+            if self.state != CONNECTED:
+                if self.state == AUTHENTICATING:  # AUTH: the rest waits for the CONNECT decision
+                    self._hold(remaining, error)
                 return
+        if error is not None:
+            self.protocol_violation(str(error), error.reason_code)
+
+    def _hold(self, packets: Iterator[Packet], error: MQTTError | None) -> None:
+        self.held.extend(packets)
+        if error is not None and self.held_error is None:
+            self.held_error = error
+
+    def wait_for_authentication(self) -> None:
+        """AUTH: the CONNECT handler awaits a decision; stop reading, hold what comes."""
+        self.state = AUTHENTICATING
+        self.transport.pause_reading()
+
+    def authenticated(self) -> tuple[list[Packet], MQTTError | None]:
+        """AUTH: the decision arrived; the held packets and error, to handle once accepted."""
+        self.state = CONNECTING
+        self.last_received = time.monotonic()  # the keepalive starts now, not before a throttled wait
+        held, error = self.held, self.held_error
+        self.held, self.held_error = [], None
+        return held, error
+
+    def resume(self, held: list[Packet], error: MQTTError | None) -> None:
+        """AUTH: accepted after waiting: read again and handle what was held, in order."""
+        self.transport.resume_reading()
+        self.handle_all(held, error)
 
     # ---- backpressure (flow.py) -------------------------------------------------------------
     def _wait(self, packet: Packet) -> None:
@@ -415,6 +467,8 @@ class Connection:
         self.close("broker shutting down", RC.SERVER_SHUTTING_DOWN, publish_will=False)
 
     def check_keepalive(self, now: float) -> None:
+        if self.state == AUTHENTICATING:
+            return  # AUTH: the decision always comes (throttling waits at most a minute)
         if self.state == CONNECTING:
             if now - self.last_received > CONNECT_TIMEOUT:
                 self.close(f"no CONNECT within {CONNECT_TIMEOUT} s", None)
@@ -475,4 +529,4 @@ class Connection:
             log.info("Client %s disconnected: %s.", self.client_id, self.close_reason)
         will = self.will if publish_will and not self.disconnected_cleanly else None
         self.will = None
-        engine.lifecycle.close(self, session, will)
+        engine.lifecycle.close(self, session, will, self.rights)  # AUTH: the will is checked when published

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from broker.auth.access import AccessControl
+from broker.auth.file_backend import FileBackend
 from broker.config import Config
 from broker.core.flow import ENTRY_OVERHEAD, FlowControl
 from broker.core.queuelimits import QueueLimits
@@ -150,6 +152,8 @@ class Engine:
         # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
         self.queue_page = max(500, 2 * config.max_inflight_messages)
         self.lifecycle = SessionLifecycle(self)
+        # AUTH: who may connect and use which topics (broker/auth); the server sets the configured one.
+        self.auth = AccessControl(FileBackend())
 
     # ---- start-up and shutdown ----------------------------------------------------
     async def start(self) -> None:
@@ -295,7 +299,7 @@ class Engine:
             if session is not None:
                 session.deliver(message, granted if granted < qos else qos, retain and rap, sub_ids)
         for group, topic_filter, members in match.shared:
-            member = self._pick_share_member(group, topic_filter, members)
+            member = self._pick_share_member(group, topic_filter, members, message.topic)
             if member is None:
                 continue
             matched += 1
@@ -330,8 +334,12 @@ class Engine:
                     return True
         return False
 
-    def _pick_share_member(self, group: str, topic_filter: str, members: dict[str, Subscription]) -> Subscription | None:
-        """Round robin over members, preferring online ones with room in their receive window."""
+    def _pick_share_member(
+        self, group: str, topic_filter: str, members: dict[str, Subscription], topic: str
+    ) -> Subscription | None:
+        """Round robin over members, preferring online ones with room in their receive window.
+
+        AUTH: members whose ACL does not let them read ``topic`` are passed over."""
         subs = list(members.values())
         if not subs:
             return None
@@ -345,6 +353,8 @@ class Engine:
             if session is None:
                 continue
             conn = session.connection
+            if conn is not None and not conn.may_receive(topic):
+                continue
             if conn is not None and not session.pending and len(session.inflight) < conn.send_quota:
                 self._share_cursor[key] = (start + i + 1) % count
                 return sub

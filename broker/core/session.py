@@ -45,6 +45,9 @@ class Outlet(Protocol):
 
     def send_pubrel(self, packet_id: int, reason_code: int = 0, after_commit: bool = False) -> None: ...
 
+    def may_receive(self, topic: str) -> bool:
+        """AUTH: whether the client may read ``topic`` (its ACL; True without one)."""
+
     def close(self, why: str, reason_code: int | None, publish_will: bool = True, linger: bool = False) -> None: ...
 
 
@@ -568,7 +571,9 @@ class Session:
             assert packet_id is not None
             self.inflight[packet_id] = entry
             if entry.state == SENT:
-                conn.send_publish(entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, True)
+                if not conn.send_publish(entry.message, entry.qos, entry.retain, entry.subscription_ids, packet_id, True):
+                    del self.inflight[packet_id]  # no longer readable (AUTH) or too large: finished
+                    self._forget(entry)
             else:
                 conn.send_pubrel(packet_id)
         if self.inflight:

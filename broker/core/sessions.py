@@ -21,6 +21,7 @@ from broker.message import Message
 from broker.storage.base import SessionRecord
 
 if TYPE_CHECKING:
+    from broker.auth.access import ClientRights
     from broker.core.engine import Engine
 
 log = logging.getLogger("broker")
@@ -49,12 +50,13 @@ FORWARDED_PROPERTIES = (
 
 
 class PendingWill:
-    __slots__ = ("due", "message", "client_id")
+    __slots__ = ("due", "message", "client_id", "rights")
 
-    def __init__(self, due: float, message: Message, client_id: str) -> None:
+    def __init__(self, due: float, message: Message, client_id: str, rights: ClientRights | None = None) -> None:
         self.due = due
         self.message = message
         self.client_id = client_id
+        self.rights = rights  # AUTH: checked again when published; None after a restart (checked when scheduled)
 
 
 class SessionLifecycle:
@@ -131,13 +133,14 @@ class SessionLifecycle:
             session.begin_loading()
 
     # ---- a connection closed ------------------------------------------------------------------
-    def close(self, outlet: Outlet, session: Session, will: Will | None) -> None:
-        """The connection ``outlet`` of ``session`` ended; ``will`` is published if given."""
+    def close(self, outlet: Outlet, session: Session, will: Will | None, rights: ClientRights | None = None) -> None:
+        """The connection ``outlet`` of ``session`` ended; ``will`` is published if given
+        (and if ``rights``, the connection's ACL, still allow it)."""
         if session.connection is not outlet:
             return  # taken over: the new connection owns the session now
         session.detach()
         if will is not None:
-            self.schedule_will(session.client_id, will, session.expiry_interval)
+            self.schedule_will(session.client_id, will, session.expiry_interval, rights)
         if session.persistent:
             self.save(session)
         else:
@@ -178,16 +181,21 @@ class SessionLifecycle:
             self.discard(session)
 
     # ---- wills ----------------------------------------------------------------------------------
-    def schedule_will(self, client_id: str, will: Will, session_expiry: int) -> None:
+    def schedule_will(
+        self, client_id: str, will: Will, session_expiry: int, rights: ClientRights | None = None
+    ) -> None:
         """Publish a will now, or after its v5 delay (or when the session ends, if sooner)."""
         message = message_from_publish(will.topic, will.payload, will.qos, will.retain, will.properties)
         delay = will.properties.get(P.WILL_DELAY_INTERVAL, 0) if will.properties else 0
         delay = min(delay, session_expiry)
+        if rights is not None and not rights.may_publish(will.topic):
+            log.info("will of %s on %r not published: not authorised", client_id, will.topic)  # AUTH
+            return
         if delay <= 0:
             self.engine.route(message, None)
         else:
             due = time.time() + delay
-            self.pending_wills[client_id] = PendingWill(due, message, client_id)
+            self.pending_wills[client_id] = PendingWill(due, message, client_id, rights)
             # Kept in storage: a restart within the delay must not lose it.
             self.engine.storage.save_will(client_id, message, due)
 
@@ -198,6 +206,9 @@ class SessionLifecycle:
     def _publish_will(self, will: PendingWill) -> None:
         del self.pending_wills[will.client_id]
         self.engine.storage.delete_will(will.client_id)
+        if will.rights is not None and not will.rights.may_publish(will.message.topic):
+            log.info("will of %s on %r not published: not authorised", will.client_id, will.message.topic)  # AUTH
+            return
         self.engine.route(will.message, None)
 
     def publish_due_wills(self, now: float) -> None:

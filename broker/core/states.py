@@ -3,3 +3,4 @@
 CONNECTING = 0  # waiting for CONNECT
 CONNECTED = 1  # CONNECT accepted: a session is attached
 CLOSED = 2
+AUTHENTICATING = 3  # AUTH: CONNECT received, waiting for engine.auth's decision; later packets are held

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from broker.bridge.bridge import Bridge, warn_about_orphans
+from broker.auth import AuthConfigError, access_control_from_config, reload_access_control
 from broker.config import Config
 from broker.core.engine import Engine
 from broker.ops.runtime import Service
@@ -49,12 +50,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
         except (NotImplementedError, RuntimeError):
             pass
     try:
+        access = access_control_from_config(config)  # AUTH: password and ACL files, before anything listens
+    except AuthConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
         storage = await open_storage(config)
     except (CorruptDatabase, DatabaseInUse, UnsupportedSchema) as exc:
         log.error("cannot open storage: %s", exc)
+        access.close()
         return 1
     engine = Engine(config, storage)
-    reloaders: list[Reloader] = []
+    engine.auth = access
+    reloaders: list[Reloader] = [lambda _config: reload_access_control(engine.auth)]  # AUTH
     engine.on_failure = stop.set
     await engine.start()
     try:  # before the "listening on" lines: a reload from then on must not kill the broker
@@ -78,7 +86,10 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
         log.error("%s", exc)
         await service.close()
         await storage.close()
+        access.close()
         return 1
+    for listener in listeners.listeners:
+        engine.auth.log_listener_policy(listener.info)  # AUTH: who may connect there, what to configure
     reloaders.append(listeners.reload)
     engine.sys_topics.sources.append(listeners.sys_values)
     service.ready(", ".join(listeners.addresses))
@@ -111,6 +122,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None, config_path: 
             log.critical("final commit failed: %s", exc)
     await listeners.wait_closed()
     await service.close()
+    engine.auth.close()
     if engine.failure is not None:
         log.error("stopped after a storage failure: %s", engine.failure)
         return 1

@@ -250,6 +250,8 @@ class SqliteStorage(Storage):
         self._attempt: list[tuple] = []  # batches being written right now
         self._space_waiters: list[asyncio.Future[None]] = []  # readers told when space runs out
         self._closing = False
+        self._reads = 0  # queue reads under way: close() lets them finish
+        self._reads_idle: asyncio.Event | None = None
         self.commits_done = 0  # transactions written by the group commit
         self._thread: DatabaseThread | None = None  # the database thread, while open
         self._conn: sqlite3.Connection | None = None  # used on the database thread only
@@ -368,6 +370,9 @@ class SqliteStorage(Storage):
                 await asyncio.gather(self._watch, return_exceptions=True)
             if self._task is not None:
                 await asyncio.gather(self._task, return_exceptions=True)
+            while self._reads:  # a session reading its queue as the broker stops: let it finish
+                self._reads_idle = asyncio.Event()
+                await self._reads_idle.wait()
             try:
                 await self._run(self._close_sync)
             finally:
@@ -627,7 +632,13 @@ class SqliteStorage(Storage):
     async def read_queue(self, client_id: str, after_seq: int, limit: int) -> list[QueueEntry]:
         if limit <= 0:
             return []
-        rows = await self._read_queue_rows(client_id, after_seq, limit)
+        self._reads += 1
+        try:
+            rows = await self._read_queue_rows(client_id, after_seq, limit)
+        finally:
+            self._reads -= 1
+            if not self._reads and self._reads_idle is not None:
+                self._reads_idle.set()
         return [
             QueueEntry(
                 seq=seq,

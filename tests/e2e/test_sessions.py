@@ -280,7 +280,12 @@ def test_delayed_will_survives_broker_restart(target_factory, uid, sig):
     will = {"topic": f"{uid}/will", "payload": b"gone for good", "properties": {r.WILL_DELAY_INTERVAL: 3}}
     assert dying.connect(f"{uid}-dying", properties=EXPIRY, will=will).reason_code == 0
     dying.close()  # abnormal: the will is now pending for 3 s
-    time.sleep(0.8)  # the pending will has been committed (the broker ticks every 0.5 s)
+    target.process.wait_for_log(f"Client {uid}-dying disconnected")  # the will is pending...
+    syncer, _ = _connect(target, f"{uid}-sync", 5, clean=True)
+    # ...and on disk once this is acknowledged: a retained message is stored, and its
+    # PUBACK waits for a commit of every write made before it.
+    syncer.publish(f"{uid}/sync", b"s", 1, retain=True)
+    syncer.close()
     if sig == signal.SIGKILL:
         target.kill()
         target.start()

@@ -625,3 +625,61 @@ def test_a_packet_too_large_for_memory_is_skipped_and_acknowledged(monkeypatch: 
     s.feed(pub(2, 7, b"t", b"z" * 300) + pub(2, 8, b"t", b"after"))
     assert seen == [b"after"] and s.lost == 1
     assert frames(wire(s)) == [(0x40, b"\x00\x07"), (0x40, b"\x00\x08")]
+
+
+def test_file_outbox_cut_at_every_byte_loads_the_state_of_the_last_whole_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power cut can stop a write anywhere: whatever prefix of the file survives, the
+    outbox loads as it was after the last record written in full."""
+    import edge_client.persist as persist
+
+    monkeypatch.setattr(persist, "_sync", None)
+    path = tmp_path / "box"
+    s = FilePersist(str(path), "dev", 0, 0, True, 1)  # window of 3
+    snapshots = [(0, everything(path))]
+
+    def snap() -> None:
+        snapshots.append((path.stat().st_size, everything(path)))
+
+    for i, q in enumerate([0, 1, 2, 0, 1, 2, 1]):
+        s.publish("t", f"m{i}", qos=q)
+        snap()
+    connected(s, clean=False)
+    assert [f & 6 for f, _ in frames(wire(s))] == [0, 2]  # m0 (QoS 0, then gone), m1 in flight
+    snap()
+    s.feed(ack(0x40, s.q[0][0]))  # m1 done: the head moves (H)
+    snap()
+    assert [f & 6 for f, _ in frames(wire(s))] == [4, 0]  # m2, and m3 (QoS 0: then done, D)
+    snap()
+    pid2 = s.q[0][0]
+    s.feed(ack(0x50, pid2))  # m2 released (R)
+    snap()
+    s.feed(publish_in(b"in", b"x", 2, pid=77))  # an incoming QoS 2 id (I)
+    snap()
+    wire(s)  # PUBREC for it, PUBREL for m2, m4
+    snap()
+    s.feed(ack(0x40, s.q[1][0]))  # m4 done while m2 waits for PUBCOMP (D)
+    snap()
+    s.feed(ack(0x70, pid2))  # m2 complete (H)
+    snap()
+    s.feed(ack(0x62, 77))  # the incoming id released (i)
+    snap()
+    size = path.stat().st_size
+    data = path.read_bytes()
+    assert {data[i] for i in range(len(data))} >= set(b"ARIDHi")  # every kind of record is in it
+    cut_path = tmp_path / "cut"
+    for cut in range(size + 1):
+        cut_path.write_bytes(data[:cut])
+        expected = [state for at, state in snapshots if at <= cut][-1]
+        assert everything(cut_path) == expected, cut
+
+
+def test_an_unbounded_outbox_needs_a_file(tmp_path: Path) -> None:
+    from edge_client.aio import MQTTClient as AioClient
+    from edge_client.client import MQTTClient
+
+    for cls in (MQTTClient, AioClient):
+        with pytest.raises(ValueError):
+            cls("dev", "127.0.0.1", 1, outbox_size=0)  # RAM would grow without bound
+        assert cls("dev", "127.0.0.1", 1, outbox_size=0, outbox=str(tmp_path / "box")).pending() == 0

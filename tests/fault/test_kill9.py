@@ -46,6 +46,7 @@ PACE = 0.012  # seconds between publishes, at most (random): traffic lasts about
 KILL_DELAY = (0.02, 1.0)  # seconds after the broker listens
 DRAIN_TIMEOUT = 60.0
 QUIET_TIMEOUT = 4.0  # the final drain ends early if nothing moves this long after publishers finished
+TRAFFIC_TIMEOUT = 20.0  # a cycle's clients must get going within this (a busy machine is slow)
 
 CONFIG = """
 [limits]
@@ -148,9 +149,14 @@ class Storm:
         delay = rng.uniform(*kill_delay)
         acked_before = sum(len(p.acknowledged) for p in self.publishers)
         delivered_before = sum(len(s.deliveries) for s in self.subscribers)
+        seq_before = [p.seq for p in self.publishers]
+        # The stop falls at a random moment of the traffic, not of the clock: on a busy
+        # machine the clients take longer to get going, so first wait until they have.
+        await self._until_flows_in_progress(seq_before, number)
         await asyncio.sleep(delay)
-        in_flight = sum(len(p.outstanding) for p in self.publishers)
-        awaiting = sum(len(s.awaiting_pubrel) for s in self.subscribers)
+        await self._until_flows_in_progress(seq_before, number)
+        in_flight = sum(len(p.outstanding) for p in self.publishers if p.link is not None)
+        awaiting = sum(len(s.awaiting_pubrel) for s in self.subscribers if s.link is not None)
         self.busy_kills += bool(in_flight or awaiting)
         if self.how == "kill":
             broker.kill()
@@ -167,6 +173,24 @@ class Storm:
             f"online {[s.client_id for s in online]}, {acked} newly acknowledged, {delivered} delivered, "
             f"{in_flight} publisher messages in flight and {awaiting} subscriber ids awaiting PUBREL at the stop"
         )
+
+    def _flows_in_progress(self) -> bool:
+        """A connected publisher waits for an acknowledgement, or a connected subscriber for PUBREL."""
+        return any(p.link is not None and p.outstanding for p in self.publishers) or any(
+            s.link is not None and s.awaiting_pubrel for s in self.subscribers
+        )
+
+    async def _until_flows_in_progress(self, seq_before: list[int], number: int) -> None:
+        """Wait until a flow is in progress, or until this cycle's traffic is over."""
+        deadline = time.monotonic() + TRAFFIC_TIMEOUT
+        while not self._flows_in_progress():
+            if all(p.seq - before >= self.budget and not p.outstanding
+                   for p, before in zip(self.publishers, seq_before)):
+                return  # every publisher sent its budget and got every acknowledgement
+            assert time.monotonic() < deadline, (
+                f"cycle {number}: no traffic within {TRAFFIC_TIMEOUT} s of the broker's start"
+            )
+            await asyncio.sleep(0.002)
 
     async def final_drain(self) -> None:
         broker = self.broker

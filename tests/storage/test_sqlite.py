@@ -578,3 +578,16 @@ async def test_errors_on_the_database_thread_reach_the_caller(sqlite_backend: Sq
         with pytest.raises(sqlite3.OperationalError, match="no such table"):
             await sql(store, "SELECT * FROM nowhere")
         assert await sql(store, "SELECT 1") == [(1,)]  # the thread goes on serving
+
+
+@run_async
+async def test_close_lets_queue_reads_under_way_finish(sqlite_backend: SqliteFiles) -> None:
+    """A session reading its queue as the broker stops: the read completes, then the store closes."""
+    store = sqlite_backend.create()
+    await store.open()
+    await fill(store, "c", 3)
+    store.save_session(SessionRecord("other", 60, 5))  # so that the read waits for a commit first
+    reading = asyncio.ensure_future(store.read_queue("c", 0, 10))
+    await asyncio.sleep(0)  # the read is under way
+    await store.close()
+    assert [e.seq for e in await reading] == [1, 2, 3]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
+from broker.auth.access import Decision
+from broker.auth.base import Credentials
 from broker.core.aliases import OutboundAliases
-from broker.core.states import CONNECTED
+from broker.core.states import AUTHENTICATING, CONNECTED
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
 from broker.protocol.packets import MQTT_5, Connack, Connect
@@ -74,6 +79,62 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         conn.aliases_out = OutboundAliases(conn.topic_alias_max_out)
         conn.problem_information = props.get(P.REQUEST_PROBLEM_INFORMATION, 1) == 1
 
+    # AUTH: who is this client, may it connect? A password check runs off the event loop;
+    # until it answers, the connection stops reading and holds pipelined packets.
+    transport = conn.transport
+    credentials = Credentials(
+        client_id, packet.username, packet.password, conn.peer, transport.listener, transport.peer_certificate()
+    )
+    decision = engine.auth.authenticate(credentials, assigned_id is not None)
+    accept = partial(accept_connect, conn, packet, assigned_id, server_keepalive, expiry, requested_expiry)
+    if isinstance(decision, Decision):
+        accept(decision)
+        return
+    conn.wait_for_authentication()
+    asyncio.ensure_future(decision).add_done_callback(lambda done: _authenticated(conn, done, accept))
+
+
+def _authenticated(conn: Connection, done: asyncio.Future[Decision], accept: Callable[[Decision], None]) -> None:
+    """AUTH: the decision arrived: accept or refuse, then handle the held packets in order."""
+    if conn.state != AUTHENTICATING:
+        return  # closed meanwhile
+    try:
+        decision = done.result()
+    except Exception:
+        log.exception("authentication of %s failed", conn.client_id)
+        decision = Decision(RC.SERVER_UNAVAILABLE, why="authentication failed")
+    held, error = conn.authenticated()
+    accept(decision)
+    if conn.state == CONNECTED:
+        conn.resume(held, error)
+
+
+def accept_connect(
+    conn: Connection,
+    packet: Connect,
+    assigned_id: str | None,
+    server_keepalive: int | None,
+    expiry: int,
+    requested_expiry: int,
+    decision: Decision,
+) -> None:
+    """The rest of CONNECT once authenticated: the session, CONNACK, delivery."""
+    if decision.reason_code:
+        return conn.refuse(decision.reason_code, decision.why)
+    engine = conn.engine
+    config = engine.config
+    version = conn.version
+    client_id = conn.client_id
+    keepalive = conn.keepalive
+    props = packet.properties
+    conn.rights = rights = decision.rights
+    if decision.client is not None and decision.client.username is not None:
+        conn.username = decision.client.username  # the verified identity (certificate CN, ...)
+    if packet.will is not None and rights is not None and not rights.may_publish(packet.will.topic):
+        # AUTH: as mosquitto, a will the client could not publish refuses the connection.
+        log.warning("Client %s from %s refused: will topic %r not authorised.", client_id, conn.peer, packet.will.topic)
+        return conn.refuse(RC.NOT_AUTHORIZED, "will topic not authorized")
+
     session, session_present = engine.lifecycle.open(conn, client_id, packet.clean_start, expiry, version)
     conn.session = session
     conn.will = packet.will
@@ -105,7 +166,7 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         conn.protocol_label,
         1 if packet.clean_start else 0,
         keepalive,
-        f", u'{packet.username}'" if packet.username else "",
+        f", u'{conn.username}'" if conn.username else "",
     )
     engine.stats.connects += 1
     # Not held for the commit of the session row: after a crash the client would only see

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from broker.core.sessions import message_from_publish
@@ -10,6 +11,8 @@ from broker.protocol import reason_codes as RC
 from broker.protocol.errors import ProtocolError
 from broker.protocol.packets import MQTT_5, Puback, Pubcomp, Publish, Pubrec, Pubrel
 from broker.protocol.topics import is_valid_topic_name
+
+log = logging.getLogger("broker")
 
 if TYPE_CHECKING:
     from broker.core.connection import Connection
@@ -47,6 +50,16 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     qos = packet.qos
     if packet.retain and not engine.config.retain_available:
         raise ProtocolError("retain not supported", RC.RETAIN_NOT_SUPPORTED)
+    rights = conn.rights
+    if rights is not None and not (rights.publish.get(topic) or rights.may_publish(topic)):
+        # AUTH: denied. v5: PUBACK/PUBREC 0x87; v3.1.1 has no way to say it: acknowledged and
+        # dropped, as mosquitto does. Checked on the topic an alias stands for.
+        log.debug("Denied PUBLISH from %s (q%d, r%d, '%s').", conn.client_id, qos, packet.retain, topic)
+        if conn.version == MQTT_5 and qos:
+            assert packet.packet_id is not None
+            conn.send_packet((Puback if qos == 1 else Pubrec)(packet.packet_id, RC.NOT_AUTHORIZED))
+            return
+        routed = False
     props = packet.properties
     flow = engine.flow
     if qos == 0:
