@@ -278,7 +278,9 @@ class FlowControl:
             if resident >= self.resume_at:
                 resident = self._trimmed_resident(now) or resident
             used = resident if self.trim is not None else self.in_use(resident)
-            if used < self.resume_at:
+            # Under the resume mark, or under the pause mark with (almost) no message left to
+            # free: what remains is the broker itself (connections), waiting would not help.
+            if used < self.resume_at or (used < self.pause_at and self.held_bytes() < self.margin // 2):
                 self.memory_full = False
                 log.info("memory budget: room again (%d MiB in use), reading publishers", used >> 20)
                 for feeder in list(self.waiting):

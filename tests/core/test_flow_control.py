@@ -231,3 +231,24 @@ def test_waiting_publishes_past_the_bound_pause_the_socket() -> None:
         assert not pub.transport.paused and not pub.conn.waiting
 
     asyncio.run(main())
+
+
+def test_memory_budget_lets_go_when_no_message_is_left_to_free() -> None:
+    """Paused near the budget; the messages are gone but the broker itself stays over the
+    resume mark (connections): waiting would not help, so publishers are read again."""
+    async def main() -> None:
+        engine, _, pub = await setup(max_memory=64 * 1024 * 1024)
+        flow = engine.flow
+        flow.read_resident = lambda: 63 * 1024 * 1024
+        flow.check_memory()
+        assert flow.memory_full
+        between = (flow.resume_at + flow.pause_at) // 2
+        flow.read_resident = lambda: between
+        flow.held_bytes = lambda: flow.margin  # still holding messages: keep waiting
+        flow.check_memory(tick=True)
+        assert flow.memory_full
+        flow.held_bytes = lambda: 0
+        flow.check_memory(tick=True)
+        assert not flow.memory_full
+
+    asyncio.run(main())
