@@ -994,8 +994,10 @@ static int pump_publishers(int64_t now, int generating, int64_t t0) {
             int64_t budget = (int64_t)((OUT_CHUNK - buf_pending(&c->out)) / c->tmpl_len);
             int limited_by_space = 1;
             if (O.rate > 0) {
-                double per_pub = O.rate / O.publishers;
-                int64_t due = (int64_t)((double)(now - t0) / 1e9 * per_pub) + 1 - (int64_t)c->seq;
+                /* Publisher i starts i/N of an interval late, so that many slow publishers (devices
+                   reporting every few seconds) spread their messages evenly instead of all at once. */
+                double per_pub = O.rate / O.publishers, phase = 1.0 - (double)c->index / O.publishers;
+                int64_t due = (int64_t)floor((double)(now - t0) / 1e9 * per_pub + phase) - (int64_t)c->seq;
                 if (due < budget) { budget = due; limited_by_space = 0; }
             }
             if (transit_budget < budget) { budget = transit_budget; limited_by_space = 0; }
@@ -1258,7 +1260,8 @@ static void run_mode(void) {
                 /* the next message due from any publisher */
                 double per_pub = O.rate / O.publishers;
                 for (int i = 0; i < O.publishers; i++) {
-                    int64_t due = t0 + (int64_t)((double)pubs[i].seq / per_pub * 1e9);
+                    double phase = (double)i / O.publishers;
+                    int64_t due = t0 + (int64_t)(((double)pubs[i].seq + phase) / per_pub * 1e9);
                     if (due < next) next = due;
                 }
             }

@@ -57,7 +57,7 @@ class Bench:
         self.say = say
         self.wait_for_quiet = wait_for_quiet
         # Each process holds up to one descriptor per connection, plus its own few.
-        self.nofile = raise_nofile_limit(max(params.connections + 1024, 4096))
+        self.nofile = raise_nofile_limit(max(max(params.connections, params.devices) + 1024, 4096))
         self.brokers: dict[str, Broker] = {}
         self.results: list[RunResult] = []
         self._tag_counter = 0

@@ -28,6 +28,7 @@ class Params:
     latency_rate: float = 1000.0  # messages per second in the latency scenarios
     connections: int = 5000  # idle connections in the memory scenario
     slow_rate: float = 1000.0  # msg/s the slow subscriber reads in the slow + fast scenario
+    devices: int = 10_000  # publishers of the devices scenario, one QoS 1 message every 10 s each
     drain_timeout: float = 30.0
     drain_idle: float = 3.0
     quiet_threshold: float = 0.3  # busy cores (of other processes) tolerated
@@ -145,6 +146,9 @@ def scenarios(params: Params) -> dict[str, Scenario]:
                  publishers=p, persistent=True, free_running=True),
         Scenario("slow-fast", "Slow + fast subscriber", "throughput", qos=1, publishers=2, subscribers=2,
                  free_running=True, slow_rate=params.slow_rate),
+        # Issue 13, goal 5: many devices, each reporting every 10 s, one backend subscriber on a wildcard.
+        Scenario("devices", f"{params.devices:,} devices, QoS 1 every 10 s", "latency", qos=1,
+                 publishers=params.devices, persistent=True, rate=params.devices / 10),
     ]
     return {s.key: s for s in items}
 
