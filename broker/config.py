@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from broker.bridge.config import BridgeConfig
 
 MAX_PACKET_SIZE_LIMIT = 268_435_455  # the largest remaining length MQTT can express (+5)
+AUTO_MEMORY = -1  # [limits] max_memory = "auto": a quarter of the machine's RAM
 
 
 TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")  # the minimum a TLS listener accepts (mosquitto's names)
@@ -92,6 +93,12 @@ class Config:
     max_topic_alias: int = 10  # v5 Topic Alias Maximum we accept from clients
     queue_qos0_messages: bool = False  # queue QoS 0 for offline persistent sessions
     queue_full_policy: str = "drop_new"  # when a session's queue is full: "drop_new" | "drop_oldest"
+    # A subscriber that acknowledges nothing for this long while its queue is full has stopped
+    # reading: its publishers are no longer held back and its queue limits drop (seconds).
+    stalled_subscriber_timeout: int = 10
+    # Memory budget (RSS, bytes) beyond which publishers are not read until there is room;
+    # AUTO_MEMORY = a quarter of the machine's RAM, 0 = no budget.
+    max_memory: int = AUTO_MEMORY
 
     # [mqtt]
     allow_zero_length_clientid: bool = True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from broker.core import packetlog
 from broker.core.aliases import OutboundAliases
+from broker.core.flow import HELD_BYTES_LIMIT
 from broker.core.handlers import dispatch
 from broker.core.session import Session
 from broker.core.states import AUTHENTICATING, CLOSED, CONNECTED, CONNECTING
@@ -26,7 +27,16 @@ from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
 from broker.protocol.codec import PacketReader, encode, encode_publish
 from broker.protocol.errors import MQTTError, UnsupportedProtocolVersion
-from broker.protocol.packets import MQTT_5, Connack, Disconnect, Pubrel
+from broker.protocol.packets import (
+    MQTT_5,
+    Auth,
+    Connack,
+    Disconnect,
+    Publish,
+    Pubrel,
+    Subscribe,
+    Unsubscribe,
+)
 from broker.message import Message
 
 if TYPE_CHECKING:
@@ -44,6 +54,12 @@ SLOW_CONSUMER_BYTES = 1 << 20
 
 # Seconds a client has to send CONNECT after opening the connection.
 CONNECT_TIMEOUT = 30
+
+# Packets that wait behind a held PUBLISH, in order (backpressure, ``flow.py``). The others
+# (acknowledgements, PINGREQ) are handled at once: they let the client's own queue drain.
+DEFERRED_TYPES = frozenset({Publish, Subscribe, Unsubscribe, Disconnect, Auth})
+# What a waiting packet counts against HELD_BYTES_LIMIT besides its payload.
+PACKET_OVERHEAD = 64
 
 
 class Connection:
@@ -74,6 +90,11 @@ class Connection:
         "out",
         "closing",
         "trace",
+        "held_by",
+        "waiting",
+        "waiting_bytes",
+        "reading_paused",
+        "resume_scheduled",
         "rights",
         "held",
         "held_error",
@@ -110,6 +131,13 @@ class Connection:
         self.closing = False
         # mosquitto -v: every packet in and out is logged (one attribute test when off).
         self.trace = engine.config.log_packets
+        # Backpressure (``flow.py``): the congested sessions this client's PUBLISHes fed, and
+        # the packets waiting (unhandled, unacknowledged) until they drain.
+        self.held_by: set[Session] = set()
+        self.waiting: deque[Packet] = deque()
+        self.waiting_bytes = 0
+        self.reading_paused = False
+        self.resume_scheduled = False
         # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
         # received while its CONNECT is being authenticated, handled in order afterwards.
         self.rights: ClientRights | None = None
@@ -278,6 +306,8 @@ class Connection:
             return
         self.last_received = time.monotonic()
         self.engine.stats.bytes_received += len(data)
+        flow = self.engine.flow
+        flow.input_received(len(data))
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
@@ -298,8 +328,12 @@ class Connection:
         if self.state == AUTHENTICATING:
             self._hold(iter(packets), error)
             return
+        flow = self.engine.flow
         remaining: Iterator[Packet] = iter(packets)
         for packet in remaining:
+            if type(packet) in DEFERRED_TYPES and (self.waiting or self.held_by or flow.memory_full):
+                self._wait(packet)  # backpressure (flow.py)
+                continue
             self.handle(packet)
             if self.state != CONNECTED:
                 if self.state == AUTHENTICATING:  # AUTH: the rest waits for the CONNECT decision
@@ -330,6 +364,62 @@ class Connection:
         """AUTH: accepted after waiting: read again and handle what was held, in order."""
         self.transport.resume_reading()
         self.handle_all(held, error)
+
+    # ---- backpressure (flow.py) -------------------------------------------------------------
+    def _wait(self, packet: Packet) -> None:
+        """Keep ``packet`` for later; past HELD_BYTES_LIMIT, stop reading the socket."""
+        if not self.waiting:
+            self.engine.flow.waiting.add(self)
+        self.waiting.append(packet)
+        self.waiting_bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+        if self.waiting_bytes > HELD_BYTES_LIMIT and not self.reading_paused:
+            self.reading_paused = True
+            try:
+                self.transport.pause_reading()
+            except RuntimeError:  # closing already
+                pass
+
+    def hold(self, session: Session) -> None:
+        self.held_by.add(session)
+
+    def release(self, session: Session) -> None:
+        self.held_by.discard(session)
+        if not self.held_by:
+            self.wake()
+
+    def wake(self) -> None:
+        """Handle waiting packets soon (not inside the handler that freed the room)."""
+        if self.waiting and not self.resume_scheduled and self.state != CLOSED:
+            self.resume_scheduled = True
+            self.engine.loop.call_soon(self._resume)
+
+    def _resume(self, force: bool = False) -> None:
+        """Handle waiting packets while nothing holds this client; read again below half the bound."""
+        self.resume_scheduled = False
+        flow = self.engine.flow
+        waiting = self.waiting
+        while waiting and (force or not (self.held_by or flow.memory_full)) and self.state != CLOSED:
+            packet = waiting.popleft()
+            self.waiting_bytes -= PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+            self.handle(packet)
+        if not waiting:
+            self.waiting_bytes = 0
+            flow.waiting.discard(self)
+        if self.reading_paused and self.waiting_bytes <= HELD_BYTES_LIMIT // 2 and self.state != CLOSED:
+            self.reading_paused = False
+            self.last_received = time.monotonic()  # not heard while paused: not its fault
+            try:
+                self.transport.resume_reading()
+            except RuntimeError:
+                pass
+
+    def buffered_bytes(self) -> int:
+        """Unsent output and waiting PUBLISHes (for the memory budget)."""
+        try:
+            pending = self.transport.write_buffer_size()
+        except Exception:  # closed meanwhile
+            pending = 0
+        return pending + self.waiting_bytes
 
     def handle(self, packet: Packet) -> None:
         """Hand one decoded packet to its handler (the codec lets only a CONNECT through first)."""
@@ -383,6 +473,8 @@ class Connection:
             if now - self.last_received > CONNECT_TIMEOUT:
                 self.close(f"no CONNECT within {CONNECT_TIMEOUT} s", None)
             return
+        if self.reading_paused:
+            return  # we do not read it (backpressure): its PINGREQ cannot be seen
         if self.keepalive and now - self.last_received > self.keepalive * 1.5:
             self.close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
 
@@ -411,6 +503,10 @@ class Connection:
         self._end(publish_will)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiting and self.state != CLOSED:
+            # What the client sent before it closed is handled (a DISCONNECT among it, too):
+            # it was read, and a QoS 0 message has no other chance.
+            self._resume(force=True)
         if self.state != CLOSED:
             self.state = CLOSED
             self.close_reason = f"connection lost: {exc}" if exc else "closed by client"
@@ -419,6 +515,11 @@ class Connection:
     def _end(self, publish_will: bool) -> None:
         engine = self.engine
         engine.connections.discard(self)
+        if self.waiting or self.held_by:
+            engine.flow.forget(self, self.held_by)
+            self.waiting.clear()
+            self.waiting_bytes = 0
+            self.held_by.clear()
         session = self.session
         if session is None:
             return
