@@ -300,9 +300,20 @@ class MosquittoBroker(Broker):
     label = "mosquitto"
     stop_signal = signal.SIGTERM
 
-    def __init__(self, workdir: Path, nofile: int, tls: TLSFiles | None = None, ws: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, nofile: int, tls: TLSFiles | None = None, ws: bool = False, default_limits: bool = False
+    ) -> None:
         super().__init__(workdir, nofile, tls, ws)
         self.config_path = workdir / "mosquitto.conf"
+        # Free-running scenarios (issue 13) compare both brokers with their default queue limit
+        # (1000 messages per client): no raised max_queued_messages.
+        self.default_limits = default_limits
+
+    @property
+    def tuned_settings(self) -> tuple[str, ...]:
+        if not self.default_limits:
+            return MOSQUITTO_SETTINGS
+        return tuple(x for x in MOSQUITTO_SETTINGS if not x.startswith("max_queued_messages"))
 
     def command(self) -> list[str]:
         return [MOSQUITTO, "-c", str(self.config_path)]
@@ -316,7 +327,7 @@ class MosquittoBroker(Broker):
             "allow_anonymous true",
             f"user {user}",
             "log_dest stderr",
-            *MOSQUITTO_SETTINGS,
+            *self.tuned_settings,
         ]
         if self.tls is not None:
             lines += [f"listener {self.tls_port} 127.0.0.1", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
@@ -340,7 +351,9 @@ class MosquittoBroker(Broker):
         return match.group(1) if match else "unknown"
 
     def settings(self) -> list[str]:
-        lines = ["mosquitto.conf: `listener PORT 127.0.0.1`, `allow_anonymous true`, " + ", ".join(f"`{s}`" for s in MOSQUITTO_SETTINGS)]
+        lines = ["mosquitto.conf: `listener PORT 127.0.0.1`, `allow_anonymous true`, " + ", ".join(f"`{s}`" for s in MOSQUITTO_SETTINGS),
+                 "free-running scenarios: a second mosquitto without `max_queued_messages`, i.e. its default of 1000, "
+                 "the same limit as ours"]
         if self.tls is not None:
             lines.append("TLS scenarios: `listener TLSPORT 127.0.0.1` with `certfile` and `keyfile` (the same files as ours)")
         if self.ws:
@@ -414,12 +427,14 @@ WS_BROKERS = ("ours", "mosquitto")  # and without WebSockets
 
 
 def make_broker(
-    key: str, workdir: Path, nofile: int, ours_args: list[str], tls: TLSFiles | None = None, ws: bool = False
+    key: str, workdir: Path, nofile: int, ours_args: list[str], tls: TLSFiles | None = None, ws: bool = False,
+    default_limits: bool = False,
 ) -> Broker:
+    """``default_limits``: the broker's own queue limits (ours always runs with its defaults)."""
     if key == "ours":
         return OursBroker(workdir, nofile, ours_args, tls, ws)
     if key == "mosquitto":
-        return MosquittoBroker(workdir, nofile, tls, ws)
+        return MosquittoBroker(workdir, nofile, tls, ws, default_limits)
     if key == "amqtt":
         return AmqttBroker(workdir, nofile)
     raise ValueError(f"unknown broker {key!r} (choose from {', '.join(BROKER_KEYS)})")

@@ -58,6 +58,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="QoS 1/2: unacknowledged PUBLISHes per publisher (default 20)")
     parser.add_argument("--transit", type=int,
                         help="messages published but not yet received, per subscriber (default 1000)")
+    parser.add_argument("--slow-rate", type=float,
+                        help="msg/s the slow subscriber reads in the slow-fast scenario (default 1000)")
+    parser.add_argument("--devices", type=int,
+                        help="publishers in the devices scenario, one QoS 1 message every 10 s each (default 10000)")
     parser.add_argument("--latency-rate", type=float, help="messages per second in the latency scenarios (default 1000)")
     parser.add_argument("--retries", type=int,
                         help="extra attempts for a run during which other processes were busy (default 1)")
@@ -82,7 +86,7 @@ def build_params(args: argparse.Namespace) -> Params:
     overrides = {
         name: getattr(args, name)
         for name in ("rounds", "duration", "warmup", "connections", "publishers", "fanout_subscribers", "payload",
-                     "window", "transit", "latency_rate", "retries", "quiet_threshold", "quiet_timeout")
+                     "window", "transit", "slow_rate", "devices", "latency_rate", "retries", "quiet_threshold", "quiet_timeout")
         if getattr(args, name) is not None
     }
     params = replace(params, **overrides)

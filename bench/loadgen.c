@@ -11,9 +11,13 @@
  * Modes (output: one JSON object on stdout; diagnostics on stderr):
  *   loadgen run  --port P [--publishers N] [--subscribers M] [--qos 0|1|2]
  *                [--filter wildcard|exact] [--payload BYTES] [--warmup S]
- *                [--duration S] [--window N] [--transit N] [--rate MSG_PER_S]
+ *                [--duration S] [--window N] [--transit N (0: no limit)] [--rate MSG_PER_S]
  *                [--persistent 0|1] [--broker-pid PID] [--tag STR]
- *                [--drain-timeout S] [--drain-idle S]
+ *                [--drain-timeout S] [--drain-idle S] [--messages N] [--slow-rate MSG_PER_S]
+ *     --messages N: publish N messages in all, then drain (the window ends when they are out).
+ *     --slow-rate R: subscriber 0 reads at most R messages per second; with more than one
+ *                subscriber it subscribes to publisher 0's topic only (the others keep the
+ *                wildcard): a slow consumer next to fast ones. The result has per-publisher and per-subscriber figures.
  *   loadgen idle --port P --connections N [--concurrency C] [--tag STR]
  *                prints "ready ESTABLISHED FAILED SECONDS" once connected, holds the
  *                connections until a line or EOF on stdin, then disconnects.
@@ -665,6 +669,7 @@ typedef struct conn {
     uint64_t reordered;
     bitmap_t *seen;    /* per publisher */
     int64_t *max_seq;  /* per publisher, -1 = none */
+    int read_off;      /* --slow-rate: EPOLLIN removed until the rate allows more */
 } conn_t;
 
 typedef struct {
@@ -681,6 +686,8 @@ typedef struct {
     int persistent;
     int broker_pid;
     const char *tag;
+    uint64_t messages; /* 0: publish for --duration */
+    double slow_rate;  /* subscriber 0's reading rate (msg/s); 0 = as fast as it can */
 } run_opts;
 
 static run_opts O;
@@ -706,11 +713,21 @@ static void note_error(const char *fmt, ...) {
     }
 }
 
+static uint32_t *seq_at_warm, *seq_at_end; /* per publisher, at the window's snapshots */
+
+static void note_publisher_seqs(uint32_t *into) {
+    for (int i = 0; i < O.publishers; i++) into[i] = pubs[i].seq;
+}
+
+static void epoll_set(conn_t *c) {
+    struct epoll_event ev = {.events = (c->read_off ? 0 : EPOLLIN) | (c->write_armed ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
 static void arm(conn_t *c, int want_write) {
     if (c->closed || c->write_armed == want_write) return;
-    struct epoll_event ev = {.events = EPOLLIN | (want_write ? EPOLLOUT : 0), .data.ptr = c};
-    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
     c->write_armed = want_write;
+    epoll_set(c);
 }
 
 static void conn_closed(conn_t *c, const char *why) {
@@ -865,11 +882,27 @@ static void handle_packet(conn_t *c, const unsigned char *p, size_t hl, size_t r
     }
 }
 
+static int64_t slow_start_ns; /* when the slow subscriber started reading */
+
+/* --slow-rate: how many bytes subscriber 0 may read now (0: none until later). */
+static size_t slow_allowance(conn_t *c) {
+    double due = (double)(mono_ns() - slow_start_ns) / 1e9 * O.slow_rate - (double)c->received;
+    if (due < 1) return 0;
+    double bytes = due * (double)(O.payload + 64);
+    return bytes > IN_CHUNK ? IN_CHUNK : (size_t)bytes;
+}
+
 static void handle_read(conn_t *c) {
+    int slow = O.slow_rate > 0 && c->role == ROLE_SUB && c->index == 0;
     for (int round = 0; round < 2 && !c->closed; round++) {
+        size_t want = IN_CHUNK;
+        if (slow) {
+            want = slow_allowance(c);
+            if (!want) { c->read_off = 1; epoll_set(c); break; }
+        }
         buf_t *dst = ws_path ? &c->raw : &c->in;
         buf_reserve(dst, IN_CHUNK);
-        ssize_t r = io_recv(c->fd, dst->data + dst->len, dst->cap - dst->len);
+        ssize_t r = io_recv(c->fd, dst->data + dst->len, want < dst->cap - dst->len ? want : dst->cap - dst->len);
         if (r < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) conn_closed(c, strerror(errno));
@@ -911,6 +944,11 @@ static uint64_t total_generated(void) {
     return n;
 }
 
+/* What subscriber j must receive: everything, or publisher 0's messages for a --slow-rate subscriber. */
+static uint64_t sub_expected(int j) {
+    return O.slow_rate > 0 && j == 0 && O.subscribers > 1 ? pubs[0].seq : total_generated();
+}
+
 static uint64_t min_sub_received(void) {
     uint64_t m = UINT64_MAX;
     for (int j = 0; j < O.subscribers; j++)
@@ -926,7 +964,7 @@ static int64_t window_blocked_since;
 static int pump_publishers(int64_t now, int generating, int64_t t0) {
     int more = 0;
     int64_t transit_budget = INT64_MAX;
-    if (generating) {
+    if (generating && O.transit > 0) { /* --transit 0: free-running publishers */
         /* End-to-end flow control: brokers queue (and may drop past a limit) what a subscriber
            cannot take yet, so publishers wait while too much is in transit. */
         uint64_t gen = total_generated(), rec = min_sub_received() + presumed_dropped;
@@ -956,11 +994,18 @@ static int pump_publishers(int64_t now, int generating, int64_t t0) {
             int64_t budget = (int64_t)((OUT_CHUNK - buf_pending(&c->out)) / c->tmpl_len);
             int limited_by_space = 1;
             if (O.rate > 0) {
-                double per_pub = O.rate / O.publishers;
-                int64_t due = (int64_t)((double)(now - t0) / 1e9 * per_pub) + 1 - (int64_t)c->seq;
+                /* Publisher i starts i/N of an interval late, so that many slow publishers (devices
+                   reporting every few seconds) spread their messages evenly instead of all at once. */
+                double per_pub = O.rate / O.publishers, phase = 1.0 - (double)c->index / O.publishers;
+                int64_t due = (int64_t)floor((double)(now - t0) / 1e9 * per_pub + phase) - (int64_t)c->seq;
                 if (due < budget) { budget = due; limited_by_space = 0; }
             }
             if (transit_budget < budget) { budget = transit_budget; limited_by_space = 0; }
+            if (O.messages) {
+                uint64_t gen = total_generated();
+                int64_t left = gen >= O.messages ? 0 : (int64_t)(O.messages - gen);
+                if (left < budget) { budget = left; limited_by_space = 0; }
+            }
             if (O.qos) {
                 int64_t room = O.window - c->outstanding;
                 if (room < O.refill) room = 0;
@@ -1037,6 +1082,8 @@ static void run_mode(void) {
         latencies = xrealloc(NULL, cap_lat * sizeof(int64_t));
     }
     pubs = xcalloc((size_t)O.publishers, sizeof(conn_t));
+    seq_at_warm = xcalloc((size_t)O.publishers, sizeof(uint32_t));
+    seq_at_end = xcalloc((size_t)O.publishers, sizeof(uint32_t));
     subs = xcalloc((size_t)O.subscribers, sizeof(conn_t));
     epfd = epoll_create1(0);
     char id[256], topic[200], filter[200];
@@ -1045,6 +1092,8 @@ static void run_mode(void) {
     if (O.exact_filter) snprintf(filter, sizeof filter, "bench/%s/p0", O.tag);
     else snprintf(filter, sizeof filter, "bench/%s/#", O.tag);
     if (O.exact_filter && O.publishers != 1) die("--filter exact needs exactly one publisher");
+    char slow_filter[200];
+    snprintf(slow_filter, sizeof slow_filter, "bench/%s/p0", O.tag);
     for (int j = 0; j < O.subscribers; j++) {
         conn_t *s = &subs[j];
         s->role = ROLE_SUB;
@@ -1052,7 +1101,7 @@ static void run_mode(void) {
         snprintf(id, sizeof id, "bench-%s-s%d", O.tag, j);
         s->fd = mqtt_connect_blocking(O.host, O.port, id, !O.persistent);
         unsigned char pkt[600], body[64];
-        size_t n = encode_subscribe(pkt, 1, filter, O.qos), len;
+        size_t n = encode_subscribe(pkt, 1, O.slow_rate > 0 && j == 0 && O.subscribers > 1 ? slow_filter : filter, O.qos), len;
         send_packet_blocking(s->fd, pkt, n);
         unsigned char type = read_packet(s->fd, body, sizeof body, &len, "SUBACK");
         ws_adopt_setup_frame(s);
@@ -1109,6 +1158,7 @@ static void run_mode(void) {
         }
 
     int64_t t0 = mono_ns();
+    slow_start_ns = t0;
     t_warm_ns = t0 + (int64_t)(O.warmup * 1e9);
     t_end_ns = t_warm_ns + (int64_t)(O.duration * 1e9);
     last_rx_ns = t0;
@@ -1123,9 +1173,16 @@ static void run_mode(void) {
     uint64_t reconnects = 0, missing_before_reconnect = 0;
     while (1) {
         int64_t now = mono_ns();
-        if (phase == 0 && now >= t_warm_ns) { s_warm = take_snapshot(); phase = 1; in_window = 1; }
+        if (phase == 0 && now >= t_warm_ns) {
+            s_warm = take_snapshot();
+            note_publisher_seqs(seq_at_warm);
+            phase = 1;
+            in_window = 1;
+        }
+        if (phase == 1 && O.messages && total_generated() >= O.messages) t_end_ns = now;
         if (phase == 1 && now >= t_end_ns) {
             s_end = take_snapshot();
+            note_publisher_seqs(seq_at_end);
             phase = 2;
             in_window = 0;
             drain_start = now;
@@ -1137,7 +1194,7 @@ static void run_mode(void) {
                 if (!pubs[i].closed && (buf_pending(&pubs[i].out) || pubs[i].outstanding)) done = 0;
             uint64_t expected = total_generated();
             for (int j = 0; j < O.subscribers && done; j++)
-                if (!subs[j].closed && subs[j].distinct < expected) done = 0;
+                if (!subs[j].closed && subs[j].distinct < sub_expected(j)) done = 0;
             if (done) { drained = 1; break; }
             if (now - drain_start > (int64_t)(O.drain_timeout * 1e9)) break;
             if (now - last_pub_rx_ns > (int64_t)(O.drain_idle * 1e9)) {
@@ -1147,12 +1204,13 @@ static void run_mode(void) {
                 reconnected = 1;
                 for (int j = 0; j < O.subscribers; j++) {
                     conn_t *c = &subs[j];
-                    if (c->distinct >= expected) continue;
-                    missing_before_reconnect += expected - c->distinct;
+                    if (c->distinct >= sub_expected(j)) continue;
+                    missing_before_reconnect += sub_expected(j) - c->distinct;
                     if (!c->closed) epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
                     io_close(c->fd);
                     c->in.off = c->in.len = c->out.off = c->out.len = 0;
                     c->write_armed = 0;
+                    c->read_off = 0;
                     c->closed = 0;
                     snprintf(id, sizeof id, "bench-%s-s%d", O.tag, j);
                     c->raw.off = c->raw.len = 0;
@@ -1174,18 +1232,22 @@ static void run_mode(void) {
                    would send, gives a broker that holds back queued messages a chance to go on. */
                 unsigned char pingreq[2] = {0xc0, 0};
                 for (int j = 0; j < O.subscribers; j++)
-                    if (!subs[j].closed && subs[j].distinct < expected) {
+                    if (!subs[j].closed && subs[j].distinct < sub_expected(j)) {
                         put_packet(&subs[j].out, pingreq, 2);
                         flush_out(&subs[j]);
                         nudges++;
                     }
                 if (!nudges_sent_once) {
                     for (int j = 0; j < O.subscribers; j++)
-                        if (subs[j].distinct < expected) missing_before_nudge += expected - subs[j].distinct;
+                        if (subs[j].distinct < sub_expected(j)) missing_before_nudge += sub_expected(j) - subs[j].distinct;
                     nudges_sent_once = 1;
                 }
                 last_nudge_ns = now;
             }
+        }
+        if (O.slow_rate > 0 && subs[0].read_off && !subs[0].closed && slow_allowance(&subs[0])) {
+            subs[0].read_off = 0;
+            epoll_set(&subs[0]);
         }
         int more = pump_publishers(now, phase < 2, t0);
         int timeout_ms;
@@ -1198,7 +1260,8 @@ static void run_mode(void) {
                 /* the next message due from any publisher */
                 double per_pub = O.rate / O.publishers;
                 for (int i = 0; i < O.publishers; i++) {
-                    int64_t due = t0 + (int64_t)((double)pubs[i].seq / per_pub * 1e9);
+                    double phase = (double)i / O.publishers;
+                    int64_t due = t0 + (int64_t)(((double)pubs[i].seq + phase) / per_pub * 1e9);
                     if (due < next) next = due;
                 }
             }
@@ -1236,8 +1299,11 @@ static void run_mode(void) {
         reordered += subs[j].reordered;
         /* Every generated message must reach every subscriber (QoS 1/2: the publisher waited
            for all acknowledgements above, so unacked messages are counted separately). */
-        lost += generated - (subs[j].distinct < generated ? subs[j].distinct : generated);
+        uint64_t want = sub_expected(j);
+        lost += want - (subs[j].distinct < want ? subs[j].distinct : want);
     }
+    uint64_t expected_all = 0;
+    for (int j = 0; j < O.subscribers; j++) expected_all += sub_expected(j);
     double window_s = (s_end.t - s_warm.t) / 1e9;
     if (nlat) qsort(latencies, nlat, sizeof(int64_t), cmp_i64);
 
@@ -1266,7 +1332,7 @@ static void run_mode(void) {
            " \"broker_sys_s\": %.4f, \"machine_busy_cpu_s\": %.4f, \"cpu_count\": %ld,",
            O.qos, O.publishers, O.subscribers, O.payload, window_s, s_end.received - s_warm.received,
            window_s > 0 ? (s_end.received - s_warm.received) / window_s : 0.0, s_end.generated - s_warm.generated,
-           generated, acked, pubrec, unacked, received, distinct, generated * (uint64_t)O.subscribers, lost, dups,
+           generated, acked, pubrec, unacked, received, distinct, expected_all, lost, dups,
            reordered, presumed_dropped, drained ? "true" : "false", (drain_end - drain_start) / 1e9, nudges,
            missing_before_nudge, reconnects, missing_before_reconnect,
            s_end.self_user - s_warm.self_user, s_end.self_sys - s_warm.self_sys,
@@ -1277,6 +1343,15 @@ static void run_mode(void) {
            " \"max\": %.1f},",
            nlat, percentile_us(0.50), percentile_us(0.90), percentile_us(0.99), percentile_us(0.999),
            nlat ? latencies[nlat - 1] / 1000.0 : -1.0);
+    printf(" \"per_publisher\": [");
+    for (int i = 0; i < O.publishers; i++) printf("%s%" PRIu32, i ? ", " : "", pubs[i].seq);
+    printf("], \"per_publisher_window\": [");
+    for (int i = 0; i < O.publishers; i++) printf("%s%" PRIu32, i ? ", " : "", seq_at_end[i] - seq_at_warm[i]);
+    printf("], \"per_subscriber\": [");
+    for (int j = 0; j < O.subscribers; j++) printf("%s%" PRIu64, j ? ", " : "", subs[j].distinct);
+    printf("], \"per_subscriber_expected\": [");
+    for (int j = 0; j < O.subscribers; j++) printf("%s%" PRIu64, j ? ", " : "", sub_expected(j));
+    printf("],");
     printf(" \"protocol_errors\": %" PRIu64 ", \"first_error\": \"", protocol_errors);
     for (const char *p = first_error; *p; p++) putchar(*p == '"' || *p == '\\' ? '\'' : *p);
     printf("\"}\n");
@@ -1450,6 +1525,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--persistent")) O.persistent = atoi(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--broker-pid")) O.broker_pid = atoi(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--tag")) O.tag = arg_value(argc, argv, &i);
+        else if (!strcmp(a, "--messages")) O.messages = strtoull(arg_value(argc, argv, &i), NULL, 10);
+        else if (!strcmp(a, "--slow-rate")) O.slow_rate = atof(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--connections")) connections = atoi(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--concurrency")) concurrency = atoi(arg_value(argc, argv, &i));
         else if (!strcmp(a, "--connect-timeout")) connect_timeout = atof(arg_value(argc, argv, &i));

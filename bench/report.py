@@ -38,6 +38,9 @@ TARGETS: list[tuple[str, str, str, str, float, str]] = [
     ("TLS fan-out ≥ 0.5× mosquitto", "tls-fanout", "value", ">=", 0.5, "mosquitto"),
     ("Memory per idle TLS connection ≤ 2× mosquitto's", "tls-memory", "value", "<=", 2.0, "mosquitto"),
     ("WebSockets QoS 0 fan-in ≥ 0.5× mosquitto", "ws-qos0", "value", ">=", 0.5, "mosquitto"),
+    # Issue 13 (overload): publishers that never wait, both brokers with their default queue limits.
+    ("QoS 1 fan-in, free-running, clean session ≥ 1.0× mosquitto", "qos1-free", "value", ">=", 1.0, "mosquitto"),
+    ("QoS 1 fan-in, free-running, persistent ≥ 1.0× mosquitto", "qos1-free-persistent", "value", ">=", 1.0, "mosquitto"),
 ]
 
 
@@ -174,7 +177,7 @@ def targets_table(summary: Summary) -> list[str]:
         rows.append([text, _ratio(ratio), verdict])
     if not rows:
         return []
-    return ["### Targets of issues 4 and 9", ""] + _table(["Target", "Measured (ours ÷ other)", ""], rows, "lrl")
+    return ["### Targets of issues 4, 9 and 13", ""] + _table(["Target", "Measured (ours ÷ other)", ""], rows, "lrl")
 
 
 def delivery_table(summary: Summary) -> list[str]:

@@ -57,7 +57,7 @@ class Bench:
         self.say = say
         self.wait_for_quiet = wait_for_quiet
         # Each process holds up to one descriptor per connection, plus its own few.
-        self.nofile = raise_nofile_limit(max(params.connections + 1024, 4096))
+        self.nofile = raise_nofile_limit(max(max(params.connections, params.devices) + 1024, 4096))
         self.brokers: dict[str, Broker] = {}
         self.results: list[RunResult] = []
         self._tag_counter = 0
@@ -136,10 +136,21 @@ class Bench:
             self.say(f"  (machine still busy: {busy:.2f} cores after waiting {waited:.0f}s; measuring anyway)")
         return waited
 
+    def _broker_for(self, key: str, scenario: Scenario) -> Broker:
+        """The running broker for a scenario; one with default queue limits is started on first use."""
+        if not scenario.default_limits or key != "mosquitto":
+            return self.brokers[key]
+        variant = f"{key}-default-limits"
+        if variant not in self.brokers:
+            broker = make_broker(key, self.workdir / variant, self.nofile, self.ours_args, None, default_limits=True)
+            self.brokers[variant] = broker
+            broker.start()
+        return self.brokers[variant]
+
     def _run_one(self, round_no: int, scenario: Scenario, key: str) -> RunResult:
         if scenario.kind == "memory":
             return self._run_memory(round_no, scenario, key)
-        broker = self.brokers[key]
+        broker = self._broker_for(key, scenario)
         result = RunResult(key, scenario.key, round_no, ok=False)
         for attempt in range(1, self.params.retries + 2):
             result.attempts = attempt

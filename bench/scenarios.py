@@ -27,6 +27,8 @@ class Params:
     transit: int = 1000  # messages published but not yet received, per subscriber
     latency_rate: float = 1000.0  # messages per second in the latency scenarios
     connections: int = 5000  # idle connections in the memory scenario
+    slow_rate: float = 1000.0  # msg/s the slow subscriber reads in the slow + fast scenario
+    devices: int = 10_000  # publishers of the devices scenario, one QoS 1 message every 10 s each
     drain_timeout: float = 30.0
     drain_idle: float = 3.0
     quiet_threshold: float = 0.3  # busy cores (of other processes) tolerated
@@ -52,10 +54,20 @@ class Scenario:
     def listener(self) -> str:
         """Which of a broker's listeners the load goes to: "plain", "tls" or "ws"."""
         return "tls" if self.tls else "ws" if self.ws else "plain"
+    # Publishers that do not wait for the subscribers (no cap on messages in transit): what a
+    # broker does with more than its subscribers take (issue 13).
+    free_running: bool = False
+    # Subscriber 0 reads this many msg/s from publisher 0's topic only; the others read all.
+    slow_rate: float = 0.0
+
+    @property
+    def default_limits(self) -> bool:
+        """Free-running loads run against each broker's default queue limits (mosquitto: 1000)."""
+        return self.free_running
 
     @property
     def unit(self) -> str:
-        if self.kind == "throughput" and self.subscribers > 1:
+        if self.kind == "throughput" and self.subscribers > 1 and not self.slow_rate:
             return "deliveries/s"
         return {"throughput": "msg/s", "latency": "µs", "memory": "KiB/conn"}[self.kind]
 
@@ -74,13 +86,14 @@ class Scenario:
             "warmup": params.warmup,
             "duration": params.duration,
             "window": params.window,
-            "transit": params.transit,
+            "transit": 0 if self.free_running else params.transit,
             "rate": self.rate,
             "persistent": int(self.persistent),
             "broker_pid": broker_pid,
             "tag": tag,
             "drain_timeout": params.drain_timeout,
             "drain_idle": params.drain_idle,
+            **({"slow_rate": self.slow_rate} if self.slow_rate else {}),
         }
 
     def describe(self, params: Params) -> str:
@@ -100,7 +113,13 @@ class Scenario:
         acks = ""
         if self.qos:
             acks = f"; each publisher keeps at most {params.window} PUBLISHes unacknowledged"
-        return f"QoS {self.qos}{over}: {pubs}{pace}, {subs} {filt}{session}{acks}"
+        free = ", free-running (publishers never wait for the subscribers)" if self.free_running else ""
+        if self.slow_rate:
+            return (f"QoS {self.qos}: {pubs} as fast as the broker takes them; subscriber 1 reads "
+                    f"{self.slow_rate:g} msg/s of publisher 1's topic only, subscriber 2 reads everything at "
+                    f"full speed{session}{acks}. Figure: messages/s of publisher 2, which feeds only the fast "
+                    "subscriber (a broker that stalls every publisher for the slow one scores low)")
+        return f"QoS {self.qos}{over}: {pubs}{pace}, {subs} {filt}{session}{acks}{free}"
 
 
 def scenarios(params: Params) -> dict[str, Scenario]:
@@ -120,6 +139,16 @@ def scenarios(params: Params) -> dict[str, Scenario]:
                  subscribers=params.fanout_subscribers, exact_filter=True, tls=True),
         Scenario("tls-memory", "Memory per idle TLS connection", "memory", tls=True),
         Scenario("ws-qos0", "WebSockets QoS 0 fan-in", "throughput", qos=0, publishers=p, ws=True),
+        # Issue 13: publishers that do not wait for the subscriber.
+        Scenario("qos1-free", "QoS 1 fan-in, free-running, clean session", "throughput", qos=1, publishers=p,
+                 free_running=True),
+        Scenario("qos1-free-persistent", "QoS 1 fan-in, free-running, persistent", "throughput", qos=1,
+                 publishers=p, persistent=True, free_running=True),
+        Scenario("slow-fast", "Slow + fast subscriber", "throughput", qos=1, publishers=2, subscribers=2,
+                 free_running=True, slow_rate=params.slow_rate),
+        # Issue 13, goal 5: many devices, each reporting every 10 s, one backend subscriber on a wildcard.
+        Scenario("devices", f"{params.devices:,} devices, QoS 1 every 10 s", "latency", qos=1,
+                 publishers=params.devices, persistent=True, rate=params.devices / 10),
     ]
     return {s.key: s for s in items}
 
@@ -147,6 +176,10 @@ def figures(scenario: Scenario, raw: dict[str, Any]) -> dict[str, Any]:
         "broker_us_per_msg": None if broker_cpu is None else broker_cpu / delivered * 1e6,
         "other_cores": None if broker_cpu is None else max(0.0, raw["machine_busy_cpu_s"] - broker_cpu - loadgen_cpu) / window,
     }
+    if scenario.slow_rate and raw.get("per_publisher_window"):
+        held, free = raw["per_publisher_window"][:2]
+        out.update(held_publisher_rate=held / window, value=free / window)
+        return out
     if scenario.kind == "latency":
         lat = raw["latency_us"]
         out.update(p50=lat["p50"], p90=lat["p90"], p99=lat["p99"], p999=lat["p999"], max=lat["max"],

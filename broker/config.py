@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from broker.bridge.config import BridgeConfig
 
 MAX_PACKET_SIZE_LIMIT = 268_435_455  # the largest remaining length MQTT can express (+5)
+AUTO_MEMORY = -1  # [limits] max_memory = "auto": a quarter of the machine's RAM
 
 
 TLS_VERSIONS = ("tlsv1.2", "tlsv1.3")  # the minimum a TLS listener accepts (mosquitto's names)
@@ -103,6 +104,12 @@ class Config:
     max_takeovers_per_minute: int = 0  # a client id taken over more often is refused for the minute; 0 = never
     max_topic_levels: int = 200  # levels of a topic name or filter (mosquitto's limit); 0 = no limit
     max_topic_length: int = 65535  # bytes of a topic name or filter; the protocol allows 65535
+    # A subscriber that acknowledges nothing for this long while its queue is full has stopped
+    # reading: its publishers are no longer held back and its queue limits drop (seconds).
+    stalled_subscriber_timeout: int = 10
+    # Memory budget (RSS, bytes) beyond which publishers are not read until there is room;
+    # AUTO_MEMORY = a quarter of the machine's RAM, 0 = no budget.
+    max_memory: int = AUTO_MEMORY
 
     # [mqtt]
     allow_zero_length_clientid: bool = True

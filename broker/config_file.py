@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from broker.config import LISTENER_PROTOCOLS, MAX_PACKET_SIZE_LIMIT, TLS_VERSIONS, Config, ListenerConfig
+from broker.config import AUTO_MEMORY, LISTENER_PROTOCOLS, MAX_PACKET_SIZE_LIMIT, TLS_VERSIONS, Config, ListenerConfig
 
 MAX_UINT32 = 0xFFFF_FFFF
 
@@ -143,6 +143,8 @@ class _Key:
             number = value
         elif self.kind == "duration":
             number = parse_duration(value)
+        elif self.choices and value == "auto":  # a size whose default is computed (max_memory)
+            return AUTO_MEMORY
         else:
             number = parse_size(value)
         if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
@@ -179,6 +181,8 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "max_takeovers_per_minute": _Key("int", 0, 2**31 - 1),
         "max_topic_levels": _Key("int", 0, 32768),
         "max_topic_length": _Key("size", 1, 65535),
+        "stalled_subscriber_timeout": _Key("duration", 1, 86400),
+        "max_memory": _Key("size", 0, 2**53, choices=("auto",)),
     },
     "mqtt": {
         "allow_zero_length_clientid": _Key("bool"),

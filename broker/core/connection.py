@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from broker.core import packetlog
 from broker.core.aliases import OutboundAliases
+from broker.core.flow import HELD_BYTES_LIMIT
 from broker.core.handlers import dispatch
 from broker.core.session import Session
 from broker.core.slow_consumer import SOFT_BYTES, OutputMeter
@@ -27,7 +28,16 @@ from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
 from broker.protocol.codec import PacketReader, encode, encode_publish
 from broker.protocol.errors import MQTTError, UnsupportedProtocolVersion
-from broker.protocol.packets import MQTT_5, Connack, Disconnect, Pubrel
+from broker.protocol.packets import (
+    MQTT_5,
+    Auth,
+    Connack,
+    Disconnect,
+    Publish,
+    Pubrel,
+    Subscribe,
+    Unsubscribe,
+)
 from broker.message import Message
 
 if TYPE_CHECKING:
@@ -39,6 +49,12 @@ log = logging.getLogger("broker")
 
 # An alias costs 3 bytes (property id and a two-byte number); a topic costs 2 + its length.
 TOPIC_ALIAS_MIN_LENGTH = 2
+
+# Packets that wait behind a held PUBLISH, in order (backpressure, ``flow.py``). The others
+# (acknowledgements, PINGREQ) are handled at once: they let the client's own queue drain.
+DEFERRED_TYPES = frozenset({Publish, Subscribe, Unsubscribe, Disconnect, Auth})
+# What a waiting packet counts against HELD_BYTES_LIMIT besides its payload.
+PACKET_OVERHEAD = 64
 
 
 class Connection:
@@ -72,6 +88,12 @@ class Connection:
         "refusal",
         "connect_deadline",
         "meter",
+        "held_by",
+        "waiting",
+        "waiting_bytes",
+        "reading_paused",
+        "resume_scheduled",
+        "congested",
         "rights",
         "held",
         "held_error",
@@ -112,6 +134,14 @@ class Connection:
         self.trace = engine.config.log_packets
         self.meter = OutputMeter(engine.config.max_packet_size)  # is the client reading? (QoS 0 drops)
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
+        # Backpressure (``flow.py``): the congested sessions this client's PUBLISHes fed, and
+        # the packets waiting (unhandled, unacknowledged) until they drain.
+        self.held_by: set[Session] = set()
+        self.waiting: deque[Packet] = deque()
+        self.waiting_bytes = 0
+        self.reading_paused = False
+        self.resume_scheduled = False
+        self.congested = False  # paused by slow_consumer.Congestion (QoS 0 to a slow reader)
         # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
         # received while its CONNECT is being authenticated, handled in order afterwards.
         self.rights: ClientRights | None = None
@@ -287,6 +317,8 @@ class Connection:
             return
         self.last_received = time.monotonic()
         self.engine.stats.bytes_received += len(data)
+        flow = self.engine.flow
+        flow.input_received(len(data))
         try:
             packets = self.reader.feed(data)
         except UnsupportedProtocolVersion as exc:
@@ -307,8 +339,12 @@ class Connection:
         if self.state == AUTHENTICATING:
             self._hold(iter(packets), error)
             return
+        flow = self.engine.flow
         remaining: Iterator[Packet] = iter(packets)
         for packet in remaining:
+            if type(packet) in DEFERRED_TYPES and (self.waiting or self.held_by or flow.memory_full):
+                self._wait(packet)  # backpressure (flow.py)
+                continue
             self.handle(packet)
             if self.state != CONNECTED:
                 if self.state == AUTHENTICATING:  # AUTH: the rest waits for the CONNECT decision
@@ -339,6 +375,75 @@ class Connection:
         """AUTH: accepted after waiting: read again and handle what was held, in order."""
         self.transport.resume_reading()
         self.handle_all(held, error)
+
+    # ---- backpressure (flow.py) -------------------------------------------------------------
+    def _wait(self, packet: Packet) -> None:
+        """Keep ``packet`` for later; past HELD_BYTES_LIMIT, stop reading the socket."""
+        if not self.waiting:
+            self.engine.flow.waiting.add(self)
+        self.waiting.append(packet)
+        self.waiting_bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+        if self.waiting_bytes > HELD_BYTES_LIMIT and not self.reading_paused:
+            self.reading_paused = True
+            try:
+                self.transport.pause_reading()
+            except RuntimeError:  # closing already
+                pass
+
+    def hold(self, session: Session) -> None:
+        self.held_by.add(session)
+
+    def release(self, session: Session) -> None:
+        self.held_by.discard(session)
+        if not self.held_by:
+            self.wake()
+
+    def wake(self) -> None:
+        """Handle waiting packets soon (not inside the handler that freed the room)."""
+        if self.waiting and not self.resume_scheduled and self.state != CLOSED:
+            self.resume_scheduled = True
+            self.engine.loop.call_soon(self._resume)
+
+    def _resume(self, force: bool = False) -> None:
+        """Handle waiting packets while nothing holds this client; read again below half the bound."""
+        self.resume_scheduled = False
+        flow = self.engine.flow
+        waiting = self.waiting
+        while waiting and (force or not (self.held_by or flow.memory_full)) and self.state != CLOSED:
+            packet = waiting.popleft()
+            self.waiting_bytes -= PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+            self.handle(packet)
+        if not waiting:
+            self.waiting_bytes = 0
+            flow.waiting.discard(self)
+        if self.reading_paused and self.waiting_bytes <= HELD_BYTES_LIMIT // 2 and self.state != CLOSED:
+            self.reading_paused = False
+            self.last_received = time.monotonic()  # not heard while paused: not its fault
+            if not self.congested:
+                try:
+                    self.transport.resume_reading()
+                except RuntimeError:
+                    pass
+
+    def throttle_input(self, paused: bool) -> None:
+        """Back-pressure of QoS 0 (slow_consumer.Congestion): stop or go on reading this publisher,
+        unless the other reasons to keep it paused (backpressure of queues, AUTH) still hold."""
+        self.congested = paused
+        try:
+            if paused:
+                self.transport.pause_reading()
+            elif not self.reading_paused and self.state != AUTHENTICATING and self.state != CLOSED:
+                self.transport.resume_reading()
+        except RuntimeError:  # closing already
+            pass
+
+    def buffered_bytes(self) -> int:
+        """Unsent output and waiting PUBLISHes (for the memory budget)."""
+        try:
+            pending = self.transport.write_buffer_size()
+        except Exception:  # closed meanwhile
+            pending = 0
+        return pending + self.waiting_bytes
 
     def handle(self, packet: Packet) -> None:
         """Hand one decoded packet to its handler (the codec lets only a CONNECT through first)."""
@@ -411,6 +516,8 @@ class Connection:
             return self.connect_deadline
         if self.state == CLOSED or not self.keepalive:
             return None
+        if self.reading_paused:
+            return now + 1.0  # we do not read it (backpressure): its PINGREQ cannot be seen
         limit = self.keepalive * 1.5
         if now - self.last_received > limit:
             self.close("keepalive timeout", RC.KEEP_ALIVE_TIMEOUT)
@@ -442,6 +549,10 @@ class Connection:
         self._end(publish_will)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiting and self.state != CLOSED:
+            # What the client sent before it closed is handled (a DISCONNECT among it, too):
+            # it was read, and a QoS 0 message has no other chance.
+            self._resume(force=True)
         if self.state != CLOSED:
             self.state = CLOSED
             self.close_reason = f"connection lost: {exc}" if exc else "closed by client"
@@ -452,6 +563,11 @@ class Connection:
         engine.connections.discard(self)
         engine.keepalive_timers.cancel(self)
         engine.congestion.forget(self)
+        if self.waiting or self.held_by:
+            engine.flow.forget(self, self.held_by)
+            self.waiting.clear()
+            self.waiting_bytes = 0
+            self.held_by.clear()
         session = self.session
         if session is None:
             return

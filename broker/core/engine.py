@@ -20,6 +20,7 @@ from typing import Protocol
 from broker.auth.access import AccessControl
 from broker.auth.file_backend import FileBackend
 from broker.config import Config
+from broker.core.flow import ENTRY_OVERHEAD, FlowControl
 from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
@@ -51,6 +52,9 @@ class ClientConnection(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def buffered_bytes(self) -> int:
+        """Bytes held for this client: unsent output and PUBLISHes waiting to be handled."""
+
     def __hash__(self) -> int: ...  # a key of the keepalive timers
 
 log = logging.getLogger("broker")
@@ -81,6 +85,7 @@ class Stats:
     __slots__ = (
         "received_by_qos", "sent_by_qos", "bytes_received", "bytes_sent",
         "connections_opened", "connects", "disconnects", "dropped_slow_consumer", "dropped_too_large", "dropped_expired",
+        "dropped_stalled",
         "commits", "commit_seconds_sum", "commit_buckets",
     )
 
@@ -96,6 +101,8 @@ class Stats:
         self.dropped_slow_consumer = 0
         self.dropped_too_large = 0
         self.dropped_expired = 0
+        # Queue limits that dropped for an online subscriber that stopped reading (core/flow.py).
+        self.dropped_stalled = 0
         self.commits = 0
         self.commit_seconds_sum = 0.0
         self.commit_buckets = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)  # the last one: +Inf
@@ -141,12 +148,13 @@ class Engine:
         self.will_timers: Timers[str] = Timers()  # delayed wills by client id (wall clock)
         self.keepalive_timers: Timers[ClientConnection] = Timers()  # CONNECT deadline, keepalive (monotonic)
         self.purge_timers: Timers[Session] = Timers()  # stored messages that expire (wall clock)
-        self.dropped_messages = 0
+        self.dropped_messages = 0  # every message dropped, whatever the reason (Stats: why)
         # Sessions with their own queue limits (bridges' backlogs), by client id.
         self.queue_limits: dict[str, QueueLimits] = {}
         # Client ids that only a bridge (a transport of protocol "bridge") may use.
         self.bridge_client_ids: set[str] = set()
         self.stats = Stats()
+        self.flow = FlowControl(config, self.held_bytes)
         self.sys_topics = SysTopics(self)
         self._share_cursor: dict[tuple[str, str], int] = {}
         self.failure: BaseException | None = None
@@ -184,6 +192,30 @@ class Engine:
         await self.storage.close()  # commits everything buffered
         if self._next_commit is not None and not self._next_commit.done():
             self._next_commit.set_result(None)
+
+    # ---- memory ---------------------------------------------------------------------
+    def held_bytes(self) -> int:
+        """Bytes of messages held in RAM (each message once, however many queues hold it):
+        queues of online sessions (of all sessions with the in-memory backend), unsent
+        output, PUBLISHes waiting to be handled. For the memory budget (``flow.py``)."""
+        in_ram = self.config.backend == "memory"
+        seen: set[int] = set()
+        total = 0
+        for session in self.sessions.values():
+            if session.connection is None:
+                if in_ram:
+                    total += session.queued_bytes + session.queued_count * ENTRY_OVERHEAD
+                continue
+            for entries in (session.pending, session.inflight.values()):
+                for entry in entries:
+                    total += ENTRY_OVERHEAD
+                    message = entry.message
+                    if id(message) not in seen:
+                        seen.add(id(message))
+                        total += len(message.payload)
+        for conn in self.connections:
+            total += conn.buffered_bytes()
+        return total
 
     # ---- subscriptions --------------------------------------------------------------
     def add_subscription(
@@ -367,6 +399,8 @@ class Engine:
             next_check = conn.check_keepalive(monotonic)
             if next_check is not None:
                 self.keepalive_timers.schedule(conn, next_check)
+        self.flow.check_stalls(monotonic)
+        self.flow.check_memory(tick=True)
         self.lifecycle.publish_due_wills(now)
         self.lifecycle.expire(now)
         self.sys_topics.publish(now)

@@ -97,6 +97,10 @@ class Session:
         "io_task",
         "_earliest_expiry",
         "expiry_seen",
+        "acks",
+        "congested",
+        "stalled",
+        "pending_expiry",
     )
 
     def __init__(self, engine: Engine, client_id: str, expiry_interval: int, protocol_level: int) -> None:
@@ -127,6 +131,13 @@ class Session:
         # Earliest expiry among entries held in storage only (None: none expire; may be early).
         self._earliest_expiry: float | None = None
         self.expiry_seen: float | None = None  # earliest expiry stored while a purge scans
+        # Backpressure (``flow.py``): acknowledgements received (progress), over the high-water
+        # mark with publishers held, and stopped reading (its queue limits drop again).
+        self.acks = 0
+        self.congested = False
+        self.stalled = False
+        # No entry in ``pending`` expires before this (None: none expires); may be early.
+        self.pending_expiry: float | None = None
 
     # ---- properties ---------------------------------------------------------
     @property
@@ -170,6 +181,11 @@ class Session:
         size = len(message.payload)
         trim = False
         if self._queue_full(size) and (
+            # Online and reading, the queue is not full: backpressure (``flow.py``) holds the
+            # publishers that feed it, so it overshoots its limit by one message per publisher.
+            # A message from no publisher that can be held (a will, the client itself) drops.
+            conn is None or self.stalled or not self.engine.flow.can_hold(self)
+        ) and (
             # Beyond the in-flight window the queue is full (an idle window takes it directly).
             conn is None or self.pending or self.backlog or len(self.inflight) >= conn.send_quota
         ):
@@ -210,10 +226,17 @@ class Session:
                     self.earliest_expiry = expires_at
                 if self.expiry_seen is None or expires_at < self.expiry_seen:
                     self.expiry_seen = expires_at
-            return
-        self.pending.append(entry)
-        if not self.loading:
-            self.pump()
+        else:
+            self.pending.append(entry)
+            if message.expires_at is not None:
+                self._note_pending_expiry(message.expires_at)
+            # (A full window is refilled by the acknowledgements: no pump call per message.)
+            if not self.loading and len(self.inflight) < conn.send_quota:
+                self.pump()
+        if conn is not None and not self.stalled:
+            flow = self.engine.flow
+            if flow.over_high_water(self):
+                flow.queue_grew(self)
 
     def pump(self) -> None:
         """Send queued entries while the client's receive window has room."""
@@ -224,6 +247,8 @@ class Session:
         if not pending:
             if self.backlog and not self.io_busy:
                 self.start_refill()
+            if self.congested and self.engine.flow.under_low_water(self):
+                self.engine.flow.queue_drained(self)
             return
         inflight = self.inflight
         quota = conn.send_quota
@@ -258,6 +283,8 @@ class Session:
             inflight[packet_id] = entry
         if self.backlog and not self.io_busy and len(pending) < self.engine.queue_page // 2:
             self.start_refill()
+        if self.congested and self.engine.flow.under_low_water(self):
+            self.engine.flow.queue_drained(self)
 
     @property
     def limits(self) -> Config | QueueLimits:
@@ -271,6 +298,8 @@ class Session:
 
     def _count_drop(self) -> None:
         self.engine.dropped_messages += 1
+        if self.stalled:
+            self.engine.stats.dropped_stalled += 1
         own = self.engine.queue_limits.get(self.client_id)
         if own is not None:
             own.dropped += 1
@@ -296,8 +325,17 @@ class Session:
         self._forget(entry)
         self._count_drop()
 
+    def _note_pending_expiry(self, expires_at: float) -> None:
+        if self.pending_expiry is None or expires_at < self.pending_expiry:
+            self.pending_expiry = expires_at
+
     def _drop_expired_pending(self) -> None:
+        """Remove expired entries from RAM; a scan only when one can have expired (a full
+        queue calls this for every arriving message)."""
         now = time.time()
+        if self.pending_expiry is None or self.pending_expiry > now:
+            return
+        self.pending_expiry = None
         kept: deque[QueueEntry] = deque()
         for entry in self.pending:
             expires_at = entry.message.expires_at
@@ -308,6 +346,8 @@ class Session:
                 self.engine.stats.dropped_expired += 1
             else:
                 kept.append(entry)
+                if expires_at is not None:
+                    self._note_pending_expiry(expires_at)
         self.pending = kept
 
     def _forget(self, entry: QueueEntry) -> None:
@@ -329,6 +369,9 @@ class Session:
             return
         del self.inflight[packet_id]
         self._forget(entry)
+        self.acks += 1
+        if self.stalled:
+            self.stalled = False  # reading again: backpressure instead of drops
         self.pump()
 
     def on_pubrec(self, packet_id: int, reason_code: int) -> bool:
@@ -342,6 +385,8 @@ class Session:
             self._forget(entry)
             self.pump()
             return True
+        self.acks += 1
+        self.stalled = False
         if entry.state != RELEASED:
             entry.state = RELEASED
             if self.persistent:
@@ -359,6 +404,8 @@ class Session:
             return
         del self.inflight[packet_id]
         self._forget(entry)
+        self.acks += 1
+        self.stalled = False
         self.pump()
 
     # ---- connection life cycle ---------------------------------------------------
@@ -381,6 +428,9 @@ class Session:
         self.connection = None
         self.loading = False
         self.disconnected_at = time.time()
+        self.stalled = False
+        if self.congested:
+            self.engine.flow.queue_drained(self)  # offline: its queue limits apply again
         if self.persistent:
             # Every entry is mirrored in storage; RAM copies are dropped. Counters stay:
             # in-flight entries count as queued again, since they will be resent.
@@ -435,7 +485,13 @@ class Session:
                 self.io_busy = False  # (attach() hands the flag to a new connection's reader)
         if self.connection is not conn:
             return
-        if self.limits.queue_full_policy == "drop_oldest" and self._over_limits():
+        if (
+            self.limits.queue_full_policy == "drop_oldest"
+            # Online and reading, backpressure bounds the queue; what was over the limits while
+            # offline is trimmed once the first page of a resumed session is read (loading).
+            and (self.connection is None or self.stalled or self.loading)
+            and self._over_limits()
+        ):
             # A trim was refused or cut short while this reader ran: the oldest may be in RAM now.
             while self.pending and self._over_limits():
                 self._drop_pending_head()
@@ -509,6 +565,8 @@ class Session:
                     self.read_after = entry.seq
                 if entry.state == QUEUED:
                     self.pending.append(entry)
+                    if entry.message.expires_at is not None:
+                        self._note_pending_expiry(entry.message.expires_at)
                 else:
                     resend.append(entry)
             if resend:

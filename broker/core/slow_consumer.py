@@ -76,7 +76,7 @@ class Congestion:
         for subscriber in subscribers:
             self._waiters.setdefault(subscriber, set()).add(publisher)
         if paused_now:
-            publisher.transport.pause_reading()
+            publisher.throttle_input(True)
             self._loop.call_later(RECHECK_SECONDS, self._recheck, publisher)
 
     def drained(self, subscriber: Connection) -> None:
@@ -88,7 +88,7 @@ class Congestion:
             blockers.discard(subscriber)
             if not blockers:
                 del self._blockers[publisher]
-                publisher.transport.resume_reading()
+                publisher.throttle_input(False)
 
     def forget(self, conn: Connection) -> None:
         """A connection closed: as a subscriber it holds no one, as a publisher it waits for no one."""

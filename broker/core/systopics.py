@@ -44,6 +44,11 @@ class SysTopics:
             "$SYS/broker/publish/messages/sent": str(stats.publish_sent),
             "$SYS/broker/publish/messages/dropped": str(engine.dropped_messages),
         }
+        if engine.dropped_messages:
+            stalled, slow = stats.dropped_stalled, stats.dropped_slow_consumer
+            values["$SYS/broker/publish/messages/dropped/queue_full"] = str(engine.dropped_messages - stalled - slow)
+            values["$SYS/broker/publish/messages/dropped/stalled"] = str(stalled)
+            values["$SYS/broker/publish/messages/dropped/slow_consumer"] = str(slow)
         for source in self.sources:
             values.update(source())
         return values

@@ -102,8 +102,12 @@ class EngineCollector(Collector):
         dropped = CounterMetricFamily(
             "edgemq_messages_dropped", "Messages not delivered to a subscriber, by reason.", labels=["reason"]
         )
-        # engine.dropped_messages counts queue-full drops and slow consumers (as $SYS does).
-        dropped.add_metric(["queue_full"], engine.dropped_messages - stats.dropped_slow_consumer)
+        # engine.dropped_messages counts queue-full drops, stalled subscribers and slow consumers
+        # (as $SYS does).
+        dropped.add_metric(
+            ["queue_full"], engine.dropped_messages - stats.dropped_slow_consumer - stats.dropped_stalled
+        )
+        dropped.add_metric(["stalled"], stats.dropped_stalled)
         dropped.add_metric(["slow_consumer"], stats.dropped_slow_consumer)
         dropped.add_metric(["too_large"], stats.dropped_too_large)
         dropped.add_metric(["expired"], stats.dropped_expired)

@@ -101,3 +101,26 @@ def test_loss_check_counts_what_a_broker_drops(tmp_path: Path) -> None:
     assert raw["lost"] > 0  # ...and yet some never reached the subscriber
     assert raw["distinct"] + raw["lost"] == raw["expected"]
     assert "Outgoing messages are being dropped" in broker.log_path.read_text()
+
+
+def test_free_running_scenarios_run_and_lose_nothing(tmp_path: Path) -> None:
+    """Issue 13's scenarios: publishers that never wait, and a slow subscriber next to a fast one.
+
+    Ours holds back only the publisher of the slow subscriber, so nothing is lost, and the
+    figure of the slow + fast scenario is the free publisher's rate.
+    """
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, "-m", "bench", "--quick", "--brokers", "ours",
+        "--scenarios", "qos1-free,slow-fast", "--duration", "1.0", "--warmup", "0.2",
+        "--slow-rate", "500", "--json", str(out),
+    ]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    for scenario in ("qos1-free", "slow-fast"):
+        run = report["scenarios"][scenario]["ours"]["runs"][0]
+        assert run["error"] == "" and run["lost"] == 0 and run["unacked"] == 0, run
+        assert run["value"] > 0, run
+    fair = report["scenarios"]["slow-fast"]["ours"]["runs"][0]
+    assert fair["value"] > fair["held_publisher_rate"], fair

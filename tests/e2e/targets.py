@@ -22,7 +22,11 @@ TARGET_KIND = os.environ.get("E2E_TARGET", "ours").strip().lower()
 if TARGET_KIND not in ("ours", "mosquitto"):
     raise RuntimeError(f"E2E_TARGET must be 'ours' or 'mosquitto', not {TARGET_KIND!r}")
 
-LIMIT_KEYS = ("max_keepalive", "max_packet_size", "max_queued_messages", "max_inflight_messages")
+LIMIT_KEYS = (
+    "max_keepalive", "max_packet_size", "max_queued_messages", "max_inflight_messages", "stalled_subscriber_timeout",
+)
+# Ours only: mosquitto drops for a slow subscriber at once (it has no backpressure).
+OURS_ONLY_KEYS = ("stalled_subscriber_timeout",)
 START_TIMEOUT = 15.0
 
 
@@ -42,7 +46,7 @@ def mosquitto_config(limits: dict[str, int]) -> str:
         "autosave_interval 0",  # save on exit, like a SIGTERM stop of ours
         "max_keepalive 65535",
     ]
-    lines += [f"{key} {value}" for key, value in limits.items()]
+    lines += [f"{key} {value}" for key, value in limits.items() if key not in OURS_ONLY_KEYS]
     return "\n".join(lines) + "\n"
 
 

@@ -250,7 +250,8 @@ def test_offline_queue_bounded_by_max_queued_messages(target_factory, uid, versi
 
 
 def test_online_queue_beyond_inflight_window_bounded(target_factory, uid):
-    target = target_factory(max_queued_messages=5)
+    # Ours holds the publisher back until the subscriber has acknowledged nothing for 1 s.
+    target = target_factory(max_queued_messages=5, stalled_subscriber_timeout=1)
     client = r.RawClient(target.host, target.port, 5)
     client.connect(uid, properties={r.RECEIVE_MAXIMUM: 2})
     client.subscribe([(f"{uid}/q", 1)])

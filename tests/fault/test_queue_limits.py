@@ -179,9 +179,11 @@ def test_count_limit_offline(broker_factory, policy, version):
 def test_count_limit_counts_beyond_the_inflight_window(broker_factory, policy):
     """Online but not acknowledging: 5 in flight (Receive Maximum), 10 queued, the rest dropped.
 
+    The publisher is first held back (backpressure); once the subscriber has acknowledged
+    nothing for stalled_subscriber_timeout it counts as stopped and its queue limit drops.
     Messages already sent cannot be taken back, so drop_oldest drops among the queued only.
     """
-    broker = broker_factory(config=limits(policy, max_queued_messages=10))
+    broker = broker_factory(config=limits(policy, max_queued_messages=10, stalled_subscriber_timeout=1))
 
     async def main():
         sub, _ = await session(broker, "sub", MQTT_5, receive_maximum=5, clean=True)

@@ -61,13 +61,18 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
             return
         routed = False
     props = packet.properties
+    flow = engine.flow
     congestion = engine.congestion
     congestion.hit.clear()
     if qos == 0:
         if routed:
-            engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), conn.client_id)
+            flow.feeder = conn  # a queue this fills holds this client back (core/flow.py)
+            try:
+                engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), conn.client_id)
+            finally:
+                flow.feeder = None
             if congestion.hit:
-                congestion.throttle(conn)  # a subscriber reads more slowly: pause this publisher
+                congestion.throttle(conn)  # a subscriber reads QoS 0 more slowly: pause this publisher
         return
     packet_id = packet.packet_id
     assert packet_id is not None  # the codec requires a non-zero id when qos > 0
@@ -84,11 +89,13 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     conn.inbound_unacked += 1
     if conn.inbound_unacked > engine.config.max_inflight_messages and conn.version == MQTT_5:
         raise ProtocolError("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
-    matched = (
-        engine.route(message_from_publish(topic, packet.payload, qos, packet.retain, props), conn.client_id)
-        if routed
-        else 0
-    )
+    matched = 0
+    if routed:
+        flow.feeder = conn
+        try:
+            matched = engine.route(message_from_publish(topic, packet.payload, qos, packet.retain, props), conn.client_id)
+        finally:
+            flow.feeder = None
     if congestion.hit:
         congestion.throttle(conn)
     reason = RC.SUCCESS if matched or conn.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
