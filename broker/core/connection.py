@@ -94,6 +94,7 @@ class Connection:
         "waiting",
         "waiting_bytes",
         "reading_paused",
+        "paused_for",
         "resume_scheduled",
         "rights",
         "held",
@@ -137,6 +138,7 @@ class Connection:
         self.waiting: deque[Packet] = deque()
         self.waiting_bytes = 0
         self.reading_paused = False
+        self.paused_for: set[str] = set()  # who stopped reading this client (pause_input)
         self.resume_scheduled = False
         # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
         # received while its CONNECT is being authenticated, handled in order afterwards.
@@ -350,7 +352,7 @@ class Connection:
     def wait_for_authentication(self) -> None:
         """AUTH: the CONNECT handler awaits a decision; stop reading, hold what comes."""
         self.state = AUTHENTICATING
-        self.transport.pause_reading()
+        self.pause_input("authentication")
 
     def authenticated(self) -> tuple[list[Packet], MQTTError | None]:
         """AUTH: the decision arrived; the held packets and error, to handle once accepted."""
@@ -362,8 +364,31 @@ class Connection:
 
     def resume(self, held: list[Packet], error: MQTTError | None) -> None:
         """AUTH: accepted after waiting: read again and handle what was held, in order."""
-        self.transport.resume_reading()
+        self.resume_input("authentication")
         self.handle_all(held, error)
+
+    # ---- pausing input ---------------------------------------------------------------------
+    # Several owners may stop reading a client (authentication, backpressure, ...): the socket
+    # is read again only when none of them holds it any more.
+    def pause_input(self, reason: str) -> None:
+        paused = self.paused_for
+        if not paused:
+            try:
+                self.transport.pause_reading()
+            except RuntimeError:  # closing already
+                pass
+        paused.add(reason)
+
+    def resume_input(self, reason: str) -> None:
+        paused = self.paused_for
+        if reason not in paused:
+            return
+        paused.discard(reason)
+        if not paused and self.state != CLOSED:
+            try:
+                self.transport.resume_reading()
+            except RuntimeError:
+                pass
 
     # ---- backpressure (flow.py) -------------------------------------------------------------
     def _wait(self, packet: Packet) -> None:
@@ -374,10 +399,7 @@ class Connection:
         self.waiting_bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
         if self.waiting_bytes > HELD_BYTES_LIMIT and not self.reading_paused:
             self.reading_paused = True
-            try:
-                self.transport.pause_reading()
-            except RuntimeError:  # closing already
-                pass
+            self.pause_input("backpressure")
 
     def hold(self, session: Session) -> None:
         self.held_by.add(session)
@@ -408,10 +430,7 @@ class Connection:
         if self.reading_paused and self.waiting_bytes <= HELD_BYTES_LIMIT // 2 and self.state != CLOSED:
             self.reading_paused = False
             self.last_received = time.monotonic()  # not heard while paused: not its fault
-            try:
-                self.transport.resume_reading()
-            except RuntimeError:
-                pass
+            self.resume_input("backpressure")
 
     def buffered_bytes(self) -> int:
         """Unsent output and waiting PUBLISHes (for the memory budget)."""
