@@ -44,6 +44,11 @@ class FilePersist(Session):
             f = open(path, "rb")
         except OSError:
             return
+        if f.read(1) == b"+":  # the format before records had their own identity
+            f.close()
+            os.rename(path, path + ".v1")
+            print("edge_client: %s is in the old outbox format: moved to %s.v1, not loaded" % (path, path))
+            return
         with f:
             good, end = self._scan(f)
             self.size = self.base = good

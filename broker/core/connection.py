@@ -92,8 +92,8 @@ class Connection:
         "waiting",
         "waiting_bytes",
         "reading_paused",
+        "paused_for",
         "resume_scheduled",
-        "congested",
         "rights",
         "held",
         "held_error",
@@ -140,8 +140,8 @@ class Connection:
         self.waiting: deque[Packet] = deque()
         self.waiting_bytes = 0
         self.reading_paused = False
+        self.paused_for: set[str] = set()  # who stopped reading this client (pause_input)
         self.resume_scheduled = False
-        self.congested = False  # paused by slow_consumer.Congestion (QoS 0 to a slow reader)
         # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
         # received while its CONNECT is being authenticated, handled in order afterwards.
         self.rights: ClientRights | None = None
@@ -361,7 +361,7 @@ class Connection:
     def wait_for_authentication(self) -> None:
         """AUTH: the CONNECT handler awaits a decision; stop reading, hold what comes."""
         self.state = AUTHENTICATING
-        self.transport.pause_reading()
+        self.pause_input("authentication")
 
     def authenticated(self) -> tuple[list[Packet], MQTTError | None]:
         """AUTH: the decision arrived; the held packets and error, to handle once accepted."""
@@ -373,8 +373,31 @@ class Connection:
 
     def resume(self, held: list[Packet], error: MQTTError | None) -> None:
         """AUTH: accepted after waiting: read again and handle what was held, in order."""
-        self.transport.resume_reading()
+        self.resume_input("authentication")
         self.handle_all(held, error)
+
+    # ---- pausing input ---------------------------------------------------------------------
+    # Several owners may stop reading a client (authentication, backpressure, ...): the socket
+    # is read again only when none of them holds it any more.
+    def pause_input(self, reason: str) -> None:
+        paused = self.paused_for
+        if not paused:
+            try:
+                self.transport.pause_reading()
+            except RuntimeError:  # closing already
+                pass
+        paused.add(reason)
+
+    def resume_input(self, reason: str) -> None:
+        paused = self.paused_for
+        if reason not in paused:
+            return
+        paused.discard(reason)
+        if not paused and self.state != CLOSED:
+            try:
+                self.transport.resume_reading()
+            except RuntimeError:
+                pass
 
     # ---- backpressure (flow.py) -------------------------------------------------------------
     def _wait(self, packet: Packet) -> None:
@@ -385,10 +408,7 @@ class Connection:
         self.waiting_bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
         if self.waiting_bytes > HELD_BYTES_LIMIT and not self.reading_paused:
             self.reading_paused = True
-            try:
-                self.transport.pause_reading()
-            except RuntimeError:  # closing already
-                pass
+            self.pause_input("backpressure")
 
     def hold(self, session: Session) -> None:
         self.held_by.add(session)
@@ -419,23 +439,15 @@ class Connection:
         if self.reading_paused and self.waiting_bytes <= HELD_BYTES_LIMIT // 2 and self.state != CLOSED:
             self.reading_paused = False
             self.last_received = time.monotonic()  # not heard while paused: not its fault
-            if not self.congested:
-                try:
-                    self.transport.resume_reading()
-                except RuntimeError:
-                    pass
+            self.resume_input("backpressure")
 
     def throttle_input(self, paused: bool) -> None:
-        """Back-pressure of QoS 0 (slow_consumer.Congestion): stop or go on reading this publisher,
-        unless the other reasons to keep it paused (backpressure of queues, AUTH) still hold."""
-        self.congested = paused
-        try:
-            if paused:
-                self.transport.pause_reading()
-            elif not self.reading_paused and self.state != AUTHENTICATING and self.state != CLOSED:
-                self.transport.resume_reading()
-        except RuntimeError:  # closing already
-            pass
+        """Back-pressure of QoS 0 (slow_consumer.Congestion): stop or go on reading this publisher;
+        reading goes on only once no other owner (queue backpressure, AUTH) holds it (pause_input)."""
+        if paused:
+            self.pause_input("slow subscriber")
+        else:
+            self.resume_input("slow subscriber")
 
     def buffered_bytes(self) -> int:
         """Unsent output and waiting PUBLISHes (for the memory budget)."""

@@ -5,6 +5,7 @@ each against mosquitto and against our broker (the `edge_broker` fixture)."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -156,4 +157,55 @@ def test_pi_gateway_bridges_sysfs_sensors(edge_broker: EdgeBroker, tmp_path: Pat
         ("gateway/gw1/28-0000075e1a2b", 1, 23.125), ("gateway/gw1/cpu-thermal", 1, 48.312),
     ]
     assert [p for t, _, _, p in msgs if t.endswith("/status")] == [b"online", b"offline"]
+    peer.close()
+
+
+def test_sensor_node_over_mutual_tls_with_certificates_from_our_tool(
+    unix_port: Runtime, broker_factory: Any, tmp_path: Path
+) -> None:
+    """The sensor node as its README says to set it up for TLS: the CA, the broker's and
+    the device's certificates from `python -m broker certs` (DER on the board), our
+    broker's TLS listener requiring a client certificate and a password."""
+    from broker import certs
+
+    site = tmp_path / "certs"
+    certs.init(site, hosts=["localhost"], ips=["127.0.0.1"])
+    certs.issue_client(site, "sensor-sim0001")
+    where = certs.paths(site)
+    device = certs.client_paths(site, "sensor-sim0001")
+    from test_edge_auth_ours import make_password_file
+
+    passwd = make_password_file(tmp_path / "passwd", "sensor", "s3cret")
+    broker = broker_factory(
+        "--memory",
+        config=(
+            f'[auth]\npassword_file = "{passwd}"\n'
+            f'[[listener]]\nport = 0\ncertfile = "{where.server_cert}"\nkeyfile = "{where.server_key}"\n'
+            f'cafile = "{where.ca_cert}"\nrequire_certificate = true\nallow_anonymous = false\n'
+        ),
+    )
+    tls_port = int(broker.wait_for_log(r"mqtt over TLS \S+ .*listening on 127\.0\.0\.1:(\d+)").group(1))
+    peer = Peer(broker.host, broker.port, "peer-tls")
+    peer.subscribe("sensors/#", 1)
+    example = EXAMPLES / "sensor_node"
+    state = tmp_path / "flash"
+    state.mkdir()
+    tls = dict(
+        SSL=1, CA=where.ca_der, CERT=device.cert_der, KEY=device.key_der, SERVER_HOSTNAME="localhost",
+        USER="sensor", PASSWORD="s3cret",
+    )
+    prog = unix_port.run(
+        example / "main.py", extra_paths=(example,),
+        env=sim_env(state, tls_port, INTERVAL_MS=100, DEEP_SLEEP=0, CYCLES=3, FLUSH_MS=5000, **tls),
+    )
+    assert prog.lines[-1] == "PENDING 0" and not any("OFFLINE" in x for x in prog.lines), prog.output()
+    assert [json.loads(m[3])["seq"] for m in peer.wait_for(3)] == [0, 1, 2]
+    assert re.search(r"New client connected from 127\.0\.0\.1:\d+ as sensor-sim0001\b", broker.log())
+    # Without the device certificate the handshake is refused and nothing is delivered.
+    prog = unix_port.run(
+        example / "main.py", extra_paths=(example,),
+        env=sim_env(state, tls_port, INTERVAL_MS=100, DEEP_SLEEP=0, CYCLES=1, FLUSH_MS=1000,
+                    **dict(tls, CERT="", KEY="")),
+    )
+    assert any(x.startswith("OFFLINE") for x in prog.lines) and prog.lines[-1] == "PENDING 1", prog.output()
     peer.close()

@@ -683,3 +683,14 @@ def test_an_unbounded_outbox_needs_a_file(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             cls("dev", "127.0.0.1", 1, outbox_size=0)  # RAM would grow without bound
         assert cls("dev", "127.0.0.1", 1, outbox_size=0, outbox=str(tmp_path / "box")).pending() == 0
+
+
+def test_an_outbox_file_of_the_old_format_is_moved_aside_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "box"
+    old = b"+" + struct.pack("!HBHI", 1, 2, 1, 3) + b"t" + b"old"  # the earlier "+" record
+    path.write_bytes(old)
+    s = FilePersist(str(path), "dev")
+    assert s.q == [] and not path.exists()
+    assert (tmp_path / "box.v1").read_bytes() == old
+    s.publish("t", "new", qos=1)
+    assert [e[3] for e in FilePersist(str(path), "dev").q] == [b"new"]
