@@ -13,10 +13,10 @@ from broker.auth.base import ACCEPTED, BAD_CREDENTIALS, AuthResult, Client, Cred
 from broker.config import Config
 from broker.core.connection import Connection
 from broker.core.engine import Engine
-from broker.core.transport import DEFAULT_LISTENER
 from broker.protocol.codec import PacketReader, encode
 from broker.protocol.packets import Connack, Connect, Publish, Suback, Subscribe, SubscriptionOptions
 from broker.storage.memory import MemoryStorage
+from coretransport import FakeTransport
 
 
 class GatedBackend:
@@ -45,52 +45,6 @@ class GatedBackend:
 
     def close(self) -> None:
         pass
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-        self.paused = False
-        self.listener = DEFAULT_LISTENER
-        self.peer = "127.0.0.1:5000"
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.written += chunk
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def close(self, linger: bool = False) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def peer_certificate(self) -> None:
-        return None
-
-
-async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
-
-
-async def make_engine() -> tuple[Engine, GatedBackend]:
-    storage = MemoryStorage()
-    await storage.open()
-    engine = Engine(Config(backend="memory"), storage)
-    await engine.start()
-    backend = GatedBackend()
-    engine.auth = AccessControl(backend)
-    return engine, backend
 
 
 def received(transport: FakeTransport, version: int = 5) -> list[object]:

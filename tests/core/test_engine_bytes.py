@@ -24,44 +24,8 @@ from broker.protocol.packets import (
     Subscribe,
     SubscriptionOptions,
 )
-from broker.core.transport import DEFAULT_LISTENER
 from broker.storage.memory import MemoryStorage
-
-
-class FakeTransport:
-    """The core's Transport interface, recording what is written (no event loop I/O)."""
-
-    def __init__(self, port: int) -> None:
-        self.written = bytearray()
-        self.closed = False
-        self.lingered = False
-        self.paused = False
-        self.listener = DEFAULT_LISTENER
-        self.peer = f"127.0.0.1:{port}"
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.written += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for data in chunks:
-            self.write(data)
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def close(self, linger: bool = False) -> None:
-        self.closed = True
-        self.lingered = linger
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def peer_certificate(self) -> None:
-        return None
+from coretransport import FakeTransport
 
 
 class Client:

@@ -14,7 +14,6 @@ import time
 from broker.config import Config
 from broker.core.connection import Connection
 from broker.core.engine import Engine
-from broker.core.transport import DEFAULT_LISTENER
 from broker.protocol.codec import PacketReader, encode
 from broker.protocol.packets import Connect, Puback, Publish, Subscribe, SubscriptionOptions
 from broker.storage.memory import MemoryStorage
@@ -22,40 +21,12 @@ from broker.storage.memory import MemoryStorage
 LIMIT = 10  # max_queued_messages: high water 7, low water 5
 WINDOW = 20  # max_inflight_messages (default)
 
-
-class Transport:
-    listener = DEFAULT_LISTENER
-    peer = "127.0.0.1:1"
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.paused = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.written += chunk
-
-    def write_buffer_size(self) -> int:
-        return 0
-
-    def close(self, linger: bool = False) -> None: ...
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def peer_certificate(self) -> None:
-        return None
+from coretransport import FakeTransport
 
 
 class Client:
     def __init__(self, engine: Engine, client_id: str) -> None:
-        self.transport = Transport()
+        self.transport = FakeTransport(1)
         self.conn = Connection(engine, self.transport)
         self.reader = PacketReader(client_side=True, version=4)
         self.conn.data_received(encode(Connect(client_id, keepalive=0), 4))
