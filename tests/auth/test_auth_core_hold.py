@@ -47,6 +47,21 @@ class GatedBackend:
         pass
 
 
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def make_engine() -> tuple[Engine, GatedBackend]:
+    storage = MemoryStorage()
+    await storage.open()
+    engine = Engine(Config(backend="memory"), storage)
+    await engine.start()
+    backend = GatedBackend()
+    engine.auth = AccessControl(backend)
+    return engine, backend
+
+
 def received(transport: FakeTransport, version: int = 5) -> list[object]:
     data = bytes(transport.written)
     transport.written.clear()
