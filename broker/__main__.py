@@ -39,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m broker" if invoked_as_module else PROG,
         description="An MQTT 3.1.1 and 5.0 broker for IoT and edge devices, "
         "with persistent sessions in SQLite.",
-        epilog="Options given here override the configuration file. "
-        "Stop the broker with SIGTERM or Ctrl-C: queued messages and sessions are kept.",
+        epilog="Options given here override the configuration file.\n"
+        "Stop the broker with SIGTERM or Ctrl-C: queued messages and sessions are kept.\n\n"
+        "operator commands (python -m broker COMMAND --help):\n"
+        + "\n".join(f"  {name:<10}{text}" for name, (_, text) in SUBCOMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "-c", "--config", metavar="FILE", help="TOML configuration file (see config/broker.toml)"

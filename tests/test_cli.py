@@ -96,6 +96,8 @@ def test_help_lists_every_option() -> None:
     for option in ("-c FILE, --config FILE", "--bind ADDR", "-p PORT, --port PORT",
                    "--data-dir DIR", "--memory", "-v, --verbose", "--version", "-h, --help"):
         assert option in result.stdout, option
+    for command in ("certs", "backup", "inspect", "passwd"):  # the operator commands, in the epilog
+        assert f"\n  {command} " in result.stdout, command
 
 
 def test_version() -> None:
