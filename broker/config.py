@@ -98,7 +98,7 @@ class Config:
     queue_qos0_messages: bool = False  # queue QoS 0 for offline persistent sessions
     queue_full_policy: str = "drop_new"  # when a session's queue is full: "drop_new" | "drop_oldest"
     connect_timeout: int = 10  # seconds from accepting a connection to its complete CONNECT
-    max_connections: int = 10000  # clients connected at once, in all; 0 = no limit
+    max_connections: int = 100000  # clients connected at once, in all; 0 = no limit
     max_connections_per_address: int = 0  # from one source address; 0 = no limit (NAT hides many devices)
     max_connect_rate: int = 0  # new connections a second from one source address (bursts as many); 0 = no limit
     max_takeovers_per_minute: int = 0  # a client id taken over more often is refused for the minute; 0 = never

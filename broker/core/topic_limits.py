@@ -38,6 +38,12 @@ class TopicLimits:
         """None if a PUBLISH may use ``topic``; otherwise why not."""
         if not is_valid_topic_name(topic):
             return "invalid topic name"
+        # The per-PUBLISH fast path: few levels and few code points need no closer look.
+        max_levels = self.max_levels
+        if (not max_levels or topic.count("/") < max_levels) and (
+            not self.max_length or len(topic) <= self.max_length // 4
+        ):
+            return None
         return self._levels_problem(topic, "topic name") or self._length_problem(topic, "topic name")
 
     def filter_problem(self, topic_filter: str) -> str | None:
