@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.canary import read_packet  # noqa: E402  (the same byte-level reader as the canary)
 from broker.auth import hashing  # noqa: E402
 
 
@@ -66,18 +67,6 @@ def publish_packet(topic: str, payload: bytes) -> bytes:
 def subscribe_packet(topic_filter: str) -> bytes:
     body = struct.pack("!H", 1) + _str(topic_filter) + b"\x00"
     return b"\x82" + _varint(len(body)) + body
-
-
-async def read_packet(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    first = (await reader.readexactly(1))[0]
-    length, shift = 0, 0
-    while True:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    return first, await reader.readexactly(length)
 
 
 async def open_client(
