@@ -25,7 +25,7 @@ class Message:
     # The core's cache of its MQTT 3.1.1 QoS 0 PUBLISH, encoded once for every subscriber
     # of a fan-out. Not part of the message's value; never stored.
     wire_v4_qos0: bytes | None = field(default=None, compare=False, repr=False)
-    # Wall-clock time.time() the broker received it (set by Engine.route, kept by the storage):
+    # Wall-clock time.time() the broker received it (set when first queued, kept by the storage):
     # how long the oldest queued message has waited (python -m broker inspect). None = unknown
     # (stored by a broker before schema 3). Not part of the message's value.
     received_at: float | None = field(default=None, compare=False)

@@ -17,9 +17,10 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from broker.core import packetlog
+from broker.core.ackgate import AckGate
 from broker.core.aliases import OutboundAliases
 from broker.core.flow import HELD_BYTES_LIMIT
-from broker.core.handlers import dispatch
+from broker.core.handlers import HANDLERS, dispatch
 from broker.core.session import Session
 from broker.core.slow_consumer import SOFT_BYTES, OutputMeter
 from broker.core.states import AUTHENTICATING, CLOSED, CONNECTED, CONNECTING
@@ -78,6 +79,7 @@ class Connection:
         "aliases_out",
         "inbound_unacked",
         "ordered_output",
+        "awaited_commit",
         "close_reason",
         "disconnected_cleanly",
         "protocol_label",
@@ -124,6 +126,7 @@ class Connection:
         self.inbound_unacked = 0  # QoS 1/2 PUBLISH received and not yet fully acknowledged
         # Output that must wait for a commit: deque of [future-or-None, bytes, ...]
         self.ordered_output: deque[list] = deque()
+        self.awaited_commit: asyncio.Future[None] | None = None  # the last commit that flushes it
         self.close_reason = ""
         self.disconnected_cleanly = False
         self.protocol_label = ""
@@ -198,11 +201,13 @@ class Connection:
         else:
             self._buffer(data)
 
-    def send_after_commit(self, data: bytes) -> None:
-        """Send ``data`` once every storage write issued so far is durable."""
+    def send_after_commit(self, data: bytes, gate: AckGate | None = None) -> None:
+        """Send ``data`` once every storage write issued so far is durable, or, with a
+        ``gate`` (a QoS 1 PUBACK), once what the gate waits for is (``core/ackgate.py``)."""
         if self.state == CLOSED:
             return
-        future = self.engine.commit()
+        # A gate without stored copies: nothing of this message waits for a commit.
+        future = self.engine.commit() if gate is None or gate.copies else None
         queue = self.ordered_output
         if future is None:
             if queue:
@@ -210,17 +215,26 @@ class Connection:
             else:
                 self._buffer(data)
             return
-        if queue and queue[-1][0] is future:
+        if gate is not None:
+            gate.commit = future
+            gate.on_release = self._flush_ordered_output
+            queue.append([gate, data])
+        elif queue and queue[-1][0] is future:
             queue[-1].append(data)  # same commit as the previous one: one callback for both
             return
-        queue.append([future, data])
-        future.add_done_callback(self._flush_ordered_output)
+        else:
+            queue.append([future, data])
+        if self.awaited_commit is not future:  # one callback per commit flushes the whole queue
+            self.awaited_commit = future
+            future.add_done_callback(self._flush_ordered_output)
 
     def _flush_ordered_output(self, _future: asyncio.Future | None = None) -> None:
         queue = self.ordered_output
         while queue:
             entry = queue[0]
             future = entry[0]
+            if future is not None and type(future) is AckGate:
+                future = None if future.released else future.commit
             if future is not None:
                 if not future.done():
                     return
@@ -234,12 +248,15 @@ class Connection:
                 for data in entry[1:]:
                     self._buffer(data)
 
-    def send_packet(self, packet: Packet, after_commit: bool = False) -> None:
+    def send_packet(self, packet: Packet, after_commit: bool = False, gate: AckGate | None = None) -> None:
         """Encode and send a packet (the handlers' way to answer), logged with ``-v``."""
         if self.trace:
             packetlog.sending(self, packet)
         data = encode(packet, self.version)
-        (self.send_after_commit if after_commit else self.send)(data)
+        if after_commit:
+            self.send_after_commit(data, gate)
+        else:
+            self.send(data)
 
     def send_publish(
         self,
@@ -342,10 +359,19 @@ class Connection:
         flow = self.engine.flow
         remaining: Iterator[Packet] = iter(packets)
         for packet in remaining:
-            if type(packet) in DEFERRED_TYPES and (self.waiting or self.held_by or flow.memory_full):
+            kind = type(packet)
+            if kind in DEFERRED_TYPES and (self.waiting or self.held_by or flow.memory_full):
                 self._wait(packet)  # backpressure (flow.py)
                 continue
-            self.handle(packet)
+            # ``handle``, inlined for the common case: a connected client, no -v.
+            handler = HANDLERS.get(kind) if self.session is not None and not self.trace else None
+            if handler is None:
+                self.handle(packet)
+            else:
+                try:
+                    handler(self, packet)
+                except MQTTError as exc:
+                    self.protocol_violation(str(exc), exc.reason_code)
             if self.state != CONNECTED:
                 if self.state == AUTHENTICATING:  # AUTH: the rest waits for the CONNECT decision
                     self._hold(remaining, error)

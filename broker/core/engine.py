@@ -20,6 +20,7 @@ from typing import Protocol
 from broker.auth.access import AccessControl
 from broker.auth.file_backend import FileBackend
 from broker.config import Config
+from broker.core.ackgate import AckGate
 from broker.core.flow import ENTRY_OVERHEAD, FlowControl
 from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
@@ -160,6 +161,8 @@ class Engine:
         self.failure: BaseException | None = None
         self.loop = asyncio.get_running_loop()  # the engine lives on the loop that serves it
         self.congestion = Congestion(self.loop)  # publishers paused for subscribers that read slowly
+        # The acknowledgement gate of the QoS 1 PUBLISH being routed (core/ackgate.py), if any.
+        self.ack_gate: AckGate | None = None
         self._next_commit: asyncio.Future[None] | None = None
         self._purging = False
         self._running_commit: asyncio.Future[None] | None = None
@@ -271,8 +274,6 @@ class Engine:
 
         Updates the retained store when the message carries the retain flag.
         """
-        if message.received_at is None:
-            message.received_at = time.time()
         if message.retain:
             if message.payload:
                 self.retained.set(message)

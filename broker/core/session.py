@@ -177,6 +177,8 @@ class Session:
                 return
             if conn is None and not (self.persistent and self.engine.config.queue_qos0_messages):
                 return
+        if message.received_at is None:  # queued: how long it waits (python -m broker inspect)
+            message.received_at = time.time()
         config = self.limits
         size = len(message.payload)
         trim = False
@@ -209,12 +211,16 @@ class Session:
         # While a stored queue is being read (``backlog``), a message must queue behind it in
         # storage, also for a session resumed without expiry (v5 clean start 0, expiry 0):
         # in RAM it would overtake the stored ones, and nothing would ever send it.
-        if self.persistent or self.backlog:
+        stored = self.persistent or self.backlog
+        if stored:
             storage = self.engine.storage
             storage.enqueue(self.client_id, entry)
             if trim:
                 self.start_io(self._trim(), True)
+        gate = self.engine.ack_gate if stored else None
         if conn is None or self.backlog or (self.persistent and len(self.pending) >= self.engine.queue_page):
+            if gate is not None:
+                gate.pin()  # held in storage only: the publisher's PUBACK waits for the commit
             if not self.backlog and conn is not None:
                 # Spill: RAM keeps one page, the rest is read back from storage in order.
                 self.backlog = True
@@ -227,6 +233,9 @@ class Session:
                 if self.expiry_seen is None or expires_at < self.expiry_seen:
                     self.expiry_seen = expires_at
         else:
+            if gate is not None:
+                gate.add_copy()  # its subscriber's PUBACK may release the publisher's early
+                entry.gate = gate
             self.pending.append(entry)
             if message.expires_at is not None:
                 self._note_pending_expiry(message.expires_at)
@@ -369,6 +378,10 @@ class Session:
             return
         del self.inflight[packet_id]
         self._forget(entry)
+        gate = entry.gate
+        if gate is not None:  # delivered: the publisher's PUBACK need not wait for this copy
+            entry.gate = None
+            gate.copy_acknowledged()
         self.acks += 1
         if self.stalled:
             self.stalled = False  # reading again: backpressure instead of drops

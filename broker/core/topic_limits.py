@@ -38,6 +38,11 @@ class TopicLimits:
         """None if a PUBLISH may use ``topic``; otherwise why not."""
         if not is_valid_topic_name(topic):
             return "invalid topic name"
+        return self.decoded_name_problem(topic)
+
+    def decoded_name_problem(self, topic: str) -> str | None:
+        """``name_problem`` for a name the codec has checked already (not empty, no wildcard,
+        no U+0000, at most 65535 bytes): only the limits, on every PUBLISH."""
         # The per-PUBLISH fast path: few levels and few code points need no closer look.
         max_levels = self.max_levels
         if (not max_levels or topic.count("/") < max_levels) and (

@@ -280,6 +280,11 @@ def _decode_connack(first: int, body: Body, version: int | None, from_client: bo
     return Connack(bool(ack_flags), code, props)
 
 
+# Fixed header bytes of a packet whose Remaining Length has ``n`` significant bits, when
+# that length is encoded in as few bytes as it can be (as every encoder does).
+_MINIMAL_HEADER = tuple(2 + max(0, bits - 1) // 7 for bits in range(29))
+
+
 def _decode_publish_span(
     first: int, buf: bytes, start: int, end: int, version: int | None, from_client: bool
 ) -> Publish:
@@ -651,6 +656,9 @@ class PacketReader:
                     break
                 if first & 0xF0 == 0x30:
                     packet = _decode_publish_span(first, buf, i, stop, version, from_client)
+                    if first == 0x30 and version != 5 and i - pos == _MINIMAL_HEADER[length.bit_length()]:
+                        # A 3.1.1 QoS 0 PUBLISH without flags is its own forwarding form.
+                        packet.wire = buf if stop - pos == size else buf[pos:stop]
                 else:
                     packet = _DECODERS[first >> 4](first, view[i:stop], version, from_client)
                 packets.append(packet)

@@ -75,6 +75,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None  # present iff qos > 0
     properties: dict = field(default_factory=dict)
+    # The packet as received, when it is exactly what an MQTT 3.1.1 QoS 0 PUBLISH of this
+    # topic and payload encodes to (set by the codec's reader): forwarded as it came.
+    wire: bytes | None = field(default=None, compare=False, repr=False)
     packet_type = PUBLISH
 
 

@@ -34,6 +34,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from broker.message import Message, SubscriptionOptions
 
@@ -61,6 +62,9 @@ class QueueEntry:
     subscription_ids: list[int] = field(default_factory=list)
     state: int = QUEUED
     packet_id: int | None = None
+    # The core's AckGate (broker/core/ackgate.py) of the PUBLISH this copy came from, while
+    # that publisher's acknowledgement may wait for this copy's; never stored.
+    gate: Any = None
 
 
 @dataclass(slots=True)

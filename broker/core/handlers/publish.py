@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from broker.core.ackgate import AckGate
 from broker.core.sessions import message_from_publish
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
@@ -35,7 +36,8 @@ def resolve_topic(conn: Connection, packet: Publish) -> str:
                 if aliased is None:
                     raise ProtocolError(f"unknown topic alias {alias}", RC.PROTOCOL_ERROR)
                 topic = aliased
-    problem = conn.engine.topic_limits.name_problem(topic)
+    # The codec checked the name (and an alias' topic was checked when it was set up).
+    problem = conn.engine.topic_limits.decoded_name_problem(topic)
     if problem is not None:
         raise ProtocolError(f"{problem}: {topic[:200]!r}", RC.TOPIC_NAME_INVALID)
     return topic
@@ -63,12 +65,15 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     props = packet.properties
     flow = engine.flow
     congestion = engine.congestion
-    congestion.hit.clear()
+    if congestion.hit:
+        congestion.hit.clear()
     if qos == 0:
         if routed:
+            message = message_from_publish(topic, packet.payload, 0, packet.retain, props)
+            message.wire_v4_qos0 = packet.wire  # as received, when that is its 3.1.1 form
             flow.feeder = conn  # a queue this fills holds this client back (core/flow.py)
             try:
-                engine.route(message_from_publish(topic, packet.payload, 0, packet.retain, props), conn.client_id)
+                engine.route(message, conn.client_id)
             finally:
                 flow.feeder = None
             if congestion.hit:
@@ -90,21 +95,26 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     if conn.inbound_unacked > engine.config.max_inflight_messages and conn.version == MQTT_5:
         raise ProtocolError("receive maximum exceeded", RC.RECEIVE_MAXIMUM_EXCEEDED)
     matched = 0
+    # A QoS 1 PUBACK may go before the commit once every stored copy is acknowledged
+    # (core/ackgate.py); a retained message is kept by the store itself: it waits.
+    gate = AckGate() if qos == 1 and after_commit and not packet.retain else None
     if routed:
         flow.feeder = conn
+        engine.ack_gate = gate
         try:
             matched = engine.route(message_from_publish(topic, packet.payload, qos, packet.retain, props), conn.client_id)
         finally:
             flow.feeder = None
+            engine.ack_gate = None
     if congestion.hit:
         congestion.throttle(conn)
     reason = RC.SUCCESS if matched or conn.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
     if qos == 1:
         conn.inbound_unacked -= 1
         if reason == 0 and after_commit and not conn.trace:  # the common case, without a packet object
-            conn.send_after_commit(_PUBACK + packet_id.to_bytes(2, "big"))
+            conn.send_after_commit(_PUBACK + packet_id.to_bytes(2, "big"), gate)
         else:
-            conn.send_packet(Puback(packet_id, reason), after_commit)
+            conn.send_packet(Puback(packet_id, reason), after_commit, gate)
     else:
         session.inbound_qos2.add(packet_id)
         if session.persistent:
