@@ -80,6 +80,7 @@ class Connection:
         "inbound_unacked",
         "ordered_output",
         "awaited_commit",
+        "transport_backlog",
         "close_reason",
         "disconnected_cleanly",
         "protocol_label",
@@ -127,6 +128,7 @@ class Connection:
         # Output that must wait for a commit: deque of [future-or-None, bytes, ...]
         self.ordered_output: deque[list] = deque()
         self.awaited_commit: asyncio.Future[None] | None = None  # the last commit that flushes it
+        self.transport_backlog = 0  # the transport's unsent bytes when this iteration's output began
         self.close_reason = ""
         self.disconnected_cleanly = False
         self.protocol_label = ""
@@ -277,7 +279,9 @@ class Connection:
         if rights is not None and not (rights.receive.get(message.topic) or rights.may_receive(message.topic)):
             return False  # AUTH: read check on every message (wildcards, retained, queued, $SYS)
         if qos == 0:
-            buffered = self.transport.write_buffer_size()
+            if not self.out:  # the transport's backlog changes only when ``_flush`` has run
+                self.transport_backlog = self.transport.write_buffer_size()
+            buffered = self.transport_backlog
             if buffered > SOFT_BYTES:
                 if self.meter.not_reading(buffered):
                     # A client that does not read must not make the broker buffer without bound:
@@ -317,7 +321,15 @@ class Connection:
         self.engine.stats.sent_by_qos[qos] += 1
         if self.trace:
             packetlog.sending_publish(self, message, qos, retain, packet_id, dup)
-        (self.send_after_commit if after_commit else self.send)(data)
+        if after_commit:
+            self.send_after_commit(data)
+        elif self.ordered_output or self.state == CLOSED:
+            self.send(data)
+        else:  # ``_buffer``, inlined: the fan-out's innermost step
+            out = self.out
+            out.append(data)
+            if len(out) == 1:
+                self.engine.loop.call_soon(self._flush)
         return True
 
     def may_receive(self, topic: str) -> bool:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from broker.auth.access import AccessControl
 from broker.auth.file_backend import FileBackend
@@ -132,6 +132,43 @@ class Stats:
                 buckets[i] += 1
                 return
         buckets[-1] += 1
+
+
+
+# One copy per client: (client id, granted QoS, retain as published, subscription ids).
+Target = tuple[str, int, bool, list[int]]
+# What ``route`` does for one match: its targets, how many subscriptions matched, and the
+# clients with a No Local subscription among them (for whom the targets are merged anew).
+DeliveryPlan = tuple[list[Target], int, frozenset[str]]
+
+
+def merge_targets(normal: list[tuple[str, Subscription]], sender_id: str | None) -> tuple[list[Target], int]:
+    """One target per client of ``normal`` (a client may have several matching filters),
+    leaving out the sender's No Local subscriptions; also how many subscriptions count."""
+    matched = 0
+    merged: dict[str, list] = {}
+    for client_id, sub in normal:
+        options = sub.options
+        if options.no_local and client_id == sender_id:
+            continue
+        matched += 1
+        target = merged.get(client_id)
+        if target is None:
+            target = merged[client_id] = [options.qos, options.retain_as_published, []]
+        else:
+            if options.qos > target[0]:
+                target[0] = options.qos
+            target[1] = target[1] or options.retain_as_published
+        if sub.subscription_id is not None:
+            target[2].append(sub.subscription_id)
+    # The id lists are shared by every message routed with this plan: never mutated.
+    return [(client_id, qos, rap, ids) for client_id, (qos, rap, ids) in merged.items()], matched
+
+
+def delivery_plan(normal: list[tuple[str, Subscription]]) -> DeliveryPlan:
+    targets, matched = merge_targets(normal, None)
+    no_local = frozenset(client_id for client_id, sub in normal if sub.options.no_local)
+    return targets, matched, no_local
 
 
 class Engine:
@@ -282,44 +319,18 @@ class Engine:
             elif self.retained.clear(message.topic) and persist_retained:
                 self.storage.set_retained(message.topic, None)
         match = self.tree.match(message.topic)
-        normal = match.normal
-        if len(normal) == 1 and not match.shared:
-            # The common case of one subscriber: no merging of overlapping subscriptions.
-            client_id, sub = normal[0]
-            options = sub.options
-            if options.no_local and client_id == sender_id:
-                return 0
-            session = self.sessions.get(client_id)
-            if session is not None:
-                granted = options.qos
-                session.deliver(
-                    message,
-                    granted if granted < message.qos else message.qos,
-                    message.retain and options.retain_as_published,
-                    [sub.subscription_id] if sub.subscription_id is not None else [],
-                )
-            return 1
-        matched = 0
-        # One copy per client: highest granted QoS, every subscription identifier.
-        targets: dict[str, list] = {}
-        for client_id, sub in normal:
-            options = sub.options
-            if options.no_local and client_id == sender_id:
-                continue
-            matched += 1
-            target = targets.get(client_id)
-            if target is None:
-                target = targets[client_id] = [options.qos, options.retain_as_published, []]
-            else:
-                if options.qos > target[0]:
-                    target[0] = options.qos
-                target[1] = target[1] or options.retain_as_published
-            if sub.subscription_id is not None:
-                target[2].append(sub.subscription_id)
+        # Who gets a copy, worked out once per cached match (a device topic is routed over
+        # and over): one copy per client, at its highest granted QoS, with every id.
+        plan = match.plan
+        if plan is None:
+            plan = match.plan = delivery_plan(match.normal)
+        targets, matched, no_local_clients = cast(DeliveryPlan, plan)
+        if sender_id in no_local_clients:  # the publisher's own No Local subscriptions skip it
+            targets, matched = merge_targets(match.normal, sender_id)
         sessions = self.sessions
         qos = message.qos
         retain = message.retain
-        for client_id, (granted, rap, sub_ids) in targets.items():
+        for client_id, granted, rap, sub_ids in targets:
             session = sessions.get(client_id)
             if session is not None:
                 session.deliver(message, granted if granted < qos else qos, retain and rap, sub_ids)

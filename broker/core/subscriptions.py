@@ -30,7 +30,7 @@ _ITEM_BYTES = 60  # one (client_id, value) tuple in a Match
 class Match(Generic[V]):
     """The subscriptions matching one topic. Shared by the cache: read, never mutate."""
 
-    __slots__ = ("normal", "shared")
+    __slots__ = ("normal", "shared", "plan")
 
     def __init__(
         self,
@@ -45,6 +45,9 @@ class Match(Generic[V]):
         # subscription order. The same group name under two filters is two
         # different shared subscriptions (MQTT 5 s4.8.2).
         self.shared = shared
+        # The caller's memo of what it derives from this match (the engine's delivery plan).
+        # Valid for the match's lifetime: any change of subscriptions makes new matches.
+        self.plan: object = None
 
     def __bool__(self) -> bool:
         return bool(self.normal or self.shared)
