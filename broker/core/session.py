@@ -179,10 +179,16 @@ class Session:
                 return
         if message.received_at is None:  # queued: how long it waits (python -m broker inspect)
             message.received_at = time.time()
-        config = self.limits
+        engine = self.engine
+        config = self.limits if engine.queue_limits else engine.config
         size = len(message.payload)
         trim = False
-        if self._queue_full(size) and (
+        max_messages = config.max_queued_messages
+        max_bytes = config.max_queued_bytes
+        if (
+            (max_messages and self.queued_count >= max_messages)
+            or (max_bytes and self.queued_bytes + size > max_bytes)  # ``_queue_full``, inlined
+        ) and (
             # Online and reading, the queue is not full: backpressure (``flow.py``) holds the
             # publishers that feed it, so it overshoots its limit by one message per publisher.
             # A message from no publisher that can be held (a will, the client itself) drops.
@@ -243,8 +249,11 @@ class Session:
             if not self.loading and len(self.inflight) < conn.send_quota:
                 self.pump()
         if conn is not None and not self.stalled:
-            flow = self.engine.flow
-            if flow.over_high_water(self):
+            flow = engine.flow
+            if config is engine.config:  # ``over_high_water``, inlined for the common case
+                if self.queued_count >= flow.high_messages or self.queued_bytes >= flow.high_bytes:
+                    flow.queue_grew(self)
+            elif flow.over_high_water(self):
                 flow.queue_grew(self)
 
     def pump(self) -> None:
