@@ -108,7 +108,10 @@ class Bench:
         info = {}
         for key in self.broker_keys:
             broker = self._make(key)
-            info[key] = {"version": broker.version(), "settings": broker.settings()}
+            settings = broker.settings()
+            if any(s.kind == "scale" for s in self.scenarios):
+                settings += scale.SETTINGS.get(key, [])
+            info[key] = {"version": broker.version(), "settings": settings}
         return info
 
     def run(self) -> list[RunResult]:

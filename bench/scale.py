@@ -30,6 +30,20 @@ AMQTT_REMARK = (
     "amqtt, scale scenarios: not measured (—): it accepts under 1000 connections per second and "
     "holds about 50 KiB per connection, so 50,000 connections would take minutes and about 2.5 GB"
 )
+# The report's broker-settings lines for these scenarios (each starts a fresh broker of its own).
+SETTINGS: dict[str, list[str]] = {
+    "ours": [
+        "scale scenarios: a fresh broker per run with the settings above; `scale-idle`: `-c FILE` with two "
+        "`[[listener]]` tables (`port = 0`) instead of `--port 0`; the default `max_connections` (100000) "
+        "suffices; `scale-sessions`: restarted with `--port PORT` (the port of its first start) on the same "
+        "`--data-dir`",
+    ],
+    "mosquitto": [
+        "scale scenarios: a fresh mosquitto per run with the settings above; `scale-idle`: a second "
+        "`listener PORT2 127.0.0.1`; `scale-sessions` only: `persistence true` and `persistence_location DIR/` "
+        "instead of `persistence false` (otherwise it has nothing to restore), restarted with the same config",
+    ],
+}
 SUBSCRIBER_CONNECTIONS = 10  # the 100,000 filters are spread over this many connections
 FILTERS_PER_SUBSCRIBE = 100  # filters per SUBSCRIBE packet
 SUBSCRIBE_WINDOW = 16  # SUBSCRIBE packets awaiting their SUBACK, per connection
@@ -238,6 +252,12 @@ class Context:
 
 def run_idle(ctx: Context) -> dict[str, Any]:
     n = ctx.params.idle_connections
+    if ctx.nofile < n + 256:
+        # The broker needs a descriptor per connection; past the limit connections fail, which would
+        # measure the limit, not the broker.
+        raise BrokerError(
+            f"open-file limit {ctx.nofile} is below {n:,} connections + 256: raise the hard limit "
+            f"(`ulimit -Hn`, needs root with CAP_SYS_RESOURCE) or use --idle-connections {max(ctx.nofile - 256, 0)}")
     broker = ctx.make()
     broker.plain_listeners = 2  # one destination port gives at most the ephemeral port range
     conns: list[loadgen.IdleConnections] = []
