@@ -346,7 +346,7 @@ class MosquittoBroker(Broker):
 
     @property
     def tuned_settings(self) -> tuple[str, ...]:
-        settings = MOSQUITTO_SETTINGS
+        settings: tuple[str, ...] = MOSQUITTO_SETTINGS
         if self.restartable:
             # Persistent sessions across a restart: without persistence mosquitto has nothing to restore.
             settings = tuple(x for x in settings if not x.startswith("persistence "))

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from bench import loadgen
 from bench.brokers import Broker, BrokerError, rss_kib
@@ -287,7 +287,7 @@ def run_idle(ctx: Context) -> dict[str, Any]:
         if established == 0:
             raise loadgen.LoadgenError(f"no connection established ({'; '.join(errors)})")
         per_conn = (after - before) / established
-        out = {
+        out: dict[str, Any] = {
             "value": per_conn, "rss_before_kib": before, "rss_after_kib": after, "established": established,
             "failed": failed, "dropped": dropped, "connect_s": seconds,
             "connect_rate": established / seconds if seconds > 0 else None, "first_error": "; ".join(errors),
@@ -368,7 +368,7 @@ def run_subscriptions(ctx: Context) -> dict[str, Any]:
         many = _fan_in(ctx, broker, "m")
         if not broker.running:
             raise BrokerError(f"{broker.label} exited\n{broker.log_tail(10)}")
-        out = {
+        out: dict[str, Any] = {
             "value": many["rate"], "base_rate": base["rate"],
             "rate_ratio": many["rate"] / base["rate"] if base["rate"] else None,
             "subscribe_s": seconds, "subscribe_rate": n / seconds if seconds > 0 else None,
@@ -405,8 +405,9 @@ class _SessionClient(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
-        transport.write(connect_packet(self.client_id, self.clean))
+        # uvloop's transports are not asyncio.Transport subclasses, but have the same write/close.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(connect_packet(self.client_id, self.clean))
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -641,7 +642,7 @@ def run_retained(ctx: Context) -> dict[str, Any]:
         broker_cpu = cpu_seconds(broker.pid) - cpu_broker
         driver_cpu = own_cpu_seconds() - cpu_self
         rss_peak = peak.stop()
-        out = {
+        out: dict[str, Any] = {
             "value": deliver_s, "publish_s": publish_s, "acked": acked, "expected": n, "lost": n - len(seen),
             "duplicates": duplicates, "not_retained": not_retained,
             "rss_empty_kib": rss_empty, "rss_before_kib": rss_before, "rss_peak_kib": rss_peak,
