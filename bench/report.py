@@ -160,7 +160,10 @@ def results_tables(summary: Summary, params: Params) -> list[str]:
         "",
         "Throughput: messages received by the subscribers per second (fan-out: deliveries to all "
         f"{params.fanout_subscribers} subscribers per second); higher is better. Latency and memory: lower is better, so there a "
-        "ratio below 1 means ours is ahead.",
+        "ratio below 1 means ours is ahead."
+        + (" Scale scenarios: rates (msg/s, conn/s) higher is better, times (s) and memory lower; "
+           "\"with the filters ÷ with 100\" near 1 means matching does not slow down with non-matching filters."
+           if any(s.kind == "scale" for s in summary.scenarios) else ""),
         "",
     ]
     return lines + _table(header, rows, "l" + "r" * (len(header) - 1))
