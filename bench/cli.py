@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "(default: all but the scale ones)")
     parser.add_argument("--scale", action="store_true",
                         help=f"add the scale scenarios of issue 13 ({','.join(scale_keys)}) to the default ones "
-                        "(about 5 more minutes)")
+                        "(about 2-3 more minutes per round)")
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true",
                         help="smoke mode: 1 short round, 300 idle connections, no quiet-machine wait, no doc")
