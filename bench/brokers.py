@@ -67,8 +67,19 @@ def free_port() -> int:
 
 
 def raise_nofile_limit(wanted: int) -> int:
-    """Raise this process's open-file limit towards ``wanted`` (at most the hard limit); returns it."""
+    """Raise this process's open-file limit towards ``wanted``; returns it.
+
+    The soft limit goes up to the hard limit; a privileged process (root, CAP_SYS_RESOURCE) also
+    raises the hard limit when it is below ``wanted`` (50,000 idle connections need as many
+    descriptors in the broker, and container defaults are often lower). Children inherit it.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            pass  # not privileged: the hard limit stays
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft == resource.RLIM_INFINITY or soft >= target:
         return soft if soft != resource.RLIM_INFINITY else wanted
@@ -118,6 +129,12 @@ class Broker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"{self.key}.log"
         self.starts = 0
+        # Scale scenarios (bench/scale.py): more plain listeners (ports beyond the first in
+        # extra_ports: one destination port gives at most the ephemeral port range of
+        # connections), and restarts on the same port and data (persistent sessions).
+        self.plain_listeners = 1
+        self.extra_ports: list[int] = []
+        self.restartable = False  # restarts keep port and data; mosquitto: persistence on
 
     # --- to be provided by subclasses
     def command(self) -> list[str]:
@@ -141,8 +158,8 @@ class Broker:
         return {"plain": self.port, "tls": self.tls_port, "ws": self.ws_port}[listener]
 
     def _wait_ready(self, deadline: float) -> None:
-        """Default readiness: the port (and the TLS and WebSockets ports) accept TCP connections."""
-        ports = [self.port] + [self.tls_port] * (self.tls is not None) + [self.ws_port] * self.ws
+        """Default readiness: the ports (plain, TLS and WebSockets) accept TCP connections."""
+        ports = self.plain_ports + [self.tls_port] * (self.tls is not None) + [self.ws_port] * self.ws
         for port in ports:
             while True:
                 self._check_alive("before accepting connections")
@@ -164,7 +181,16 @@ class Broker:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def plain_ports(self) -> list[int]:
+        return [self.port, *self.extra_ports]
+
     def start(self) -> None:
+        self.launch()
+        self._wait_ready(time.monotonic() + STARTUP_TIMEOUT)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be ready (restart timing waits its own way)."""
         assert not self.running, f"{self.label} already running"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.prepare()
@@ -182,7 +208,6 @@ class Broker:
                 env=self.env(),
                 preexec_fn=_child_limits(self.nofile),
             )
-        self._wait_ready(time.monotonic() + STARTUP_TIMEOUT)
 
     def stop(self) -> None:
         """SIGTERM (SIGINT for amqtt), then SIGKILL if it does not exit in time."""
@@ -233,14 +258,21 @@ class OursBroker(Broker):
 
     def command(self) -> list[str]:
         # With TLS or WebSockets: a [[listener]] table for each; --port 0 adds the plain listener in front.
-        config = ["-c", str(self.listeners_config)] if self.tls is not None or self.ws else []
-        return [sys.executable, "-m", "broker", *config, "--port", "0", "--data-dir", str(self.data_dir),
+        # With several plain listeners: a table for each (port 0: the OS chooses), and no --port.
+        tables = self.tls is not None or self.ws or self.plain_listeners > 1
+        config = ["-c", str(self.listeners_config)] if tables else []
+        port = [] if self.plain_listeners > 1 else ["--port", str(self.port if self.restartable else 0)]
+        return [sys.executable, "-m", "broker", *config, *port, "--data-dir", str(self.data_dir),
                 *self.extra_args]
 
     def prepare(self) -> None:
+        if self.restartable and self.starts > 0:
+            return  # a restart: same port, same data
         # A fresh database for each start, so one round's leftovers never slow the next.
         shutil.rmtree(self.data_dir, ignore_errors=True)
         tables = []
+        if self.plain_listeners > 1:
+            tables += ["[[listener]]\nport = 0\n"] * self.plain_listeners
         if self.tls is not None:
             tables.append(f'[[listener]]\nport = 0\ncertfile = "{self.tls.cert}"\nkeyfile = "{self.tls.key}"\n')
         if self.ws:
@@ -262,10 +294,13 @@ class OursBroker(Broker):
                 match = LISTENING.search(text)
             tls_match = TLS_LISTENING.search(text) if self.tls is not None else None
             ws_match = WS_LISTENING.search(text) if self.ws else None
-            if match and (self.tls is None or tls_match) and (not self.ws or ws_match):
+            plain = LISTENING.findall(text) if self.plain_listeners > 1 else []
+            if (match and (self.tls is None or tls_match) and (not self.ws or ws_match)
+                    and (self.plain_listeners == 1 or len(plain) >= self.plain_listeners)):
                 host = match.group(1).strip("[]")
                 self.host = {"0.0.0.0": "127.0.0.1"}.get(host, host)
                 self.port = int(match.group(2))
+                self.extra_ports = [int(p) for _, p in plain[1:]]
                 self.tls_port = int(tls_match.group(2)) if tls_match else 0
                 self.ws_port = int(ws_match.group(2)) if ws_match else 0
                 return
@@ -311,9 +346,14 @@ class MosquittoBroker(Broker):
 
     @property
     def tuned_settings(self) -> tuple[str, ...]:
+        settings: tuple[str, ...] = MOSQUITTO_SETTINGS
+        if self.restartable:
+            # Persistent sessions across a restart: without persistence mosquitto has nothing to restore.
+            settings = tuple(x for x in settings if not x.startswith("persistence "))
+            settings += ("persistence true", f"persistence_location {self.workdir}/")
         if not self.default_limits:
-            return MOSQUITTO_SETTINGS
-        return tuple(x for x in MOSQUITTO_SETTINGS if not x.startswith("max_queued_messages"))
+            return settings
+        return tuple(x for x in settings if not x.startswith("max_queued_messages"))
 
     def command(self) -> list[str]:
         return [MOSQUITTO, "-c", str(self.config_path)]
@@ -333,12 +373,18 @@ class MosquittoBroker(Broker):
             lines += [f"listener {self.tls_port} 127.0.0.1", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
         if self.ws:
             lines += [f"listener {self.ws_port} 127.0.0.1", "protocol websockets"]
+        lines += [f"listener {port} 127.0.0.1" for port in self.extra_ports]
         return lines
 
     def prepare(self) -> None:
         if not os.path.exists(MOSQUITTO):
             raise BrokerError(f"{MOSQUITTO} not found: apt-get install mosquitto")
+        if self.restartable and self.starts > 0:
+            return  # a restart: same port, same persistence file
+        if self.restartable:
+            (self.workdir / "mosquitto.db").unlink(missing_ok=True)
         self.port = free_port()
+        self.extra_ports = [free_port() for _ in range(self.plain_listeners - 1)]
         if self.tls is not None:
             self.tls_port = free_port()
         if self.ws:

@@ -19,21 +19,29 @@ from bench.brokers import BROKER_KEYS, BrokerError
 from bench.machine import machine_info
 from bench.report import Summary, generated_section, update_doc
 from bench.runner import Bench
-from bench.scenarios import Params, scenarios
+from bench.scale import scale_scenarios
+from bench.scenarios import Params, Scenario, scenarios
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DOC = REPO_ROOT / "docs" / "benchmarks.md"
 
 PRESETS: dict[str, dict[str, Any]] = {
     # A few seconds per broker: proves the harness and the brokers work, not a measurement.
-    "quick": dict(rounds=1, duration=1.0, warmup=0.3, connections=300, drain_idle=2.0, retries=0),
+    "quick": dict(rounds=1, duration=1.0, warmup=0.3, connections=300, drain_idle=2.0, retries=0,
+                  idle_connections=600, subscriptions=2000, sessions=200, queued=3, retained=2000),
     "default": {},
     "long": dict(rounds=5, duration=10.0, warmup=2.0),
 }
 
 
+def all_scenarios(params: Params) -> dict[str, Scenario]:
+    """Every scenario by key: the default ones, then the scale ones (only with --scale or by name)."""
+    return {**scenarios(params), **{s.key: s for s in scale_scenarios(params)}}
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    all_scenarios = list(scenarios(Params()))
+    default_scenarios = list(scenarios(Params()))
+    scale_keys = [s.key for s in scale_scenarios(Params())]
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark our broker against mosquitto and amqtt on this machine, in one run "
@@ -41,8 +49,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--brokers", default=",".join(BROKER_KEYS),
                         help=f"comma-separated, from {','.join(BROKER_KEYS)} (default: all)")
-    parser.add_argument("--scenarios", default=",".join(all_scenarios),
-                        help=f"comma-separated, from {','.join(all_scenarios)} (default: all)")
+    parser.add_argument("--scenarios",
+                        help=f"comma-separated, from {','.join(default_scenarios + scale_keys)} "
+                        "(default: all but the scale ones)")
+    parser.add_argument("--scale", action="store_true",
+                        help=f"add the scale scenarios of issue 13 ({','.join(scale_keys)}) to the default ones "
+                        "(about 2-3 more minutes per round)")
     preset = parser.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true",
                         help="smoke mode: 1 short round, 300 idle connections, no quiet-machine wait, no doc")
@@ -62,6 +74,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="msg/s the slow subscriber reads in the slow-fast scenario (default 1000)")
     parser.add_argument("--devices", type=int,
                         help="publishers in the devices scenario, one QoS 1 message every 10 s each (default 10000)")
+    parser.add_argument("--idle-connections", type=int, help="connections in scale-idle (default 50000)")
+    parser.add_argument("--subscriptions", type=int, help="filters in scale-subs (default 100000)")
+    parser.add_argument("--sessions", type=int, help="persistent sessions in scale-sessions (default 10000)")
+    parser.add_argument("--queued", type=int, help="QoS 1 messages queued per session in scale-sessions (default 10)")
+    parser.add_argument("--retained", type=int, help="retained messages in scale-retained (default 100000)")
     parser.add_argument("--latency-rate", type=float, help="messages per second in the latency scenarios (default 1000)")
     parser.add_argument("--retries", type=int,
                         help="extra attempts for a run during which other processes were busy (default 1)")
@@ -86,7 +103,8 @@ def build_params(args: argparse.Namespace) -> Params:
     overrides = {
         name: getattr(args, name)
         for name in ("rounds", "duration", "warmup", "connections", "publishers", "fanout_subscribers", "payload",
-                     "window", "transit", "slow_rate", "devices", "latency_rate", "retries", "quiet_threshold", "quiet_timeout")
+                     "window", "transit", "slow_rate", "devices", "latency_rate", "retries", "quiet_threshold", "quiet_timeout",
+                     "idle_connections", "subscriptions", "sessions", "queued", "retained")
         if getattr(args, name) is not None
     }
     params = replace(params, **overrides)
@@ -115,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     params = build_params(args)
-    all_scenarios = scenarios(params)
+    known = all_scenarios(params)
     broker_keys = _split(args.brokers, list(BROKER_KEYS), "broker")
-    chosen = [all_scenarios[k] for k in _split(args.scenarios, list(all_scenarios), "scenario")]
+    wanted = args.scenarios or ",".join(k for k, s in known.items() if args.scale or s.kind != "scale")
+    chosen = [known[k] for k in _split(wanted, list(known), "scenario")]
     quiet_wait = not (args.no_quiet_wait or args.quick)
     if not quiet_wait:
         params = replace(params, retries=0)

@@ -93,6 +93,11 @@ class IdleConnections:
 
     def open(self, timeout: float) -> tuple[int, int, float]:
         """Connect all; returns (established, failed, seconds taken)."""
+        self.spawn(timeout)
+        return self.wait_open()
+
+    def spawn(self, timeout: float) -> None:
+        """Start connecting (several instances, one per port, connect at the same time)."""
         self.proc = subprocess.Popen(
             [*self.command, "--connect-timeout", str(timeout)],
             stdin=subprocess.PIPE,
@@ -101,7 +106,10 @@ class IdleConnections:
             text=True,
             preexec_fn=_child_limits(self.nofile),
         )
-        assert self.proc.stdout is not None
+
+    def wait_open(self) -> tuple[int, int, float]:
+        """Wait until spawn()'s connections are up; returns (established, failed, seconds taken)."""
+        assert self.proc is not None and self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("ready "):
             self.proc.kill()

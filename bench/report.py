@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import scale
 from bench.runner import RunResult
 from bench.scenarios import Params, Scenario
 
@@ -135,13 +136,18 @@ def results_tables(summary: Summary, params: Params) -> list[str]:
     header = ["Scenario"] + [LABELS[b] for b in brokers] + [f"ours ÷ {b}" for b in ratio_cols]
     rows: list[list[str]] = []
     for s in summary.scenarios:
-        figures = [("p50", "p50"), ("p99", "p99")] if s.kind == "latency" else [("value", "")]
-        for figure, suffix in figures:
-            title = f"{s.title} {suffix}".strip() + f" ({s.unit})"
+        figures = [("p50", "p50", s.unit), ("p99", "p99", s.unit)] if s.kind == "latency" else [("value", "", s.unit)]
+        if s.kind == "scale":
+            figures = [(name, f": {label}", unit) for name, label, unit in scale.ROWS[s.key]]
+        for figure, suffix, unit in figures:
+            title = f"{s.title}{suffix if suffix.startswith(':') else ' ' + suffix}".strip() + f" ({unit})"
             row = [title]
             for b in brokers:
                 cell = summary.cell(s.key, b)
-                text = _num(cell.median(figure), s.unit)
+                if s.kind == "scale":
+                    text = scale.format_figure(cell.median(figure), unit)
+                else:
+                    text = _num(cell.median(figure), unit)
                 if cell.runs and not cell.good:
                     text = "failed"
                 elif cell.runs and len(cell.good) < len(cell.runs):
@@ -154,7 +160,10 @@ def results_tables(summary: Summary, params: Params) -> list[str]:
         "",
         "Throughput: messages received by the subscribers per second (fan-out: deliveries to all "
         f"{params.fanout_subscribers} subscribers per second); higher is better. Latency and memory: lower is better, so there a "
-        "ratio below 1 means ours is ahead.",
+        "ratio below 1 means ours is ahead."
+        + (" Scale scenarios: rates (msg/s, conn/s) higher is better, times (s) and memory lower; "
+           "\"with the filters ÷ with 100\" near 1 means matching does not slow down with non-matching filters."
+           if any(s.kind == "scale" for s in summary.scenarios) else ""),
         "",
     ]
     return lines + _table(header, rows, "l" + "r" * (len(header) - 1))
@@ -183,7 +192,7 @@ def targets_table(summary: Summary) -> list[str]:
 def delivery_table(summary: Summary) -> list[str]:
     rows = []
     for s in summary.scenarios:
-        if s.kind == "memory":
+        if s.kind == "memory" or s.key == "scale-idle":
             continue
         row = [s.title]
         for b in summary.brokers:
@@ -202,6 +211,8 @@ def delivery_table(summary: Summary) -> list[str]:
                 parts.append(f"{cell.total('protocol_errors'):,} protocol errors")
             row.append(", ".join(parts))
         rows.append(row)
+    if not rows:
+        return []
     return [
         "### Delivery check (all rounds)",
         "",
@@ -214,7 +225,7 @@ def delivery_table(summary: Summary) -> list[str]:
 def cpu_table(summary: Summary) -> list[str]:
     rows = []
     for s in summary.scenarios:
-        if s.kind == "memory":
+        if s.kind in ("memory", "scale"):
             continue
         row = [s.title]
         for b in summary.brokers:
@@ -229,7 +240,10 @@ def cpu_table(summary: Summary) -> list[str]:
                    if s.kind == "throughput" else "")
             )
         rows.append(row)
-    shares = [summary.cell(s.key, b) for s in summary.scenarios if s.kind != "memory" for b in summary.brokers]
+    if not rows:
+        return []
+    shares = [summary.cell(s.key, b) for s in summary.scenarios if s.kind not in ("memory", "scale")
+              for b in summary.brokers]
     total = [v for c in shares if (v := c.median("loadgen_cores")) is not None]
     user = [v for c in shares if (v := c.median("loadgen_user_cores")) is not None]
     share_line = []
@@ -275,6 +289,42 @@ def memory_table(summary: Summary) -> list[str]:
     return ["### Memory detail (medians)", ""] + _table(
         [""] + [LABELS[b] for b in summary.brokers], rows, "l" + "r" * len(summary.brokers)
     )
+
+
+SCALE_DETAIL: list[tuple[str, str, str, str]] = [
+    # (scenario, figure, label, unit)
+    ("scale-subs", "base_broker_us_per_msg", "broker CPU per message with 100 filters", "µs"),
+    ("scale-subs", "broker_us_per_msg", "broker CPU per message with all filters", "µs"),
+    ("scale-subs", "subscribe_broker_cpu_s", "broker CPU to subscribe them", "s"),
+    ("scale-subs", "rss_before_kib", "VmRSS before subscribing them", "MiB"),
+    ("scale-sessions", "subscribe_s", "subscribing (connect, SUBSCRIBE, DISCONNECT each)", "s"),
+    ("scale-sessions", "stop_s", "graceful stop (SIGTERM until exit)", "s"),
+    ("scale-sessions", "rss_before_restart_kib", "VmRSS before the stop", "MiB"),
+    ("scale-sessions", "storm_connect_s", "storm: until every CONNACK", "s"),
+    ("scale-sessions", "storm_broker_cpu_s", "storm: broker CPU", "s"),
+    ("scale-sessions", "storm_driver_cpu_s", "storm: driver (Python) CPU", "s"),
+    ("scale-retained", "rss_empty_kib", "VmRSS before publishing", "MiB"),
+    ("scale-retained", "deliver_rate", "delivered per second", "msg/s"),
+    ("scale-retained", "broker_cpu_s", "delivery: broker CPU", "s"),
+    ("scale-retained", "driver_cpu_s", "delivery: driver (Python) CPU", "s"),
+]
+
+
+def scale_detail_table(summary: Summary) -> list[str]:
+    keys = {s.key: s for s in summary.scenarios}
+    rows = []
+    for key, figure, label, unit in SCALE_DETAIL:
+        if key not in keys:
+            continue
+        row = [f"{keys[key].title}: {label} ({unit})"]
+        row += [scale.format_figure(summary.cell(key, b).median(figure), unit) for b in summary.brokers]
+        rows.append(row)
+    if not rows:
+        return []
+    return ["### Scale scenarios: detail (medians)", "",
+            "The driver is the Python side of the bench that plays the clients in these phases; its CPU "
+            "beside the broker's shows whether it could have been the limit.", ""] + _table(
+        [""] + [LABELS[b] for b in summary.brokers], rows, "l" + "r" * len(summary.brokers))
 
 
 def notes(summary: Summary, remarks: list[str]) -> list[str]:
@@ -333,7 +383,7 @@ def generated_section(
         lines.append(f"- {s.title}: {s.describe(params)}")
     lines.append("")
     for block in (results_tables(summary, params), targets_table(summary), delivery_table(summary),
-                  cpu_table(summary), memory_table(summary), notes(summary, remarks or [])):
+                  cpu_table(summary), memory_table(summary), scale_detail_table(summary), notes(summary, remarks or [])):
         if block:
             lines += block + [""]
     return "\n".join(lines).rstrip() + "\n"

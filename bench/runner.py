@@ -18,6 +18,7 @@ from bench.brokers import (
     TLS_BROKERS, WS_BROKERS, WS_PATH, Broker, BrokerError, MosquittoBroker, TLSFiles, make_broker,
     raise_nofile_limit,
 )
+from bench import scale
 from bench.machine import wait_quiet
 from bench.scenarios import Params, Scenario, figures
 
@@ -57,13 +58,21 @@ class Bench:
         self.say = say
         self.wait_for_quiet = wait_for_quiet
         # Each process holds up to one descriptor per connection, plus its own few.
-        self.nofile = raise_nofile_limit(max(max(params.connections, params.devices) + 1024, 4096))
+        needed = max(params.connections, params.devices)
+        keys = {s.key for s in scenario_list}
+        if "scale-idle" in keys:
+            needed = max(needed, params.idle_connections)
+        if "scale-sessions" in keys:
+            needed = max(needed, params.sessions)
+        self.nofile = raise_nofile_limit(max(needed + 1024, 4096))
         self.brokers: dict[str, Broker] = {}
         self.results: list[RunResult] = []
         self._tag_counter = 0
         # TLS scenarios: one CA and server certificate for every broker's TLS listener.
         self.tls = TLSFiles(workdir / "certs") if any(s.tls for s in scenario_list) else None
         self.remarks: list[str] = []  # for the report: e.g. why a broker was left out of a scenario
+        if "amqtt" in broker_keys and any(s.kind == "scale" for s in scenario_list):
+            self.remarks.append(scale.AMQTT_REMARK)
         self._ws: dict[str, bool] = {}
 
     def _with_ws(self, key: str) -> bool:
@@ -86,6 +95,8 @@ class Bench:
 
     def _measures(self, scenario: Scenario, key: str) -> bool:
         """Whether broker ``key`` runs ``scenario`` (amqtt has no TLS nor WebSockets listener here)."""
+        if scenario.kind == "scale":
+            return key in scale.SCALE_BROKERS
         if scenario.tls:
             return key in TLS_BROKERS
         if scenario.ws:
@@ -97,7 +108,10 @@ class Bench:
         info = {}
         for key in self.broker_keys:
             broker = self._make(key)
-            info[key] = {"version": broker.version(), "settings": broker.settings()}
+            settings = broker.settings()
+            if any(s.kind == "scale" for s in self.scenarios):
+                settings += scale.SETTINGS.get(key, [])
+            info[key] = {"version": broker.version(), "settings": settings}
         return info
 
     def run(self) -> list[RunResult]:
@@ -105,7 +119,7 @@ class Bench:
         if self.params.connections + 64 > self.nofile:
             self.say(f"warning: open-file limit {self.nofile} is too low for {self.params.connections} connections")
         try:
-            if any(s.kind != "memory" for s in self.scenarios):
+            if any(s.kind not in ("memory", "scale") for s in self.scenarios):
                 for key in self.broker_keys:
                     self.brokers[key] = self._make(key)
                     self.brokers[key].start()
@@ -150,6 +164,8 @@ class Bench:
     def _run_one(self, round_no: int, scenario: Scenario, key: str) -> RunResult:
         if scenario.kind == "memory":
             return self._run_memory(round_no, scenario, key)
+        if scenario.kind == "scale":
+            return self._run_scale(round_no, scenario, key)
         broker = self._broker_for(key, scenario)
         result = RunResult(key, scenario.key, round_no, ok=False)
         for attempt in range(1, self.params.retries + 2):
@@ -243,6 +259,26 @@ class Bench:
         return result
 
 
+    def _run_scale(self, round_no: int, scenario: Scenario, key: str) -> RunResult:
+        """A scale scenario (bench/scale.py) against a fresh broker."""
+        result = RunResult(key, scenario.key, round_no, ok=False)
+        context = scale.Context(
+            params=self.params, tag=self._next_tag(key, scenario), nofile=self.nofile, say=self.say,
+            make=lambda: make_broker(key, self.workdir / f"{key}-{scenario.key}", self.nofile, self.ours_args),
+        )
+        try:
+            result.quiet_wait_s = self._quiet()
+            figs = scale.RUNNERS[scenario.key](context)
+        except (loadgen.LoadgenError, BrokerError, OSError, ConnectionError, TimeoutError) as exc:
+            result.error = _one_line(f"{type(exc).__name__}: {exc}")
+            return result
+        result.error = figs.pop("error", "")
+        result.figures = figs
+        result.value = figs.get("value")
+        result.ok = result.value is not None and not result.error
+        return result
+
+
 def _one_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[0][:300] if lines else "error"
@@ -253,7 +289,12 @@ def _progress_line(result: RunResult, scenario: Scenario) -> str:
     if not result.ok and result.value is None:
         return f"{head} FAILED: {result.error}"
     f = result.figures
-    if scenario.kind == "memory":
+    if scenario.kind == "scale":
+        text = head + "  " + ", ".join(
+            f"{label} {scale.format_figure(f.get(name), unit)} {unit}".rstrip() for name, label, unit in scale.ROWS[scenario.key])
+        if "expected" in f:
+            text += f"  lost {f.get('lost', 0)} of {f['expected']}"
+    elif scenario.kind == "memory":
         text = (f"{head} {f['value']:8.2f} KiB/conn  (RSS {f['rss_before_kib'] / 1024:.1f} -> "
                 f"{f['rss_after_kib'] / 1024:.1f} MiB, {f['established']} conns in {f['connect_s']:.1f}s)")
     else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["throughput", "latency", "memory"]
+Kind = Literal["throughput", "latency", "memory", "scale"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,12 @@ class Params:
     connections: int = 5000  # idle connections in the memory scenario
     slow_rate: float = 1000.0  # msg/s the slow subscriber reads in the slow + fast scenario
     devices: int = 10_000  # publishers of the devices scenario, one QoS 1 message every 10 s each
+    # The scale scenarios of issue 13 (bench/scale.py; run with --scale or by name)
+    idle_connections: int = 50_000
+    subscriptions: int = 100_000
+    sessions: int = 10_000
+    queued: int = 10  # QoS 1 messages queued per persistent session
+    retained: int = 100_000
     drain_timeout: float = 30.0
     drain_idle: float = 3.0
     quiet_threshold: float = 0.3  # busy cores (of other processes) tolerated
@@ -59,6 +65,7 @@ class Scenario:
     free_running: bool = False
     # Subscriber 0 reads this many msg/s from publisher 0's topic only; the others read all.
     slow_rate: float = 0.0
+    text: str = ""  # scale scenarios: the report's description (their load is not loadgen options)
 
     @property
     def default_limits(self) -> bool:
@@ -69,7 +76,7 @@ class Scenario:
     def unit(self) -> str:
         if self.kind == "throughput" and self.subscribers > 1 and not self.slow_rate:
             return "deliveries/s"
-        return {"throughput": "msg/s", "latency": "µs", "memory": "KiB/conn"}[self.kind]
+        return {"throughput": "msg/s", "latency": "µs", "memory": "KiB/conn", "scale": ""}[self.kind]
 
     @property
     def higher_is_better(self) -> bool:
@@ -98,6 +105,8 @@ class Scenario:
 
     def describe(self, params: Params) -> str:
         """One line for the report: what the load was."""
+        if self.kind == "scale":
+            return self.text
         over = " over TLS (ECDSA P-256 certificate, TLS 1.3)" if self.tls else ""
         if self.ws:
             over = (" over WebSockets (ws://127.0.0.1:PORT/mqtt, subprotocol `mqtt`; each MQTT packet in a "

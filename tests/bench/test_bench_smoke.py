@@ -124,3 +124,43 @@ def test_free_running_scenarios_run_and_lose_nothing(tmp_path: Path) -> None:
         assert run["value"] > 0, run
     fair = report["scenarios"]["slow-fast"]["ours"]["runs"][0]
     assert fair["value"] > fair["held_publisher_rate"], fair
+
+
+SCALE_SCENARIOS = ["scale-idle", "scale-subs", "scale-sessions", "scale-retained"]
+
+
+def test_scale_scenarios_at_tiny_size_yield_figures_and_lose_nothing(tmp_path: Path) -> None:
+    """Issue 13's scale scenarios, each at a tiny size (--quick), against ours and mosquitto: every
+    figure of the report is there, every connection held, every queued and retained message delivered."""
+    out = tmp_path / "bench.json"
+    command = [
+        sys.executable, "-m", "bench", "--quick", "--brokers", ",".join(BROKERS),
+        "--scenarios", ",".join(SCALE_SCENARIOS), "--duration", "0.5", "--warmup", "0.2",
+        "--idle-connections", "400", "--subscriptions", "1000", "--sessions", "100", "--queued", "3",
+        "--retained", "1000", "--json", str(out),
+    ]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    from bench.scale import ROWS
+
+    for scenario in SCALE_SCENARIOS:
+        for broker in BROKERS:
+            cell = report["scenarios"][scenario][broker]
+            where = f"{scenario}/{broker}: {cell['runs']}"
+            run = cell["runs"][0]
+            assert run["error"] == "", where
+            for figure, _, _ in ROWS[scenario]:
+                assert run[figure] is not None and math.isfinite(run[figure]) and run[figure] >= 0, (figure, where)
+            if scenario == "scale-idle":
+                assert run["established"] == 400 and run["failed"] == 0 and run["dropped"] == 0, where
+                continue
+            assert run["expected"] > 0 and run["lost"] == 0, where
+            if scenario == "scale-subs":
+                assert run["refused"] == 0 and run["protocol_errors"] == 0, where
+            if scenario == "scale-sessions":
+                assert run["expected"] == 300 and run["acked"] == 300 and run["sessions_present"] == 100, where
+            if scenario == "scale-retained":
+                assert run["expected"] == 1000 and run["acked"] == 1000 and run["not_retained"] == 0, where
+                assert run["rss_peak_kib"] >= run["rss_before_kib"] > 0, where
+    assert "| 100 persistent sessions, restart: restart until CONNACK (s) |" in proc.stdout
