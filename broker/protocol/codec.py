@@ -280,6 +280,10 @@ def _decode_connack(first: int, body: Body, version: int | None, from_client: bo
     return Connack(bool(ack_flags), code, props)
 
 
+# PUBACK, PUBREC, PUBREL, PUBCOMP by first byte (with the flags the rules allow): decoded
+# inline by the reader when they carry a packet id only (always in 3.1.1, mostly in 5).
+_SHORT_ACKS: dict[int, type] = {0x40: Puback, 0x50: Pubrec, 0x62: Pubrel, 0x70: Pubcomp}
+
 # Fixed header bytes of a packet whose Remaining Length has ``n`` significant bits, when
 # that length is encoded in as few bytes as it can be (as every encoder does).
 _MINIMAL_HEADER = tuple(2 + max(0, bits - 1) // 7 for bits in range(29))
@@ -654,7 +658,12 @@ class PacketReader:
                 if stop > size:
                     need = stop - pos
                     break
-                if first & 0xF0 == 0x30:
+                if length == 2 and first in _SHORT_ACKS:  # the common acknowledgement: id only
+                    packet_id = (buf[i] << 8) | buf[i + 1]
+                    if not packet_id:
+                        raise ProtocolError(f"{_SHORT_ACKS[first].__name__.upper()} with packet identifier 0")
+                    packet = _SHORT_ACKS[first](packet_id)
+                elif first & 0xF0 == 0x30:
                     packet = _decode_publish_span(first, buf, i, stop, version, from_client)
                     if first == 0x30 and version != 5 and i - pos == _MINIMAL_HEADER[length.bit_length()]:
                         # A 3.1.1 QoS 0 PUBLISH without flags is its own forwarding form.
