@@ -14,31 +14,42 @@ import weakref
 from broker.message import Message
 
 
+class _RowRef(weakref.ref):
+    """A weak reference to a message that also carries its key and row (no closure per message)."""
+
+    __slots__ = ("key", "row")
+    key: int
+    row: int
+
+
 class MessageRows:
     """``Message`` object -> row id, without keeping the object alive."""
 
-    __slots__ = ("_rows",)
+    __slots__ = ("_rows", "_forget")
 
     def __init__(self) -> None:
-        self._rows: dict[int, tuple[weakref.ref[Message], int]] = {}
+        self._rows: dict[int, _RowRef] = {}
+        rows = self._rows
+
+        def forget(ref: _RowRef) -> None:
+            """The message is gone: drop its entry, unless the id was reused meanwhile."""
+            if rows.get(ref.key) is ref:
+                del rows[ref.key]
+
+        self._forget = forget
 
     def get(self, message: Message) -> int:
         """The row of ``message``, or 0 if this storage has not stored or read it."""
-        entry = self._rows.get(id(message))
-        if entry is not None and entry[0]() is message:
-            return entry[1]
+        ref = self._rows.get(id(message))
+        if ref is not None and ref() is message:
+            return ref.row
         return 0
 
     def remember(self, message: Message, row: int) -> None:
-        key = id(message)
-        rows = self._rows
-
-        def forget(ref: weakref.ref[Message]) -> None:
-            current = rows.get(key)
-            if current is not None and current[0] is ref:
-                del rows[key]
-
-        rows[key] = (weakref.ref(message, forget), row)
+        ref = _RowRef(message, self._forget)
+        ref.key = key = id(message)
+        ref.row = row
+        self._rows[key] = ref
 
     def __len__(self) -> int:
         return len(self._rows)
