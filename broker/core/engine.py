@@ -204,8 +204,13 @@ class Engine:
         self._purging = False
         self._running_commit: asyncio.Future[None] | None = None
         self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
-        # Queue entries a persistent session holds in RAM at most (the rest stays in storage).
+        # Queue entries read back from storage at a time.
         self.queue_page = max(500, 2 * config.max_inflight_messages)
+        # Queue entries an online persistent session holds in RAM at most; the rest stays in
+        # storage and is read back in pages. Up to the queue limit (at most four pages): with
+        # the default limits backpressure (flow.py) keeps a queue below it, so a busy
+        # subscriber is not made to read its own messages back from disk.
+        self.spill_at = max(self.queue_page, min(config.max_queued_messages, 4 * self.queue_page))
         self.lifecycle = SessionLifecycle(self)
         # AUTH: who may connect and use which topics (broker/auth); the server sets the configured one.
         self.auth = AccessControl(FileBackend())

@@ -224,7 +224,7 @@ class Session:
             if trim:
                 self.start_io(self._trim(), True)
         gate = self.engine.ack_gate if stored else None
-        if conn is None or self.backlog or (self.persistent and len(self.pending) >= self.engine.queue_page):
+        if conn is None or self.backlog or (self.persistent and len(self.pending) >= engine.spill_at):
             if gate is not None:
                 gate.pin()  # held in storage only: the publisher's PUBACK waits for the commit
             if not self.backlog and conn is not None:
