@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from broker.core import packetlog
 from broker.core.ackgate import AckGate
 from broker.core.aliases import OutboundAliases
-from broker.core.flow import HELD_BYTES_LIMIT
+from broker.core.flow import HELD_BYTES_LIMIT, Hold
 from broker.core.handlers import HANDLERS, dispatch
 from broker.core.session import Session
 from broker.core.slow_consumer import SOFT_BYTES, OutputMeter
@@ -141,7 +141,7 @@ class Connection:
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         # Backpressure (``flow.py``): the congested sessions this client's PUBLISHes fed, and
         # the packets waiting (unhandled, unacknowledged) until they drain.
-        self.held_by: set[Session] = set()
+        self.held_by: set[Hold] = set()  # why its PUBLISHes wait (flow.py)
         self.waiting: deque[Packet] = deque()
         self.waiting_bytes = 0
         self.reading_paused = False
@@ -289,7 +289,7 @@ class Connection:
                     self.engine.dropped_messages += 1
                     self.engine.stats.dropped_slow_consumer += 1
                     return True
-                self.engine.congestion.hit.append(self)  # reading, more slowly: slow the publisher
+                self.engine.flow.output_grew(self)  # reading, more slowly: hold the publisher
         topic = message.topic
         if self.version == MQTT_5:
             props = dict(message.properties) if message.properties else {}
@@ -448,11 +448,11 @@ class Connection:
             self.reading_paused = True
             self.pause_input("backpressure")
 
-    def hold(self, session: Session) -> None:
-        self.held_by.add(session)
+    def hold(self, reason: Hold) -> None:
+        self.held_by.add(reason)
 
-    def release(self, session: Session) -> None:
-        self.held_by.discard(session)
+    def release(self, reason: Hold) -> None:
+        self.held_by.discard(reason)
         if not self.held_by:
             self.wake()
 
@@ -478,14 +478,6 @@ class Connection:
             self.reading_paused = False
             self.last_received = time.monotonic()  # not heard while paused: not its fault
             self.resume_input("backpressure")
-
-    def throttle_input(self, paused: bool) -> None:
-        """Back-pressure of QoS 0 (slow_consumer.Congestion): stop or go on reading this publisher;
-        reading goes on only once no other owner (queue backpressure, AUTH) holds it (pause_input)."""
-        if paused:
-            self.pause_input("slow subscriber")
-        else:
-            self.resume_input("slow subscriber")
 
     def buffered_bytes(self) -> int:
         """Unsent output and waiting PUBLISHes (for the memory budget)."""
@@ -543,7 +535,7 @@ class Connection:
     def output_drained(self) -> None:
         """The edge saw the output buffer go down: publishers waiting for this client may go on."""
         if self.transport.write_buffer_size() <= SOFT_BYTES:
-            self.engine.congestion.drained(self)
+            self.engine.flow.output_drained(self)
 
     def schedule_keepalive(self) -> None:
         """CONNECT accepted: the keepalive timer replaces the CONNECT deadline (none for keepalive 0)."""
@@ -612,7 +604,7 @@ class Connection:
         engine = self.engine
         engine.connections.discard(self)
         engine.keepalive_timers.cancel(self)
-        engine.congestion.forget(self)
+        engine.flow.output_drained(self)  # as a subscriber, it holds no one any more
         if self.waiting or self.held_by:
             engine.flow.forget(self, self.held_by)
             self.waiting.clear()

@@ -26,7 +26,6 @@ from broker.core.queuelimits import QueueLimits
 from broker.core.retained import RetainedStore
 from broker.core.session import Session, Subscription
 from broker.core.sessions import SessionLifecycle
-from broker.core.slow_consumer import Congestion
 from broker.core.subscriptions import SubscriptionTree
 from broker.core.systopics import SysTopics
 from broker.core.takeovers import TakeoverWatch
@@ -197,7 +196,6 @@ class Engine:
         self._share_cursor: dict[tuple[str, str], int] = {}
         self.failure: BaseException | None = None
         self.loop = asyncio.get_running_loop()  # the engine lives on the loop that serves it
-        self.congestion = Congestion(self.loop)  # publishers paused for subscribers that read slowly
         # The acknowledgement gate of the QoS 1 PUBLISH being routed (core/ackgate.py), if any.
         self.ack_gate: AckGate | None = None
         self._next_commit: asyncio.Future[None] | None = None

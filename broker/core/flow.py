@@ -15,8 +15,16 @@ A subscriber that acknowledges nothing for ``stalled_subscriber_timeout`` second
 its publishers wait has stopped reading: they are let go, and its queue limits drop what
 does not fit, counted by reason (``Engine.drop``).
 
+QoS 0 has no queue to watch: a subscriber that reads, but more slowly than QoS 0 comes to
+it, shows as unsent output. Past ``SOFT_BYTES`` of it (``slow_consumer.py``) the publishers
+that feed it are held the same way, until its output is back under ``SOFT_BYTES``; one that
+has stopped reading is not waited for (its QoS 0 messages are dropped instead).
+
 The memory budget (``max_memory``) holds every publisher while the resident size is
 near it (within 1/8), and lets them go once it is 1/4 under (see ``check_memory``).
+
+This module is the one owner of who is held and why: each reason is a ``Hold``, and a
+connection is read again once no hold and no full memory budget keeps it.
 """
 
 from __future__ import annotations
@@ -29,9 +37,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from broker.config import AUTO_MEMORY, Config
+from broker.core.slow_consumer import SOFT_BYTES, OutputMeter
 
 if TYPE_CHECKING:
     from broker.core.session import Session
+    from broker.core.transport import Transport
 
 log = logging.getLogger("broker")
 
@@ -54,13 +64,20 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class Feeder(Protocol):
     """A connection whose PUBLISHes can be held back (``core/connection.py``)."""
 
-    def hold(self, session: Session) -> None:
-        """Handle no more PUBLISH until ``release(session)``."""
+    def hold(self, reason: Hold) -> None:
+        """Handle no more PUBLISH until ``release(reason)``."""
 
-    def release(self, session: Session) -> None: ...
+    def release(self, reason: Hold) -> None: ...
 
     def wake(self) -> None:
         """The memory budget has room again."""
+
+
+class SlowReader(Protocol):
+    """A subscriber's connection, as far as its unsent QoS 0 output is concerned."""
+
+    transport: Transport
+    meter: OutputMeter
 
 
 def machine_memory() -> int:
@@ -114,15 +131,25 @@ def marks(max_messages: int, max_bytes: int) -> tuple[int, int, int, int]:
     )
 
 
-class Congestion:
-    """A session over its high-water mark and the feeders waiting for it to drain."""
+class Hold:
+    """Why feeders wait: a session's queue over its high-water mark, or a subscriber's unsent
+    QoS 0 output over SOFT_BYTES; and the feeders it holds."""
 
     __slots__ = ("feeders", "acks", "since")
 
-    def __init__(self, acks: int, since: float) -> None:
+    def __init__(self, acks: int = 0, since: float = 0.0) -> None:
         self.feeders: set[Feeder] = set()
-        self.acks = acks  # the session's acknowledgement count when last seen
+        self.acks = acks  # a queue's session: its acknowledgement count when last seen
         self.since = since  # monotonic time of the last acknowledgement seen
+
+    def add(self, feeder: Feeder) -> None:
+        if feeder not in self.feeders:
+            self.feeders.add(feeder)
+            feeder.hold(self)
+
+    def release_all(self) -> None:
+        for feeder in self.feeders:
+            feeder.release(self)
 
 
 class FlowControl:
@@ -135,6 +162,7 @@ class FlowControl:
         "stall_timeout",
         "feeder",
         "congested",
+        "slow_outputs",
         "budget",
         "pause_at",
         "resume_at",
@@ -158,7 +186,8 @@ class FlowControl:
         self.stall_timeout = config.stalled_subscriber_timeout
         # The connection whose PUBLISH is being routed (set by the PUBLISH handler).
         self.feeder: Feeder | None = None
-        self.congested: dict[Session, Congestion] = {}
+        self.congested: dict[Session, Hold] = {}  # queues over their high-water mark
+        self.slow_outputs: dict[SlowReader, Hold] = {}  # subscribers behind on QoS 0
         # ---- memory budget
         self.budget = memory_budget(config)
         self.margin = self.budget // 8
@@ -199,37 +228,54 @@ class FlowControl:
         feeder = self.feeder
         if feeder is None or feeder is session.connection:
             return  # a client is never held back by its own queue (it could not acknowledge)
-        congestion = self.congested.get(session)
-        if congestion is None:
-            congestion = self.congested[session] = Congestion(session.acks, time.monotonic())
+        hold = self.congested.get(session)
+        if hold is None:
+            hold = self.congested[session] = Hold(session.acks, time.monotonic())
             session.congested = True
-        if feeder not in congestion.feeders:
-            congestion.feeders.add(feeder)
-            feeder.hold(session)
+        hold.add(feeder)
 
     def queue_drained(self, session: Session) -> None:
         """``session`` is back under its low-water mark, stalled or offline: let its feeders go."""
         session.congested = False
-        congestion = self.congested.pop(session, None)
-        if congestion is not None:
-            for feeder in congestion.feeders:
-                feeder.release(session)
+        hold = self.congested.pop(session, None)
+        if hold is not None:
+            hold.release_all()
 
-    def forget(self, feeder: Feeder, sessions: set[Session]) -> None:
+    # ---- QoS 0 output ---------------------------------------------------------------------
+    def output_grew(self, subscriber: SlowReader) -> None:
+        """``subscriber`` reads, but has more than SOFT_BYTES unsent: hold who feeds it now."""
+        feeder = self.feeder
+        if feeder is None or feeder is subscriber:
+            return  # nobody to hold (a retained or queued message), or the client itself
+        hold = self.slow_outputs.get(subscriber)
+        if hold is None:
+            hold = self.slow_outputs[subscriber] = Hold()
+        hold.add(feeder)
+
+    def output_drained(self, subscriber: SlowReader) -> None:
+        """``subscriber``'s output is under SOFT_BYTES, it stopped reading, or it is gone."""
+        hold = self.slow_outputs.pop(subscriber, None)
+        if hold is not None:
+            hold.release_all()
+
+    def forget(self, feeder: Feeder, holds: set[Hold]) -> None:
         """A held connection closed."""
         self.waiting.discard(feeder)
-        for session in sessions:
-            congestion = self.congested.get(session)
-            if congestion is not None:
-                congestion.feeders.discard(feeder)
+        for hold in holds:
+            hold.feeders.discard(feeder)
 
     def check_stalls(self, now: float) -> None:
-        """Housekeeping: a congested session that acknowledged nothing for the timeout stalls."""
-        for session, congestion in list(self.congested.items()):
-            if session.acks != congestion.acks:
-                congestion.acks = session.acks
-                congestion.since = now
-            elif now - congestion.since >= self.stall_timeout:
+        """Housekeeping: a congested session that acknowledged nothing for the timeout stalls;
+        a subscriber behind on QoS 0 that drained, or stopped reading, lets its feeders go."""
+        for subscriber in list(self.slow_outputs):
+            buffered = subscriber.transport.write_buffer_size()
+            if buffered <= SOFT_BYTES or subscriber.meter.not_reading(buffered):
+                self.output_drained(subscriber)
+        for session, hold in list(self.congested.items()):
+            if session.acks != hold.acks:
+                hold.acks = session.acks
+                hold.since = now
+            elif now - hold.since >= self.stall_timeout:
                 log.warning(
                     "Outgoing messages are being dropped for client %s: it acknowledged nothing for %d s "
                     "with %d messages queued; its publishers are no longer held back.",

@@ -64,20 +64,15 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
         routed = False
     props = packet.properties
     flow = engine.flow
-    congestion = engine.congestion
-    if congestion.hit:
-        congestion.hit.clear()
     if qos == 0:
         if routed:
             message = message_from_publish(topic, packet.payload, 0, packet.retain, props)
             message.wire_v4_qos0 = packet.wire  # as received, when that is its 3.1.1 form
-            flow.feeder = conn  # a queue this fills holds this client back (core/flow.py)
+            flow.feeder = conn  # a queue or slow output this fills holds this client back (core/flow.py)
             try:
                 engine.route(message, conn.client_id)
             finally:
                 flow.feeder = None
-            if congestion.hit:
-                congestion.throttle(conn)  # a subscriber reads QoS 0 more slowly: pause this publisher
         return
     packet_id = packet.packet_id
     assert packet_id is not None  # the codec requires a non-zero id when qos > 0
@@ -106,8 +101,6 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
         finally:
             flow.feeder = None
             engine.ack_gate = None
-    if congestion.hit:
-        congestion.throttle(conn)
     reason = RC.SUCCESS if matched or conn.version != MQTT_5 else RC.NO_MATCHING_SUBSCRIBERS
     if qos == 1:
         conn.inbound_unacked -= 1
