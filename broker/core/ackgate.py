@@ -11,6 +11,12 @@ the pace of the subscribers instead of the pace of fsync.
 
 A copy that is held in storage only (the session is offline, spilled or loading) can
 be released only by the commit: it holds the gate for good (``pin``).
+
+The commit a gate waits for starts after a short grace (``Engine.commit``, ``urgent``
+False) when nothing else waits for it: a subscriber on the same machine or network
+acknowledges within it, the copy's row and its delete cancel out in the write buffer,
+and a message that went straight through never touches the disk (an SD card's fsync
+takes milliseconds, and wears it).
 """
 
 from __future__ import annotations
@@ -22,10 +28,11 @@ from collections.abc import Callable
 class AckGate:
     """The release of one QoS 1 acknowledgement (see the module docstring)."""
 
-    __slots__ = ("copies", "released", "commit", "on_release")
+    __slots__ = ("copies", "pinned", "released", "commit", "on_release")
 
     def __init__(self) -> None:
         self.copies = 0  # stored copies not yet acknowledged (a pin counts as one forever)
+        self.pinned = False  # a copy only the commit can clear: no reason to let it wait
         self.released = False
         self.commit: asyncio.Future[None] | None = None  # set once the acknowledgement waits
         self.on_release: Callable[[], None] | None = None
@@ -37,6 +44,7 @@ class AckGate:
     def pin(self) -> None:
         """A copy was stored that no acknowledgement will clear soon: wait for the commit."""
         self.copies += 1
+        self.pinned = True
 
     def copy_acknowledged(self) -> None:
         self.copies -= 1

@@ -209,7 +209,10 @@ class Connection:
         if self.state == CLOSED:
             return
         # A gate without stored copies: nothing of this message waits for a commit.
-        future = self.engine.commit() if gate is None or gate.copies else None
+        if gate is None:
+            future = self.engine.commit()
+        else:  # only copies in flight to online subscribers: the commit may take its grace
+            future = self.engine.commit(urgent=gate.pinned) if gate.copies else None
         queue = self.ordered_output
         if future is None:
             if queue:

@@ -59,6 +59,11 @@ class ClientConnection(Protocol):
 
 log = logging.getLogger("broker")
 
+# How long a commit that only QoS 1 acknowledgements wait for may be put off (core/ackgate.py):
+# long enough for a subscriber nearby to acknowledge (its row then never reaches the disk), short
+# next to the fsync itself on a Pi's SD card.
+COMMIT_GRACE = 0.002
+
 # Upper bounds (seconds) of the storage commit latency histogram (``broker.ops.metrics``).
 COMMIT_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -199,6 +204,7 @@ class Engine:
         # The acknowledgement gate of the QoS 1 PUBLISH being routed (core/ackgate.py), if any.
         self.ack_gate: AckGate | None = None
         self._next_commit: asyncio.Future[None] | None = None
+        self._grace: asyncio.TimerHandle | None = None  # a commit waiting out COMMIT_GRACE
         self._purging = False
         self._running_commit: asyncio.Future[None] | None = None
         self.on_failure: Callable[[], None] = lambda: None  # set by the server: stop serving
@@ -455,16 +461,24 @@ class Engine:
             self._purging = False
             self.commit()
 
-    def commit(self) -> asyncio.Future[None] | None:
+    def commit(self, urgent: bool = True) -> asyncio.Future[None] | None:
         """The future of the group commit that covers every write buffered so far.
 
         None when nothing is buffered or being committed. All calls within one event-loop
-        iteration share one future; the storage commit starts at the end of the iteration.
+        iteration share one future; the storage commit starts at the end of the iteration,
+        or, when no caller is ``urgent`` (core/ackgate.py), after COMMIT_GRACE seconds.
         """
         if self.storage.dirty:
             future = self._next_commit
             if future is None:
                 future = self._next_commit = self.loop.create_future()
+                if urgent:
+                    self.loop.call_soon(self._start_commit)
+                else:
+                    self._grace = self.loop.call_later(COMMIT_GRACE, self._start_commit)
+            elif urgent and self._grace is not None:
+                self._grace.cancel()
+                self._grace = None
                 self.loop.call_soon(self._start_commit)
             return future
         future = self._running_commit
@@ -473,6 +487,7 @@ class Engine:
         return None
 
     def _start_commit(self) -> None:
+        self._grace = None
         future = self._next_commit
         if future is None or future.done():
             return  # shutdown committed it already

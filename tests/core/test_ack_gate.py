@@ -26,6 +26,7 @@ class HeldCommits(MemoryStorage):
         super().__init__()
         self.held: list[asyncio.Future[None]] = []
         self.holding = False
+        self.committed = 0  # held commits completed
 
     def commit(self) -> asyncio.Future[None]:
         done = super().commit()
@@ -39,6 +40,7 @@ class HeldCommits(MemoryStorage):
         held, self.held = self.held, []
         for future in held:
             future.set_result(None)
+            self.committed += 1
 
     def fail(self) -> None:
         held, self.held = self.held, []
@@ -60,6 +62,15 @@ async def subscriber(engine: Engine, client_id: str, port: int, topic: str, pers
     await settle()
     client.received()
     return client
+
+
+async def commit_started(storage: HeldCommits) -> None:
+    """Wait until a commit is held (it may first wait out the engine's COMMIT_GRACE)."""
+    for _ in range(2000):
+        if storage.held:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("no commit started")
 
 
 def acks(client: Client) -> list[int]:
@@ -87,7 +98,7 @@ def test_puback_released_when_the_persistent_subscriber_acknowledged() -> None:
         [delivered] = deliveries(sub)
         sub.send(Puback(delivered.packet_id))
         await settle()
-        assert storage.held, "the commit is still held"
+        assert not storage.committed, "no commit has completed"
         assert acks(pub) == [5]  # delivered: no need to wait for the commit
 
     run(scenario)
@@ -115,6 +126,7 @@ def test_puback_waits_for_the_commit(case: str) -> None:
         if case == "retained":
             [delivered] = deliveries(other)
             other.send(Puback(delivered.packet_id))
+        await commit_started(storage)
         await settle()
         assert acks(pub) == [], "released before the commit"
         if case == "commit failed":
@@ -164,10 +176,59 @@ def test_acknowledgements_keep_their_order() -> None:
         await settle()
         [delivered] = deliveries(online)
         online.send(Puback(delivered.packet_id))
+        await commit_started(storage)
         await settle()
         assert acks(pub) == []  # 2 is released but must not overtake 1
         storage.release()
         await settle()
         assert acks(pub) == [1, 2]
+
+    run(scenario)
+
+
+def test_a_message_acknowledged_within_the_grace_never_reaches_the_disk(tmp_path) -> None:
+    """SQLite: the copy's row and its delete cancel out; the commit writes nothing."""
+    from broker.core.engine import COMMIT_GRACE
+    from broker.storage.sqlite import SqliteStorage
+
+    async def scenario() -> None:
+        storage = SqliteStorage(tmp_path / "broker.db")
+        await storage.open()
+        engine = Engine(Config(), storage)
+        await engine.start()
+        try:
+            sub = await subscriber(engine, "sub", 1, "t/#", persistent=True)
+            pub = await connect(engine, "pub", 2)
+            pub.received()
+            await engine.commit()  # the session and its subscription are on disk
+            before = storage.commits_done
+            for packet_id in range(1, 11):
+                pub.send(Publish("t/1", b"x", qos=1, packet_id=packet_id))
+                await settle()
+                [delivered] = deliveries(sub)
+                sub.send(Puback(delivered.packet_id))
+                await settle()
+                assert acks(pub) == [packet_id]  # at once: delivered
+            await asyncio.sleep(COMMIT_GRACE * 5)
+            while engine.commit() is not None:
+                await engine.commit()
+            assert storage.commits_done == before, "a delivered message was written"
+            # Not acknowledged in time (the subscriber is away): written, then acknowledged.
+            sub.conn.close("test", None)
+            await settle()
+            while engine.commit() is not None:
+                await engine.commit()  # the session's disconnect is on disk
+            before = storage.commits_done
+            pub.send(Publish("t/1", b"y", qos=1, packet_id=11))
+            await settle()
+            for _ in range(2000):
+                if acks(pub) == [11]:
+                    break
+                await asyncio.sleep(0.001)
+            else:
+                raise AssertionError("no PUBACK for a message queued for an offline session")
+            assert storage.commits_done == before + 1
+        finally:
+            await engine.shutdown()
 
     run(scenario)
