@@ -318,7 +318,7 @@ class OursBroker(Broker):
         return f"{described}, {loop}"
 
     def settings(self) -> list[str]:
-        mode = "`--memory` (nothing persisted)" if "--memory" in self.extra_args else "default durable mode (SQLite, QoS 1/2 acknowledged after the group commit's fsync)"
+        mode = "`--memory` (nothing persisted)" if "--memory" in self.extra_args else "default durable mode (SQLite, QoS 1/2 acknowledged after the group commit's fsync, QoS 1 also once every persistent subscriber has acknowledged it)"
         args = f" {shlex.join(self.extra_args)}" if self.extra_args else ""
         lines = [f"`python -m broker --port 0 --data-dir DIR{args}`: {mode}, defaults otherwise (20 in-flight messages per client)"]
         if self.tls is not None:
