@@ -286,7 +286,7 @@ class Connection:
                 self.transport_backlog = self.transport.write_buffer_size()
             buffered = self.transport_backlog
             if buffered > SOFT_BYTES:
-                if self.meter.not_reading(buffered):
+                if self.not_reading(buffered):
                     # A client that does not read must not make the broker buffer without bound:
                     # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
                     self.engine.dropped_messages += 1
@@ -334,6 +334,10 @@ class Connection:
             if len(out) == 1:
                 self.engine.loop.call_soon(self._flush)
         return True
+
+    def not_reading(self, buffered: int) -> bool:
+        """Whether QoS 0 to this client should be dropped, with ``buffered`` bytes unsent."""
+        return self.meter.not_reading(buffered)
 
     def may_receive(self, topic: str) -> bool:
         """AUTH: the read check ``send_publish`` makes, for choosing a shared subscription's member."""

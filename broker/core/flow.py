@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from broker.config import AUTO_MEMORY, Config
-from broker.core.slow_consumer import SOFT_BYTES, OutputMeter
+from broker.core.slow_consumer import SOFT_BYTES
 
 if TYPE_CHECKING:
     from broker.core.session import Session
@@ -77,7 +77,10 @@ class SlowReader(Protocol):
     """A subscriber's connection, as far as its unsent QoS 0 output is concerned."""
 
     transport: Transport
-    meter: OutputMeter
+
+    def not_reading(self, buffered: int) -> bool:
+        """Whether it stopped reading, with ``buffered`` bytes unsent (``slow_consumer.py``)."""
+        ...
 
 
 def machine_memory() -> int:
@@ -269,7 +272,7 @@ class FlowControl:
         a subscriber behind on QoS 0 that drained, or stopped reading, lets its feeders go."""
         for subscriber in list(self.slow_outputs):
             buffered = subscriber.transport.write_buffer_size()
-            if buffered <= SOFT_BYTES or subscriber.meter.not_reading(buffered):
+            if buffered <= SOFT_BYTES or subscriber.not_reading(buffered):
                 self.output_drained(subscriber)
         for session, hold in list(self.congested.items()):
             if session.acks != hold.acks:
