@@ -223,3 +223,47 @@ def test_memory_budget_lets_go_when_no_message_is_left_to_free() -> None:
         assert not flow.memory_full
 
     asyncio.run(main())
+
+
+def test_a_subscriber_behind_on_qos0_holds_the_publisher_that_feeds_it() -> None:
+    """QoS 0 has no queue: unsent output past SOFT_BYTES holds the feeder (one owner: flow.py)."""
+    from broker.core.slow_consumer import SOFT_BYTES
+
+    async def main() -> None:
+        engine, sub, pub = await setup()
+        sub.send(Subscribe(2, [("q/#", SubscriptionOptions(qos=0))]))
+        other = Client(engine, "other")  # feeds nobody slow: never held
+        await settle()
+        sub.received()
+        backlog = [0]
+        sub.transport.write_buffer_size = lambda: backlog[0]  # type: ignore[method-assign]
+
+        def delivered() -> list[bytes]:
+            return [p.payload for p in sub.received() if isinstance(p, Publish)]
+
+        pub.send(Publish("q/1", b"1"))
+        await settle()
+        assert delivered() == [b"1"]
+        backlog[0] = 2 * SOFT_BYTES  # reading, more slowly than QoS 0 comes
+        pub.send(Publish("q/1", b"2"))  # delivered, and holds its publisher
+        await settle()
+        pub.send(Publish("q/1", b"3"))
+        other.send(Publish("elsewhere", b"x"))
+        await settle()
+        assert delivered() == [b"2"]
+        assert pub.conn.held_by and not other.conn.held_by
+        backlog[0] = 0
+        sub.conn.output_drained()
+        await settle()
+        assert delivered() == [b"3"]
+        assert not pub.conn.held_by
+        # Held again; the subscriber goes away: nobody waits for it any more.
+        backlog[0] = 2 * SOFT_BYTES
+        pub.send(Publish("q/1", b"4"), Publish("q/1", b"5"))
+        await settle()
+        assert pub.conn.held_by
+        sub.conn.close("test", None)
+        await settle()
+        assert not pub.conn.held_by and not engine.flow.slow_outputs
+
+    asyncio.run(main())
