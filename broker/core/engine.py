@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Protocol
 
 from broker.auth.access import AccessControl
 from broker.auth.file_backend import FileBackend
@@ -333,7 +333,7 @@ class Engine:
         plan = match.plan
         if plan is None:
             plan = match.plan = delivery_plan(match.normal)
-        targets, matched, no_local_clients = cast(DeliveryPlan, plan)
+        targets, matched, no_local_clients = plan  # a DeliveryPlan
         if sender_id in no_local_clients:  # the publisher's own No Local subscriptions skip it
             targets, matched = merge_targets(match.normal, sender_id)
         sessions = self.sessions

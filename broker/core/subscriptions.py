@@ -14,7 +14,7 @@ what comes back out; that costs nothing at run time.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from broker.protocol.topics import is_valid_topic_filter, split_shared
 
@@ -47,7 +47,7 @@ class Match(Generic[V]):
         self.shared = shared
         # The caller's memo of what it derives from this match (the engine's delivery plan).
         # Valid for the match's lifetime: any change of subscriptions makes new matches.
-        self.plan: object = None
+        self.plan: Any = None
 
     def __bool__(self) -> bool:
         return bool(self.normal or self.shared)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from broker.core.ackgate import AckGate
 from broker.core.sessions import message_from_publish
+from broker.message import Message
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
 from broker.protocol.errors import ProtocolError
@@ -24,7 +25,7 @@ def resolve_topic(conn: Connection, packet: Publish) -> str:
     """The PUBLISH's topic, after the v5 Topic Alias (set up or used); checked valid."""
     topic = packet.topic
     props = packet.properties
-    if conn.version == MQTT_5 and props:
+    if props and conn.version == MQTT_5:
         alias = props.get(P.TOPIC_ALIAS)
         if alias is not None:
             if alias > conn.engine.config.max_topic_alias:
@@ -36,10 +37,14 @@ def resolve_topic(conn: Connection, packet: Publish) -> str:
                 if aliased is None:
                     raise ProtocolError(f"unknown topic alias {alias}", RC.PROTOCOL_ERROR)
                 topic = aliased
-    # The codec checked the name (and an alias' topic was checked when it was set up).
-    problem = conn.engine.topic_limits.decoded_name_problem(topic)
-    if problem is not None:
-        raise ProtocolError(f"{problem}: {topic[:200]!r}", RC.TOPIC_NAME_INVALID)
+    # The codec checked the name (and an alias' topic was checked when it was set up): only
+    # the limits are left, and an ordinary name needs no closer look (``decoded_name_problem``).
+    limits = conn.engine.topic_limits
+    max_levels = limits.max_levels
+    if (max_levels and topic.count("/") >= max_levels) or (limits.max_length and len(topic) > limits.max_length >> 2):
+        problem = limits.decoded_name_problem(topic)
+        if problem is not None:
+            raise ProtocolError(f"{problem}: {topic[:200]!r}", RC.TOPIC_NAME_INVALID)
     return topic
 
 
@@ -66,7 +71,9 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     flow = engine.flow
     if qos == 0:
         if routed:
-            message = message_from_publish(topic, packet.payload, 0, packet.retain, props)
+            message = message_from_publish(topic, packet.payload, 0, packet.retain, props) if props else (
+                Message(topic, packet.payload, 0, packet.retain, {}, None)
+            )
             message.wire_v4_qos0 = packet.wire  # as received, when that is its 3.1.1 form
             flow.feeder = conn  # a queue or slow output this fills holds this client back (core/flow.py)
             try:
