@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from broker.core import packetlog
 from broker.core.aliases import OutboundAliases
+from broker.core.empty import EMPTY_DEQUE, EMPTY_SET
 from broker.core.flow import HELD_BYTES_LIMIT
 from broker.core.handlers import dispatch
 from broker.core.session import Session
@@ -119,11 +120,13 @@ class Connection:
         self.send_quota = engine.config.max_inflight_messages  # outbound receive window
         self.max_send_packet_size = 268_435_460
         self.topic_alias_max_out = 0
-        self.aliases_in: dict[int, str] = {}
-        self.aliases_out = OutboundAliases(0)
+        # Containers an idle client never fills start as None or the shared empties of
+        # ``empty.py`` and are made on first use: 5000 idle clients must not cost 5000 deques.
+        self.aliases_in: dict[int, str] | None = None  # v5, once the client sets up an alias
+        self.aliases_out: OutboundAliases | None = None  # v5, if the client accepts aliases
         self.inbound_unacked = 0  # QoS 1/2 PUBLISH received and not yet fully acknowledged
         # Output that must wait for a commit: deque of [future-or-None, bytes, ...]
-        self.ordered_output: deque[list] = deque()
+        self.ordered_output: deque[list] = EMPTY_DEQUE
         self.close_reason = ""
         self.disconnected_cleanly = False
         self.protocol_label = ""
@@ -136,16 +139,16 @@ class Connection:
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         # Backpressure (``flow.py``): the congested sessions this client's PUBLISHes fed, and
         # the packets waiting (unhandled, unacknowledged) until they drain.
-        self.held_by: set[Session] = set()
-        self.waiting: deque[Packet] = deque()
+        self.held_by: set[Session] = EMPTY_SET
+        self.waiting: deque[Packet] = EMPTY_DEQUE
         self.waiting_bytes = 0
         self.reading_paused = False
-        self.paused_for: set[str] = set()  # who stopped reading this client (pause_input)
+        self.paused_for: set[str] = EMPTY_SET  # who stopped reading this client (pause_input)
         self.resume_scheduled = False
         # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
         # received while its CONNECT is being authenticated, handled in order afterwards.
         self.rights: ClientRights | None = None
-        self.held: list[Packet] = []
+        self.held: list[Packet] | None = None
         self.held_error: MQTTError | None = None
         engine.connections.add(self)
         engine.stats.connections_opened += 1
@@ -213,6 +216,8 @@ class Connection:
         if queue and queue[-1][0] is future:
             queue[-1].append(data)  # same commit as the previous one: one callback for both
             return
+        if queue is EMPTY_DEQUE:
+            queue = self.ordered_output = deque()
         queue.append([future, data])
         future.add_done_callback(self._flush_ordered_output)
 
@@ -277,15 +282,16 @@ class Connection:
             if subscription_ids:
                 props[P.SUBSCRIPTION_IDENTIFIER] = subscription_ids
             alias = None
-            if self.topic_alias_max_out and len(topic) >= TOPIC_ALIAS_MIN_LENGTH:
-                alias, known = self.aliases_out.choose(topic)
+            aliases = self.aliases_out
+            if aliases is not None and len(topic) >= TOPIC_ALIAS_MIN_LENGTH:
+                alias, known = aliases.choose(topic)
                 props[P.TOPIC_ALIAS] = alias
                 if known:
                     topic = ""
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, props, MQTT_5)
-            if alias is not None and len(data) <= self.max_send_packet_size:
+            if aliases is not None and alias is not None and len(data) <= self.max_send_packet_size:
                 # Only a packet that is really sent may set up or refresh an alias.
-                self.aliases_out.confirm(message.topic, alias)
+                aliases.confirm(message.topic, alias)
         elif qos == 0 and not retain:
             cached = message.wire_v4_qos0
             if cached is None:
@@ -354,7 +360,10 @@ class Connection:
             self.protocol_violation(str(error), error.reason_code)
 
     def _hold(self, packets: Iterator[Packet], error: MQTTError | None) -> None:
-        self.held.extend(packets)
+        held = self.held
+        if held is None:
+            held = self.held = []
+        held.extend(packets)
         if error is not None and self.held_error is None:
             self.held_error = error
 
@@ -367,8 +376,8 @@ class Connection:
         """AUTH: the decision arrived; the held packets and error, to handle once accepted."""
         self.state = CONNECTING
         self.last_received = time.monotonic()  # the keepalive starts now, not before a throttled wait
-        held, error = self.held, self.held_error
-        self.held, self.held_error = [], None
+        held, error = self.held or [], self.held_error
+        self.held, self.held_error = None, None
         return held, error
 
     def resume(self, held: list[Packet], error: MQTTError | None) -> None:
@@ -386,6 +395,8 @@ class Connection:
                 self.transport.pause_reading()
             except RuntimeError:  # closing already
                 pass
+        if paused is EMPTY_SET:
+            paused = self.paused_for = set()
         paused.add(reason)
 
     def resume_input(self, reason: str) -> None:
@@ -404,6 +415,8 @@ class Connection:
         """Keep ``packet`` for later; past HELD_BYTES_LIMIT, stop reading the socket."""
         if not self.waiting:
             self.engine.flow.waiting.add(self)
+            if self.waiting is EMPTY_DEQUE:
+                self.waiting = deque()
         self.waiting.append(packet)
         self.waiting_bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
         if self.waiting_bytes > HELD_BYTES_LIMIT and not self.reading_paused:
@@ -411,6 +424,8 @@ class Connection:
             self.pause_input("backpressure")
 
     def hold(self, session: Session) -> None:
+        if self.held_by is EMPTY_SET:
+            self.held_by = set()
         self.held_by.add(session)
 
     def release(self, session: Session) -> None:

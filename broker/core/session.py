@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from broker.core.empty import EMPTY_DEQUE, EMPTY_SET
 from broker.protocol.packets import SubscriptionOptions
 from broker.message import Message
 from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry
@@ -113,9 +114,11 @@ class Session:
         self.subscriptions: dict[str, Subscription] = {}
         self.connection: Outlet | None = None
         self.loading = False  # reading the stored queue after a reconnect
-        self.pending: deque[QueueEntry] = deque()  # online only: queued in RAM, not yet sent
+        # Online only: queued in RAM, not yet sent. The shared empty deque (``empty.py``) until
+        # the first entry, and again once offline: idle and offline sessions hold no deque.
+        self.pending: deque[QueueEntry] = EMPTY_DEQUE
         self.inflight: dict[int, QueueEntry] = {}  # online only: packet id -> SENT/RELEASED entry
-        self.inbound_qos2: set[int] = set()  # PUBREC sent, PUBREL awaited
+        self.inbound_qos2: set[int] = EMPTY_SET  # PUBREC sent, PUBREL awaited (a set of its own once used)
         self.last_seq = 0
         self.next_packet_id = 1
         self.queued_count = 0  # entries waiting to be sent (RAM or storage)
@@ -227,6 +230,8 @@ class Session:
                 if self.expiry_seen is None or expires_at < self.expiry_seen:
                     self.expiry_seen = expires_at
         else:
+            if self.pending is EMPTY_DEQUE:
+                self.pending = deque()
             self.pending.append(entry)
             if message.expires_at is not None:
                 self._note_pending_expiry(message.expires_at)
@@ -440,7 +445,7 @@ class Session:
             expires_at = entry.message.expires_at
             if expires_at is not None and (self.earliest_expiry is None or expires_at < self.earliest_expiry):
                 self.earliest_expiry = expires_at
-        self.pending.clear()
+        self.pending = EMPTY_DEQUE
         self.inflight.clear()
         self.backlog = self.persistent
         self.read_after = 0
@@ -564,6 +569,8 @@ class Session:
                 if entry.seq > self.read_after:
                     self.read_after = entry.seq
                 if entry.state == QUEUED:
+                    if self.pending is EMPTY_DEQUE:
+                        self.pending = deque()
                     self.pending.append(entry)
                     if entry.message.expires_at is not None:
                         self._note_pending_expiry(entry.message.expires_at)

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any, cast
 
 from broker.core.connection import Connection
+from broker.core.empty import EMPTY_DEQUE
 from broker.core.engine import Engine
 from broker.core.transport import DEFAULT_LISTENER, ListenerInfo
 from broker.server.admission import Admission
@@ -61,7 +62,8 @@ class StreamTransport:
         self.peer = describe_peer(transport)
         self._linger_left: int | None = None  # bytes still accepted and discarded while lingering
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._queued: deque[memoryview] = deque()  # output not yet handed to asyncio
+        # Output not yet handed to asyncio; the shared empty deque until a client falls behind.
+        self._queued: deque[memoryview] = EMPTY_DEQUE
         self._queued_bytes = 0
         # pause_writing() above WRITE_SLICE buffered, resume_writing() once at or below it.
         transport.set_write_buffer_limits(WRITE_SLICE, WRITE_SLICE)
@@ -70,6 +72,8 @@ class StreamTransport:
         if not self._queued and len(data) <= WRITE_SLICE:
             self._transport.write(data)
             return
+        if self._queued is EMPTY_DEQUE:
+            self._queued = deque()
         self._queued.append(memoryview(data))
         self._queued_bytes += len(data)
         self.drain()

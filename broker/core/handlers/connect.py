@@ -79,7 +79,8 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
         conn.send_quota = min(props.get(P.RECEIVE_MAXIMUM, 65535), config.max_inflight_messages)
         conn.max_send_packet_size = props.get(P.MAXIMUM_PACKET_SIZE, conn.max_send_packet_size)
         conn.topic_alias_max_out = props.get(P.TOPIC_ALIAS_MAXIMUM, 0)
-        conn.aliases_out = OutboundAliases(conn.topic_alias_max_out)
+        if conn.topic_alias_max_out:
+            conn.aliases_out = OutboundAliases(conn.topic_alias_max_out)
         conn.problem_information = props.get(P.REQUEST_PROBLEM_INFORMATION, 1) == 1
 
     # AUTH: who is this client, may it connect? A password check runs off the event loop;
