@@ -9,7 +9,6 @@ synchronously.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from typing import Any, cast
 
@@ -39,16 +38,6 @@ def describe_peer(transport: asyncio.BaseTransport) -> str:
     if isinstance(sockname, str) and sockname:
         return f"unix:{sockname}"
     return "unknown"
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """No Nagle delay on TCP: MQTT packets are small and each one is answered at once."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
 
 
 class StreamTransport:
@@ -187,7 +176,9 @@ class MQTTProtocol(asyncio.Protocol):
         self.address: str | None = None  # set while this connection counts in ``admission``
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        set_nodelay(transport)
+        # No Nagle delay (MQTT packets are small and answered at once): asyncio and uvloop set
+        # TCP_NODELAY on every TCP transport already. Asking for the socket to set it again
+        # cost each connection a socket object (uvloop keeps the one it makes).
         self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
         self.connection = connection = Connection(self.engine, self.stream)
         if self.admission is not None:
