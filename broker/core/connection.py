@@ -523,10 +523,15 @@ class Connection:
             self.engine.congestion.drained(self)
 
     def schedule_keepalive(self) -> None:
-        """CONNECT accepted: the keepalive timer replaces the CONNECT deadline (none for keepalive 0)."""
+        """CONNECT accepted: the keepalive timer replaces the CONNECT deadline (none for keepalive 0).
+
+        A keepalive due after the CONNECT deadline does not get a heap entry of its own: when the
+        deadline comes, ``check_keepalive`` answers with the keepalive's time (one entry per client
+        instead of two, the stale one held until the deadline passed).
+        """
         timers = self.engine.keepalive_timers
         if self.keepalive:
-            timers.schedule(self, self.last_received + self.keepalive * 1.5)
+            timers.schedule_earlier(self, self.last_received + self.keepalive * 1.5)
         else:
             timers.cancel(self)
 
