@@ -150,7 +150,7 @@ class Connection:
         self.rights: ClientRights | None = None
         self.held: list[Packet] | None = None
         self.held_error: MQTTError | None = None
-        engine.connections.add(self)
+        engine.connections[self] = None
         engine.stats.connections_opened += 1
         engine.keepalive_timers.schedule(self, self.connect_deadline)
 
@@ -592,7 +592,7 @@ class Connection:
 
     def _end(self, publish_will: bool) -> None:
         engine = self.engine
-        engine.connections.discard(self)
+        engine.connections.pop(self, None)
         engine.keepalive_timers.cancel(self)
         engine.congestion.forget(self)
         if self.waiting or self.held_by:

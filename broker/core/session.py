@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from broker.core.empty import EMPTY_DEQUE, EMPTY_SET
+from broker.core.empty import EMPTY_DEQUE, EMPTY_DICT, EMPTY_SET
 from broker.protocol.packets import SubscriptionOptions
 from broker.message import Message
 from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry
@@ -111,13 +111,13 @@ class Session:
         self.persistent = False  # kept in step with expiry_interval (read on every message)
         self.expiry_interval = expiry_interval  # seconds; 0 = ends with the connection
         self.protocol_level = protocol_level
-        self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions: dict[str, Subscription] = EMPTY_DICT  # its own dict from the first SUBSCRIBE
         self.connection: Outlet | None = None
         self.loading = False  # reading the stored queue after a reconnect
         # Online only: queued in RAM, not yet sent. The shared empty deque (``empty.py``) until
         # the first entry, and again once offline: idle and offline sessions hold no deque.
         self.pending: deque[QueueEntry] = EMPTY_DEQUE
-        self.inflight: dict[int, QueueEntry] = {}  # online only: packet id -> SENT/RELEASED entry
+        self.inflight: dict[int, QueueEntry] = EMPTY_DICT  # online only: packet id -> SENT/RELEASED entry
         self.inbound_qos2: set[int] = EMPTY_SET  # PUBREC sent, PUBREL awaited (a set of its own once used)
         self.last_seq = 0
         self.next_packet_id = 1
@@ -256,6 +256,8 @@ class Session:
                 self.engine.flow.queue_drained(self)
             return
         inflight = self.inflight
+        if inflight is EMPTY_DICT:
+            inflight = self.inflight = {}
         quota = conn.send_quota
         now = time.time()
         while pending and len(inflight) < quota:
@@ -446,7 +448,7 @@ class Session:
             if expires_at is not None and (self.earliest_expiry is None or expires_at < self.earliest_expiry):
                 self.earliest_expiry = expires_at
         self.pending = EMPTY_DEQUE
-        self.inflight.clear()
+        self.inflight = EMPTY_DICT
         self.backlog = self.persistent
         self.read_after = 0
         self.io_busy = False
@@ -595,6 +597,8 @@ class Session:
         """
         conn = self.connection
         assert conn is not None
+        if self.inflight is EMPTY_DICT:
+            self.inflight = {}
         for entry in entries:
             packet_id = entry.packet_id
             assert packet_id is not None
