@@ -89,6 +89,7 @@ class Connection:
         "refusal",
         "connect_deadline",
         "meter",
+        "bytes_written",
         "held_by",
         "waiting",
         "waiting_bytes",
@@ -131,11 +132,13 @@ class Connection:
         self.disconnected_cleanly = False
         self.protocol_label = ""
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
-        self.out: list[bytes] = []  # written at the end of this event-loop iteration
+        self.out: list[bytes] | None = None  # written at the end of this event-loop iteration
         self.closing = False
         # mosquitto -v: every packet in and out is logged (one attribute test when off).
         self.trace = engine.config.log_packets
-        self.meter = OutputMeter(engine.config.max_packet_size)  # is the client reading? (QoS 0 drops)
+        # Is the client reading? (QoS 0 drops; made when its output first passes SOFT_BYTES)
+        self.meter: OutputMeter | None = None
+        self.bytes_written = 0  # handed to the transport so far
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         # Backpressure (``flow.py``): the congested sessions this client's PUBLISHes fed, and
         # the packets waiting (unhandled, unacknowledged) until they drain.
@@ -170,28 +173,29 @@ class Connection:
     # Packets are collected and written once per event-loop iteration (one syscall for many
     # packets). Packets that must wait for a storage commit (acknowledgements of QoS 1/2,
     # QoS 2 to persistent sessions) hold back everything after them, so order is kept.
+    # Between iterations there is no list (None): an idle connection keeps none.
     def _buffer(self, data: bytes) -> None:
         out = self.out
-        out.append(data)
-        if len(out) == 1:
+        if out is None:
+            self.out = [data]
             self.engine.loop.call_soon(self._flush)
+        else:
+            out.append(data)
 
     def _flush(self) -> None:
         out = self.out
-        if not out:
+        if out is None:
             return
-        try:
-            if self.state != CLOSED or self.closing:
-                if len(out) == 1:
-                    size = len(out[0])
-                    self.transport.write(out[0])
-                else:
-                    size = sum(map(len, out))
-                    self.transport.writelines(out)
-                self.meter.written += size
-                self.engine.stats.bytes_sent += size
-        finally:
-            out.clear()
+        self.out = None
+        if self.state != CLOSED or self.closing:
+            if len(out) == 1:
+                size = len(out[0])
+                self.transport.write(out[0])
+            else:
+                size = sum(map(len, out))
+                self.transport.writelines(out)
+            self.bytes_written += size
+            self.engine.stats.bytes_sent += size
 
     def send(self, data: bytes) -> None:
         if self.state == CLOSED:
@@ -267,7 +271,7 @@ class Connection:
         if qos == 0:
             buffered = self.transport.write_buffer_size()
             if buffered > SOFT_BYTES:
-                if self.meter.not_reading(buffered):
+                if self.not_reading(buffered):
                     # A client that does not read must not make the broker buffer without bound:
                     # QoS 0 may be lost (QoS 1/2 are bounded by the in-flight window instead).
                     self.engine.dropped_messages += 1
@@ -308,6 +312,13 @@ class Connection:
             packetlog.sending_publish(self, message, qos, retain, packet_id, dup)
         (self.send_after_commit if after_commit else self.send)(data)
         return True
+
+    def not_reading(self, buffered: int) -> bool:
+        """Whether QoS 0 to this client should be dropped, with ``buffered`` bytes unsent (above SOFT_BYTES)."""
+        meter = self.meter
+        if meter is None:
+            meter = self.meter = OutputMeter(self.engine.config.max_packet_size)
+        return meter.not_reading(buffered, self.bytes_written)
 
     def may_receive(self, topic: str) -> bool:
         """AUTH: the read check ``send_publish`` makes, for choosing a shared subscription's member."""
