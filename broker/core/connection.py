@@ -74,14 +74,12 @@ class Connection:
         "will",
         "send_quota",
         "max_send_packet_size",
-        "topic_alias_max_out",
         "aliases_in",
         "aliases_out",
         "inbound_unacked",
         "ordered_output",
         "close_reason",
         "disconnected_cleanly",
-        "protocol_label",
         "problem_information",
         "out",
         "closing",
@@ -120,7 +118,6 @@ class Connection:
         self.will: Will | None = None
         self.send_quota = engine.config.max_inflight_messages  # outbound receive window
         self.max_send_packet_size = 268_435_460
-        self.topic_alias_max_out = 0
         # Containers an idle client never fills start as None or the shared empties of
         # ``empty.py`` and are made on first use: 5000 idle clients must not cost 5000 deques.
         self.aliases_in: dict[int, str] | None = None  # v5, once the client sets up an alias
@@ -130,7 +127,6 @@ class Connection:
         self.ordered_output: deque[list] = EMPTY_DEQUE
         self.close_reason = ""
         self.disconnected_cleanly = False
-        self.protocol_label = ""
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
         self.out: list[bytes] | None = None  # written at the end of this event-loop iteration
         self.closing = False
