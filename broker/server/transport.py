@@ -46,8 +46,11 @@ class StreamTransport:
     __slots__ = ("_transport", "listener", "peer", "_linger_left", "_linger_timer", "_queued", "_queued_bytes")
 
     def __init__(self, transport: asyncio.Transport, listener: ListenerInfo) -> None:
-        self._transport = transport
         self.listener = listener
+        self._attach(transport)
+
+    def _attach(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
         self.peer = describe_peer(transport)
         self._linger_left: int | None = None  # bytes still accepted and discarded while lingering
         self._linger_timer: asyncio.TimerHandle | None = None
@@ -154,7 +157,8 @@ class StreamTransport:
         if not self._transport.is_closing():
             self._transport.close()
 
-    def connection_lost(self) -> None:
+    def transport_lost(self) -> None:
+        """The asyncio transport is gone (its protocol's ``connection_lost``)."""
         self._queued.clear()
         self._queued_bytes = 0
         if self._linger_timer is not None:
@@ -162,15 +166,18 @@ class StreamTransport:
             self._linger_timer = None
 
 
-class MQTTProtocol(asyncio.Protocol):
-    __slots__ = ("engine", "listener", "stream", "connection", "admission", "address")
+class MQTTProtocol(StreamTransport, asyncio.Protocol):
+    """The asyncio Protocol of an MQTT stream connection, and the ``Transport`` its core
+    ``Connection`` writes to: one object per connection, not two (idle connections by the
+    thousand: issue 13). The stream half is set up when asyncio hands over its transport."""
+
+    __slots__ = ("engine", "connection", "admission", "address")
 
     def __init__(
         self, engine: Engine, listener: ListenerInfo = DEFAULT_LISTENER, admission: Admission | None = None
     ) -> None:
         self.engine = engine
         self.listener = listener
-        self.stream: StreamTransport | None = None
         self.connection: Connection | None = None
         self.admission = admission
         self.address: str | None = None  # set while this connection counts in ``admission``
@@ -179,37 +186,33 @@ class MQTTProtocol(asyncio.Protocol):
         # No Nagle delay (MQTT packets are small and answered at once): asyncio and uvloop set
         # TCP_NODELAY on every TCP transport already. Asking for the socket to set it again
         # cost each connection a socket object (uvloop keeps the one it makes).
-        self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
-        self.connection = connection = Connection(self.engine, self.stream)
+        self._attach(cast(asyncio.Transport, transport))
+        self.connection = connection = Connection(self.engine, self)
         if self.admission is not None:
             self.address = self.admission.admit_connection(connection, transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
-        # asyncio calls this only between connection_made and connection_lost: both are set.
-        stream = cast(StreamTransport, self.stream)
-        if stream.lingering:
-            stream.discard(len(data))
+        # asyncio calls this only between connection_made and connection_lost.
+        if self._linger_left is not None:  # lingering
+            self.discard(len(data))
             return
         cast(Connection, self.connection).data_received(data)
 
     def resume_writing(self) -> None:
-        if self.stream is not None:
-            self.stream.drain()
+        self.drain()  # (asyncio calls it only after connection_made)
         if self.connection is not None:
             self.connection.output_drained()
 
     def eof_received(self) -> bool | None:
-        stream = self.stream
-        if stream is not None and stream.lingering:
-            stream.end_linger()
+        if self.lingering:
+            self.end_linger()
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.admission is not None and self.address is not None:
             self.admission.release(self.address or None)
             self.address = None
-        if self.stream is not None:
-            self.stream.connection_lost()
+        self.transport_lost()
         if self.connection is not None:
             self.connection.connection_lost(exc)
             self.connection = None

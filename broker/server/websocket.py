@@ -202,7 +202,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_timer()
         if self.stream is not None:
-            self.stream.connection_lost()
+            self.stream.transport_lost()
         self.lose_connection(exc)
 
     def resume_writing(self) -> None:
