@@ -589,13 +589,14 @@ class PacketReader:
             return []
         if type(data) is not bytes:
             data = bytes(data)  # chunks are kept across calls, so they must be immutable
-        chunks = self._chunks
-        if chunks:
-            chunks.append(data)
+        if self._chunks:
+            self._chunks.append(data)
             self._buffered += len(data)
             if self._buffered < self._need:
                 return []
-            buf = b"".join(chunks)
+            # (No local name for the list: the chunks must go as soon as they are joined, or a
+            # large packet would be held three times while it is decoded.)
+            buf = b"".join(self._chunks)
             self._chunks = None
         else:
             buf = data
