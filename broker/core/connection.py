@@ -62,7 +62,6 @@ class Connection:
     __slots__ = (
         "engine",
         "transport",
-        "peer",
         "reader",
         "state",
         "version",
@@ -102,7 +101,6 @@ class Connection:
     def __init__(self, engine: Engine, transport: Transport) -> None:
         self.engine = engine
         self.transport = transport
-        self.peer = transport.peer
         self.reader = PacketReader(engine.config.max_packet_size)
         self.state = CONNECTING
         self.version = 4
@@ -159,6 +157,11 @@ class Connection:
         session = self.session
         assert session is not None, "packet handled without a session"
         return session
+
+    @property
+    def peer(self) -> str:
+        """The client's address (the transport's, made when a log line asks for it)."""
+        return self.transport.peer
 
     @property
     def name(self) -> str:

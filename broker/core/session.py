@@ -31,7 +31,9 @@ class Outlet(Protocol):
     """What a session needs of the connection it is attached to (``core/connection.py``)."""
 
     send_quota: int  # the client's receive window: QoS 1/2 PUBLISH in flight at most
-    peer: str  # the client's address, for log lines (a takeover names both)
+    @property
+    def peer(self) -> str:
+        """The client's address, for log lines (a takeover names both)."""
 
     def send_publish(
         self,

@@ -43,7 +43,7 @@ def describe_peer(transport: asyncio.BaseTransport) -> str:
 class StreamTransport:
     """``Transport`` over an asyncio stream transport, with a lingering close."""
 
-    __slots__ = ("_transport", "listener", "peer", "_linger_left", "_linger_timer", "_queued", "_queued_bytes")
+    __slots__ = ("_transport", "listener", "_peer", "_linger_left", "_linger_timer", "_queued", "_queued_bytes")
 
     def __init__(self, transport: asyncio.Transport, listener: ListenerInfo) -> None:
         self.listener = listener
@@ -51,7 +51,10 @@ class StreamTransport:
 
     def _attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self.peer = describe_peer(transport)
+        # A TCP peer's "host:port" is made when a log line asks for it (asyncio and uvloop keep
+        # the address after the close): not a string kept by every idle connection.
+        tcp = isinstance(transport.get_extra_info("peername"), tuple)
+        self._peer: str | None = None if tcp else describe_peer(transport)
         self._linger_left: int | None = None  # bytes still accepted and discarded while lingering
         self._linger_timer: asyncio.TimerHandle | None = None
         # Output not yet handed to asyncio; the shared empty deque until a client falls behind.
@@ -59,6 +62,10 @@ class StreamTransport:
         self._queued_bytes = 0
         # pause_writing() above WRITE_SLICE buffered, resume_writing() once at or below it.
         transport.set_write_buffer_limits(WRITE_SLICE, WRITE_SLICE)
+
+    @property
+    def peer(self) -> str:
+        return self._peer or describe_peer(self._transport)
 
     def write(self, data: bytes) -> None:
         if not self._queued and len(data) <= WRITE_SLICE:
