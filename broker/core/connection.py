@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from broker.core import packetlog
 from broker.core.ackgate import AckGate
 from broker.core.aliases import OutboundAliases
+from broker.core.empty import EMPTY_DEQUE, EMPTY_SET
 from broker.core.flow import HELD_BYTES_LIMIT, Hold
 from broker.core.handlers import HANDLERS, dispatch
 from broker.core.session import Session
@@ -62,7 +63,6 @@ class Connection:
     __slots__ = (
         "engine",
         "transport",
-        "peer",
         "reader",
         "state",
         "version",
@@ -74,7 +74,6 @@ class Connection:
         "will",
         "send_quota",
         "max_send_packet_size",
-        "topic_alias_max_out",
         "aliases_in",
         "aliases_out",
         "inbound_unacked",
@@ -83,7 +82,6 @@ class Connection:
         "transport_backlog",
         "close_reason",
         "disconnected_cleanly",
-        "protocol_label",
         "problem_information",
         "out",
         "closing",
@@ -91,6 +89,7 @@ class Connection:
         "refusal",
         "connect_deadline",
         "meter",
+        "bytes_written",
         "held_by",
         "waiting",
         "waiting_bytes",
@@ -105,7 +104,6 @@ class Connection:
     def __init__(self, engine: Engine, transport: Transport) -> None:
         self.engine = engine
         self.transport = transport
-        self.peer = transport.peer
         self.reader = PacketReader(engine.config.max_packet_size)
         self.state = CONNECTING
         self.version = 4
@@ -121,38 +119,40 @@ class Connection:
         self.will: Will | None = None
         self.send_quota = engine.config.max_inflight_messages  # outbound receive window
         self.max_send_packet_size = 268_435_460
-        self.topic_alias_max_out = 0
-        self.aliases_in: dict[int, str] = {}
-        self.aliases_out = OutboundAliases(0)
+        # Containers an idle client never fills start as None or the shared empties of
+        # ``empty.py`` and are made on first use: 5000 idle clients must not cost 5000 deques.
+        self.aliases_in: dict[int, str] | None = None  # v5, once the client sets up an alias
+        self.aliases_out: OutboundAliases | None = None  # v5, if the client accepts aliases
         self.inbound_unacked = 0  # QoS 1/2 PUBLISH received and not yet fully acknowledged
         # Output that must wait for a commit: deque of [future-or-None, bytes, ...]
-        self.ordered_output: deque[list] = deque()
+        self.ordered_output: deque[list] = EMPTY_DEQUE
         self.awaited_commit: asyncio.Future[None] | None = None  # the last commit that flushes it
         self.transport_backlog = 0  # the transport's unsent bytes when this iteration's output began
         self.close_reason = ""
         self.disconnected_cleanly = False
-        self.protocol_label = ""
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
-        self.out: list[bytes] = []  # written at the end of this event-loop iteration
+        self.out: list[bytes] | None = None  # written at the end of this event-loop iteration
         self.closing = False
         # mosquitto -v: every packet in and out is logged (one attribute test when off).
         self.trace = engine.config.log_packets
-        self.meter = OutputMeter(engine.config.max_packet_size)  # is the client reading? (QoS 0 drops)
+        # Is the client reading? (QoS 0 drops; made when its output first passes SOFT_BYTES)
+        self.meter: OutputMeter | None = None
+        self.bytes_written = 0  # handed to the transport so far
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         # Backpressure (``flow.py``): the congested sessions this client's PUBLISHes fed, and
         # the packets waiting (unhandled, unacknowledged) until they drain.
-        self.held_by: set[Hold] = set()  # why its PUBLISHes wait (flow.py)
-        self.waiting: deque[Packet] = deque()
+        self.held_by: set[Hold] = EMPTY_SET  # why its PUBLISHes wait (flow.py)
+        self.waiting: deque[Packet] = EMPTY_DEQUE
         self.waiting_bytes = 0
         self.reading_paused = False
-        self.paused_for: set[str] = set()  # who stopped reading this client (pause_input)
+        self.paused_for: set[str] = EMPTY_SET  # who stopped reading this client (pause_input)
         self.resume_scheduled = False
         # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
         # received while its CONNECT is being authenticated, handled in order afterwards.
         self.rights: ClientRights | None = None
-        self.held: list[Packet] = []
+        self.held: list[Packet] | None = None
         self.held_error: MQTTError | None = None
-        engine.connections.add(self)
+        engine.connections[self] = None
         engine.stats.connections_opened += 1
         engine.keepalive_timers.schedule(self, self.connect_deadline)
 
@@ -164,6 +164,11 @@ class Connection:
         return session
 
     @property
+    def peer(self) -> str:
+        """The client's address (the transport's, made when a log line asks for it)."""
+        return self.transport.peer
+
+    @property
     def name(self) -> str:
         """How log lines name this client: its client id, or its address before CONNECT."""
         return self.client_id or self.peer
@@ -172,28 +177,29 @@ class Connection:
     # Packets are collected and written once per event-loop iteration (one syscall for many
     # packets). Packets that must wait for a storage commit (acknowledgements of QoS 1/2,
     # QoS 2 to persistent sessions) hold back everything after them, so order is kept.
+    # Between iterations there is no list (None): an idle connection keeps none.
     def _buffer(self, data: bytes) -> None:
         out = self.out
-        out.append(data)
-        if len(out) == 1:
+        if out is None:
+            self.out = [data]
             self.engine.loop.call_soon(self._flush)
+        else:
+            out.append(data)
 
     def _flush(self) -> None:
         out = self.out
-        if not out:
+        if out is None:
             return
-        try:
-            if self.state != CLOSED or self.closing:
-                if len(out) == 1:
-                    size = len(out[0])
-                    self.transport.write(out[0])
-                else:
-                    size = sum(map(len, out))
-                    self.transport.writelines(out)
-                self.meter.written += size
-                self.engine.stats.bytes_sent += size
-        finally:
-            out.clear()
+        self.out = None
+        if self.state != CLOSED or self.closing:
+            if len(out) == 1:
+                size = len(out[0])
+                self.transport.write(out[0])
+            else:
+                size = sum(map(len, out))
+                self.transport.writelines(out)
+            self.bytes_written += size
+            self.engine.stats.bytes_sent += size
 
     def send(self, data: bytes) -> None:
         if self.state == CLOSED:
@@ -220,6 +226,8 @@ class Connection:
             else:
                 self._buffer(data)
             return
+        if queue is EMPTY_DEQUE:
+            queue = self.ordered_output = deque()
         if gate is not None:
             gate.commit = future
             gate.on_release = self._flush_ordered_output
@@ -301,15 +309,16 @@ class Connection:
             if subscription_ids:
                 props[P.SUBSCRIPTION_IDENTIFIER] = subscription_ids
             alias = None
-            if self.topic_alias_max_out and len(topic) >= TOPIC_ALIAS_MIN_LENGTH:
-                alias, known = self.aliases_out.choose(topic)
+            aliases = self.aliases_out
+            if aliases is not None and len(topic) >= TOPIC_ALIAS_MIN_LENGTH:
+                alias, known = aliases.choose(topic)
                 props[P.TOPIC_ALIAS] = alias
                 if known:
                     topic = ""
             data = encode_publish(topic, message.payload, qos, retain, dup, packet_id, props, MQTT_5)
-            if alias is not None and len(data) <= self.max_send_packet_size:
+            if aliases is not None and alias is not None and len(data) <= self.max_send_packet_size:
                 # Only a packet that is really sent may set up or refresh an alias.
-                self.aliases_out.confirm(message.topic, alias)
+                aliases.confirm(message.topic, alias)
         elif qos == 0 and not retain:
             cached = message.wire_v4_qos0
             if cached is None:
@@ -330,14 +339,19 @@ class Connection:
             self.send(data)
         else:  # ``_buffer``, inlined: the fan-out's innermost step
             out = self.out
-            out.append(data)
-            if len(out) == 1:
+            if out is None:
+                self.out = [data]
                 self.engine.loop.call_soon(self._flush)
+            else:
+                out.append(data)
         return True
 
     def not_reading(self, buffered: int) -> bool:
-        """Whether QoS 0 to this client should be dropped, with ``buffered`` bytes unsent."""
-        return self.meter.not_reading(buffered)
+        """Whether QoS 0 to this client should be dropped, with ``buffered`` bytes unsent (above SOFT_BYTES)."""
+        meter = self.meter
+        if meter is None:
+            meter = self.meter = OutputMeter(self.engine.config.max_packet_size)
+        return meter.not_reading(buffered, self.bytes_written)
 
     def may_receive(self, topic: str) -> bool:
         """AUTH: the read check ``send_publish`` makes, for choosing a shared subscription's member."""
@@ -399,7 +413,10 @@ class Connection:
             self.protocol_violation(str(error), error.reason_code)
 
     def _hold(self, packets: Iterator[Packet], error: MQTTError | None) -> None:
-        self.held.extend(packets)
+        held = self.held
+        if held is None:
+            held = self.held = []
+        held.extend(packets)
         if error is not None and self.held_error is None:
             self.held_error = error
 
@@ -412,8 +429,8 @@ class Connection:
         """AUTH: the decision arrived; the held packets and error, to handle once accepted."""
         self.state = CONNECTING
         self.last_received = time.monotonic()  # the keepalive starts now, not before a throttled wait
-        held, error = self.held, self.held_error
-        self.held, self.held_error = [], None
+        held, error = self.held or [], self.held_error
+        self.held, self.held_error = None, None
         return held, error
 
     def resume(self, held: list[Packet], error: MQTTError | None) -> None:
@@ -431,6 +448,8 @@ class Connection:
                 self.transport.pause_reading()
             except RuntimeError:  # closing already
                 pass
+        if paused is EMPTY_SET:
+            paused = self.paused_for = set()
         paused.add(reason)
 
     def resume_input(self, reason: str) -> None:
@@ -449,6 +468,8 @@ class Connection:
         """Keep ``packet`` for later; past HELD_BYTES_LIMIT, stop reading the socket."""
         if not self.waiting:
             self.engine.flow.waiting.add(self)
+            if self.waiting is EMPTY_DEQUE:
+                self.waiting = deque()
         self.waiting.append(packet)
         self.waiting_bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
         if self.waiting_bytes > HELD_BYTES_LIMIT and not self.reading_paused:
@@ -456,6 +477,8 @@ class Connection:
             self.pause_input("backpressure")
 
     def hold(self, reason: Hold) -> None:
+        if self.held_by is EMPTY_SET:
+            self.held_by = set()
         self.held_by.add(reason)
 
     def release(self, reason: Hold) -> None:
@@ -545,10 +568,15 @@ class Connection:
             self.engine.flow.output_drained(self)
 
     def schedule_keepalive(self) -> None:
-        """CONNECT accepted: the keepalive timer replaces the CONNECT deadline (none for keepalive 0)."""
+        """CONNECT accepted: the keepalive timer replaces the CONNECT deadline (none for keepalive 0).
+
+        A keepalive due after the CONNECT deadline does not get a heap entry of its own: when the
+        deadline comes, ``check_keepalive`` answers with the keepalive's time (one entry per client
+        instead of two, the stale one held until the deadline passed).
+        """
         timers = self.engine.keepalive_timers
         if self.keepalive:
-            timers.schedule(self, self.last_received + self.keepalive * 1.5)
+            timers.schedule_earlier(self, self.last_received + self.keepalive * 1.5)
         else:
             timers.cancel(self)
 
@@ -609,7 +637,7 @@ class Connection:
 
     def _end(self, publish_will: bool) -> None:
         engine = self.engine
-        engine.connections.discard(self)
+        engine.connections.pop(self, None)
         engine.keepalive_timers.cancel(self)
         engine.flow.output_drained(self)  # as a subscriber, it holds no one any more
         if self.waiting or self.held_by:

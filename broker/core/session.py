@@ -14,6 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
+from broker.core.empty import EMPTY_DEQUE, EMPTY_DICT, EMPTY_SET
 from broker.protocol.packets import SubscriptionOptions
 from broker.message import Message
 from broker.storage.base import NEVER_EXPIRES, QUEUED, RELEASED, SENT, QueueEntry
@@ -30,7 +31,9 @@ class Outlet(Protocol):
     """What a session needs of the connection it is attached to (``core/connection.py``)."""
 
     send_quota: int  # the client's receive window: QoS 1/2 PUBLISH in flight at most
-    peer: str  # the client's address, for log lines (a takeover names both)
+    @property
+    def peer(self) -> str:
+        """The client's address, for log lines (a takeover names both)."""
 
     def send_publish(
         self,
@@ -110,12 +113,14 @@ class Session:
         self.persistent = False  # kept in step with expiry_interval (read on every message)
         self.expiry_interval = expiry_interval  # seconds; 0 = ends with the connection
         self.protocol_level = protocol_level
-        self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions: dict[str, Subscription] = EMPTY_DICT  # its own dict from the first SUBSCRIBE
         self.connection: Outlet | None = None
         self.loading = False  # reading the stored queue after a reconnect
-        self.pending: deque[QueueEntry] = deque()  # online only: queued in RAM, not yet sent
-        self.inflight: dict[int, QueueEntry] = {}  # online only: packet id -> SENT/RELEASED entry
-        self.inbound_qos2: set[int] = set()  # PUBREC sent, PUBREL awaited
+        # Online only: queued in RAM, not yet sent. The shared empty deque (``empty.py``) until
+        # the first entry, and again once offline: idle and offline sessions hold no deque.
+        self.pending: deque[QueueEntry] = EMPTY_DEQUE
+        self.inflight: dict[int, QueueEntry] = EMPTY_DICT  # online only: packet id -> SENT/RELEASED entry
+        self.inbound_qos2: set[int] = EMPTY_SET  # PUBREC sent, PUBREL awaited (a set of its own once used)
         self.last_seq = 0
         self.next_packet_id = 1
         self.queued_count = 0  # entries waiting to be sent (RAM or storage)
@@ -242,6 +247,8 @@ class Session:
             if gate is not None:
                 gate.add_copy()  # its subscriber's PUBACK may release the publisher's early
                 entry.gate = gate
+            if self.pending is EMPTY_DEQUE:
+                self.pending = deque()
             self.pending.append(entry)
             if message.expires_at is not None:
                 self._note_pending_expiry(message.expires_at)
@@ -269,6 +276,8 @@ class Session:
                 self.engine.flow.queue_drained(self)
             return
         inflight = self.inflight
+        if inflight is EMPTY_DICT:
+            inflight = self.inflight = {}
         quota = conn.send_quota
         now = time.time()
         while pending and len(inflight) < quota:
@@ -462,8 +471,8 @@ class Session:
             expires_at = entry.message.expires_at
             if expires_at is not None and (self.earliest_expiry is None or expires_at < self.earliest_expiry):
                 self.earliest_expiry = expires_at
-        self.pending.clear()
-        self.inflight.clear()
+        self.pending = EMPTY_DEQUE
+        self.inflight = EMPTY_DICT
         self.backlog = self.persistent
         self.read_after = 0
         self.io_busy = False
@@ -586,6 +595,8 @@ class Session:
                 if entry.seq > self.read_after:
                     self.read_after = entry.seq
                 if entry.state == QUEUED:
+                    if self.pending is EMPTY_DEQUE:
+                        self.pending = deque()
                     self.pending.append(entry)
                     if entry.message.expires_at is not None:
                         self._note_pending_expiry(entry.message.expires_at)
@@ -610,6 +621,8 @@ class Session:
         """
         conn = self.connection
         assert conn is not None
+        if self.inflight is EMPTY_DICT:
+            self.inflight = {}
         for entry in entries:
             packet_id = entry.packet_id
             assert packet_id is not None

@@ -75,7 +75,8 @@ class SessionLifecycle:
             session = Session(engine, record.client_id, record.expiry_interval, record.protocol_level)
             # A session that was online when the broker stopped counts as disconnected now.
             session.disconnected_at = record.disconnected_at if record.disconnected_at is not None else now
-            session.inbound_qos2 = set(record.inbound_qos2)
+            if record.inbound_qos2:
+                session.inbound_qos2 = set(record.inbound_qos2)
             session.queued_count = record.queued_count
             session.queued_bytes = record.queued_bytes
             session.last_seq = record.last_seq

@@ -12,28 +12,33 @@ back (``flow.py``, the one owner of backpressure).
 from __future__ import annotations
 
 import time
+
 SOFT_BYTES = 1 << 20  # below this much unsent output, a client is never slow
 STALL_SECONDS = 2.0  # no byte drained for this long (above SOFT_BYTES): not reading
 HARD_BYTES = 16 << 20  # at least this much unsent output: drop QoS 0 even while it reads
 
 
 class OutputMeter:
-    """Counts bytes handed to the transport; compares with what is still buffered to see progress."""
+    """Compares the bytes handed to the transport with those still buffered, to see progress.
 
-    __slots__ = ("written", "hard_bytes", "_last_sent", "_progress_at")
+    A connection makes one the first time its output is above SOFT_BYTES (most never get
+    there) and counts the bytes it writes itself.
+    """
+
+    __slots__ = ("hard_bytes", "_last_sent", "_progress_at")
 
     def __init__(self, max_packet_size: int) -> None:
-        self.written = 0  # bytes handed to the transport so far
         self.hard_bytes = max(HARD_BYTES, 2 * max_packet_size)  # one packet in flight is no reason
         self._last_sent = 0
         self._progress_at = time.monotonic()
 
-    def not_reading(self, buffered: int) -> bool:
-        """True if QoS 0 to this client should be dropped, given its unsent bytes now."""
+    def not_reading(self, buffered: int, written: int) -> bool:
+        """True if QoS 0 to this client should be dropped, given its unsent bytes now and the
+        bytes handed to its transport so far."""
         if buffered <= SOFT_BYTES:
             return False
         now = time.monotonic()
-        sent = self.written - buffered
+        sent = written - buffered
         if sent > self._last_sent:
             self._last_sent = sent
             self._progress_at = now

@@ -33,7 +33,10 @@ class Transport(Protocol):
     """A bidirectional byte stream to one client, owned by the edge that created it."""
 
     listener: ListenerInfo
-    peer: str  # "host:port", "unix:PATH" or "bridge:NAME": for log lines and throttling
+    @property
+    def peer(self) -> str:
+        """"host:port", "unix:PATH" or "bridge:NAME": for log lines and throttling (may be
+        made when asked: an idle connection need not keep the string)."""
 
     def write(self, data: bytes) -> None:
         """Queue bytes for sending; never blocks."""

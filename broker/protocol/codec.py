@@ -576,7 +576,9 @@ class PacketReader:
         self.version: int | None = version
         self.max_packet_size = max_packet_size
         self.client_side = client_side
-        self._chunks: list[bytes] = []  # bytes of an incomplete packet, not joined until it can complete
+        # Bytes of an incomplete packet, not joined until it can complete (None: none; an idle
+        # connection keeps no list).
+        self._chunks: list[bytes] | None = None
         self._buffered = 0
         self._need = 1  # buffered bytes needed before parsing can make progress
         self._error: MQTTError | None = None
@@ -601,12 +603,14 @@ class PacketReader:
             self._buffered += len(data)
             if self._buffered < self._need:
                 return []
+            # (No local name for the list: the chunks must go as soon as they are joined, or a
+            # large packet would be held three times while it is decoded.)
             buf = b"".join(self._chunks)
-            self._chunks = []
+            self._chunks = None
         else:
             buf = data
             if len(buf) < self._need:
-                self._chunks.append(buf)
+                self._chunks = [buf]
                 self._buffered = len(buf)
                 return []
 
@@ -678,7 +682,7 @@ class PacketReader:
         except MQTTError as exc:
             exc.packets_before = packets  # type: ignore[attr-defined]
             self._error = exc
-            self._chunks = []
+            self._chunks = None
             raise
         if pos < size:
             rest = buf[pos:] if pos else buf

@@ -11,6 +11,7 @@ Unix-socket clients have no address and are limited only by the total.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -85,7 +86,8 @@ class Admission:
         it counts under ("" for none; hand it to ``release`` when it closes), or None if it is
         over a limit: then it is refused at its CONNECT, and nothing larger than a CONNECT is
         read from it meanwhile."""
-        address = str(peername[0]) if isinstance(peername, tuple) and peername else None
+        # Interned: the connections from one address (devices behind a NAT) share one string.
+        address = sys.intern(str(peername[0])) if isinstance(peername, tuple) and peername else None
         why = self.admit(address)
         if why is None:
             return address or ""

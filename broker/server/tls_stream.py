@@ -20,7 +20,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
-from broker.server.transport import describe_peer, set_nodelay
+from broker.server.transport import describe_peer
 
 READ_SIZE = 64 * 1024  # asked of SSLObject.read; OpenSSL returns at most one record (16 KiB)
 # Bytes put into a memory BIO at a time. A BIO keeps the largest buffer it ever held: fed a
@@ -74,7 +74,7 @@ class TLSServerProtocol(asyncio.Protocol):
         # A stream transport (uvloop's do not derive from asyncio.Transport: no isinstance check).
         raw = cast(asyncio.Transport, transport)
         self.raw = raw
-        set_nodelay(raw)
+        # (TCP_NODELAY: set by asyncio and uvloop on every TCP transport, see transport.py)
         self.peer = describe_peer(raw)
         self.sslobj = self.context.wrap_bio(self.incoming, self.outgoing, server_side=True)
         self.timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._timed_out)

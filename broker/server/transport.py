@@ -9,11 +9,11 @@ synchronously.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from typing import Any, cast
 
 from broker.core.connection import Connection
+from broker.core.empty import EMPTY_DEQUE
 from broker.core.engine import Engine
 from broker.core.transport import DEFAULT_LISTENER, ListenerInfo
 from broker.server.admission import Admission
@@ -40,36 +40,39 @@ def describe_peer(transport: asyncio.BaseTransport) -> str:
     return "unknown"
 
 
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    """No Nagle delay on TCP: MQTT packets are small and each one is answered at once."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 class StreamTransport:
     """``Transport`` over an asyncio stream transport, with a lingering close."""
 
-    __slots__ = ("_transport", "listener", "peer", "_linger_left", "_linger_timer", "_queued", "_queued_bytes")
+    __slots__ = ("_transport", "listener", "_peer", "_linger_left", "_linger_timer", "_queued", "_queued_bytes")
 
     def __init__(self, transport: asyncio.Transport, listener: ListenerInfo) -> None:
-        self._transport = transport
         self.listener = listener
-        self.peer = describe_peer(transport)
+        self._attach(transport)
+
+    def _attach(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        # A TCP peer's "host:port" is made when a log line asks for it (asyncio and uvloop keep
+        # the address after the close): not a string kept by every idle connection.
+        tcp = isinstance(transport.get_extra_info("peername"), tuple)
+        self._peer: str | None = None if tcp else describe_peer(transport)
         self._linger_left: int | None = None  # bytes still accepted and discarded while lingering
         self._linger_timer: asyncio.TimerHandle | None = None
-        self._queued: deque[memoryview] = deque()  # output not yet handed to asyncio
+        # Output not yet handed to asyncio; the shared empty deque until a client falls behind.
+        self._queued: deque[memoryview] = EMPTY_DEQUE
         self._queued_bytes = 0
         # pause_writing() above WRITE_SLICE buffered, resume_writing() once at or below it.
         transport.set_write_buffer_limits(WRITE_SLICE, WRITE_SLICE)
+
+    @property
+    def peer(self) -> str:
+        return self._peer or describe_peer(self._transport)
 
     def write(self, data: bytes) -> None:
         if not self._queued and len(data) <= WRITE_SLICE:
             self._transport.write(data)
             return
+        if self._queued is EMPTY_DEQUE:
+            self._queued = deque()
         self._queued.append(memoryview(data))
         self._queued_bytes += len(data)
         self.drain()
@@ -161,7 +164,8 @@ class StreamTransport:
         if not self._transport.is_closing():
             self._transport.close()
 
-    def connection_lost(self) -> None:
+    def transport_lost(self) -> None:
+        """The asyncio transport is gone (its protocol's ``connection_lost``)."""
         self._queued.clear()
         self._queued_bytes = 0
         if self._linger_timer is not None:
@@ -169,52 +173,53 @@ class StreamTransport:
             self._linger_timer = None
 
 
-class MQTTProtocol(asyncio.Protocol):
-    __slots__ = ("engine", "listener", "stream", "connection", "admission", "address")
+class MQTTProtocol(StreamTransport, asyncio.Protocol):
+    """The asyncio Protocol of an MQTT stream connection, and the ``Transport`` its core
+    ``Connection`` writes to: one object per connection, not two (idle connections by the
+    thousand: issue 13). The stream half is set up when asyncio hands over its transport."""
+
+    __slots__ = ("engine", "connection", "admission", "address")
 
     def __init__(
         self, engine: Engine, listener: ListenerInfo = DEFAULT_LISTENER, admission: Admission | None = None
     ) -> None:
         self.engine = engine
         self.listener = listener
-        self.stream: StreamTransport | None = None
         self.connection: Connection | None = None
         self.admission = admission
         self.address: str | None = None  # set while this connection counts in ``admission``
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        set_nodelay(transport)
-        self.stream = StreamTransport(cast(asyncio.Transport, transport), self.listener)
-        self.connection = connection = Connection(self.engine, self.stream)
+        # No Nagle delay (MQTT packets are small and answered at once): asyncio and uvloop set
+        # TCP_NODELAY on every TCP transport already. Asking for the socket to set it again
+        # cost each connection a socket object (uvloop keeps the one it makes).
+        self._attach(cast(asyncio.Transport, transport))
+        self.connection = connection = Connection(self.engine, self)
         if self.admission is not None:
             self.address = self.admission.admit_connection(connection, transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
-        # asyncio calls this only between connection_made and connection_lost: both are set.
-        stream = cast(StreamTransport, self.stream)
-        if stream.lingering:
-            stream.discard(len(data))
+        # asyncio calls this only between connection_made and connection_lost.
+        if self._linger_left is not None:  # lingering
+            self.discard(len(data))
             return
         cast(Connection, self.connection).data_received(data)
 
     def resume_writing(self) -> None:
-        if self.stream is not None:
-            self.stream.drain()
+        self.drain()  # (asyncio calls it only after connection_made)
         if self.connection is not None:
             self.connection.output_drained()
 
     def eof_received(self) -> bool | None:
-        stream = self.stream
-        if stream is not None and stream.lingering:
-            stream.end_linger()
+        if self.lingering:
+            self.end_linger()
         return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.admission is not None and self.address is not None:
             self.admission.release(self.address or None)
             self.address = None
-        if self.stream is not None:
-            self.stream.connection_lost()
+        self.transport_lost()
         if self.connection is not None:
             self.connection.connection_lost(exc)
             self.connection = None

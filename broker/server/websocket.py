@@ -34,7 +34,7 @@ from broker.core.connection import Connection
 from broker.core.engine import Engine
 from broker.core.transport import ListenerInfo
 from broker.server.admission import Admission
-from broker.server.transport import StreamTransport, set_nodelay
+from broker.server.transport import StreamTransport
 
 log = logging.getLogger("broker")
 
@@ -172,7 +172,7 @@ class WebSocketProtocol(asyncio.Protocol):
     # ---- asyncio ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        set_nodelay(transport)
+        # (TCP_NODELAY: set by asyncio and uvloop on every TCP transport, see transport.py)
         self.peername = transport.get_extra_info("peername")
         ws = ServerProtocol(subprotocols=SUBPROTOCOLS, max_size=self.max_message_size)
         self.stream = WebSocketTransport(cast(asyncio.Transport, transport), self.listener, ws)
@@ -202,7 +202,7 @@ class WebSocketProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_timer()
         if self.stream is not None:
-            self.stream.connection_lost()
+            self.stream.transport_lost()
         self.lose_connection(exc)
 
     def resume_writing(self) -> None:

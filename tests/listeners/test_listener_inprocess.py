@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -175,3 +176,56 @@ def test_expiring_certificate_is_warned_about_at_start_and_periodically(
     assert len(warnings) >= 3
     assert all(r.levelno == logging.WARNING for r in warnings)
     assert "expires in 4 days" in warnings[0].getMessage() or "expires in 5 days" in warnings[0].getMessage()
+
+
+def accepted_sockets_without_nodelay(ports: set[int]) -> tuple[int, list[int]]:
+    """This process's accepted TCP sockets on ``ports``: (how many, local ports of those without TCP_NODELAY)."""
+    found, slow = 0, []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))  # a duplicate: family and type as they are
+        except OSError:
+            continue
+        with sock:
+            try:
+                if sock.type != socket.SOCK_STREAM or sock.family != socket.AF_INET:
+                    continue
+                local_port = sock.getsockname()[1]
+                sock.getpeername()  # accepted (a listening socket has no peer)
+            except OSError:
+                continue
+            if local_port in ports:
+                found += 1
+                if not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
+                    slow.append(local_port)
+    return found, slow
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_accepted_connections_have_no_nagle_delay(pki: PKI, loop: str) -> None:
+    """MQTT packets are small and answered at once: every listener's connections have TCP_NODELAY
+    (asyncio and uvloop set it on every TCP transport; the broker relies on that)."""
+    config = Config(
+        backend="memory",
+        listeners=[ListenerConfig(port=0), mtls(pki), ListenerConfig(port=0, protocol="websockets")],
+    )
+
+    async def body(engine: Engine, group: Listeners) -> None:
+        ports = {address(group, index)[1] for index in range(3)}
+        clients = [socket.create_connection(address(group, index), timeout=5) for index in range(3)]
+        try:
+            for _ in range(200):  # until the broker has accepted all three
+                found, slow = accepted_sockets_without_nodelay(ports)
+                if found == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert (found, slow) == (3, [])
+        finally:
+            for client in clients:
+                client.close()
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(with_listeners(config, body))
+    else:
+        asyncio.run(with_listeners(config, body))

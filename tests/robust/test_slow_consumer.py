@@ -19,17 +19,17 @@ def test_the_meter_wants_a_stall_over_time_or_the_hard_bound(monkeypatch) -> Non
     clock = [100.0]
     monkeypatch.setattr(slow_consumer.time, "monotonic", lambda: clock[0])
     meter = OutputMeter(max_packet_size=1 << 20)
-    meter.written = 5 << 20
-    assert not meter.not_reading(512 << 10)  # under the soft bound: never
-    assert not meter.not_reading(4 << 20)  # 1 MiB drained since the start: progress
+    written = 5 << 20  # handed to the transport
+    assert not meter.not_reading(512 << 10, written)  # under the soft bound: never
+    assert not meter.not_reading(4 << 20, written)  # 1 MiB drained since the start: progress
     clock[0] += 1.9
-    assert not meter.not_reading(4 << 20)  # no progress, but not for long
+    assert not meter.not_reading(4 << 20, written)  # no progress, but not for long
     clock[0] += 0.2
-    assert meter.not_reading(4 << 20)  # 2.1 s without a byte drained
-    meter.written += 1 << 20
-    assert not meter.not_reading(4 << 20)  # it read 1 MiB: reading again
-    meter.written += 20 << 20
-    assert meter.not_reading(17 << 20)  # reading, but past the hard bound
+    assert meter.not_reading(4 << 20, written)  # 2.1 s without a byte drained
+    written += 1 << 20
+    assert not meter.not_reading(4 << 20, written)  # it read 1 MiB: reading again
+    written += 20 << 20
+    assert meter.not_reading(17 << 20, written)  # reading, but past the hard bound
 
 
 def test_a_subscriber_that_keeps_reading_loses_nothing(broker_factory, canary_factory) -> None:

@@ -30,11 +30,56 @@ def test_timers_pop_what_is_due_in_order_and_skip_stale_entries() -> None:
     assert len(timers) == 0 and timers.due(100.0) == []
 
 
-def test_a_flapping_key_does_not_grow_the_heap() -> None:
+def test_deadlines_within_a_second_and_keys_that_come_back() -> None:
+    timers: Timers[str] = Timers()
+    timers.schedule("late", 10.9)
+    timers.schedule("early", 10.2)
+    timers.schedule("back", 10.5)
+    timers.schedule("back", 12.0)  # to another second...
+    timers.schedule("back", 10.4)  # ...and back: listed twice in second 10, due once
+    timers.schedule("gone", 10.1)
+    timers.cancel("gone")
+    assert timers.due(10.0) == []
+    assert timers.due(10.45) == ["early", "back"]
+    assert timers.due(10.8) == []
+    assert timers.when("late") == 10.9 and "late" in timers and len(timers) == 1
+    assert timers.due(11.0) == ["late"]
+    assert timers.due(13.0) == [] and len(timers) == 0
+
+
+def test_due_agrees_with_a_sorted_list_of_deadlines() -> None:
+    import random
+
+    rng = random.Random(7)
+    timers: Timers[int] = Timers()
+    deadlines: dict[int, float] = {}
+    now = 0.0
+    for _ in range(20_000):
+        key = rng.randrange(300)
+        action = rng.random()
+        if action < 0.6:
+            when = now + rng.random() * 5
+            timers.schedule(key, when)
+            deadlines[key] = when
+        elif action < 0.7:
+            timers.cancel(key)
+            deadlines.pop(key, None)
+        else:
+            now += rng.random() * 0.7
+            expected = sorted((when, key) for key, when in deadlines.items() if when <= now)
+            assert timers.due(now) == [key for _, key in expected]
+            for _, key in expected:
+                del deadlines[key]
+        assert len(timers) == len(deadlines)
+
+
+def test_a_flapping_key_does_not_grow_the_slots() -> None:
     timers: Timers[str] = Timers()
     for i in range(100_000):
         timers.schedule("flapper", float(i))
-    assert len(timers._heap) <= 2 * len(timers) + 1025
+    assert timers._listed <= 2 * len(timers) + 1025
+    assert len(timers._seconds) <= 2 * len(timers) + 1025
+    assert timers.due(1e9) == ["flapper"]
 
 
 def test_a_tick_does_not_look_at_sessions_that_are_not_due(monkeypatch) -> None:

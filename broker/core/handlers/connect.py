@@ -78,8 +78,9 @@ def handle_connect(conn: Connection, packet: Connect) -> None:
     if version == MQTT_5:
         conn.send_quota = min(props.get(P.RECEIVE_MAXIMUM, 65535), config.max_inflight_messages)
         conn.max_send_packet_size = props.get(P.MAXIMUM_PACKET_SIZE, conn.max_send_packet_size)
-        conn.topic_alias_max_out = props.get(P.TOPIC_ALIAS_MAXIMUM, 0)
-        conn.aliases_out = OutboundAliases(conn.topic_alias_max_out)
+        alias_maximum = props.get(P.TOPIC_ALIAS_MAXIMUM, 0)  # of the client: aliases we may send
+        if alias_maximum:
+            conn.aliases_out = OutboundAliases(alias_maximum)
         conn.problem_information = props.get(P.REQUEST_PROBLEM_INFORMATION, 1) == 1
 
     # AUTH: who is this client, may it connect? A password check runs off the event loop;
@@ -163,12 +164,11 @@ def accept_connect(
             ack_props[P.SESSION_EXPIRY_INTERVAL] = expiry
         if props.get(P.REQUEST_RESPONSE_INFORMATION) == 1:
             ack_props[P.RESPONSE_INFORMATION] = response_information(config.response_information, client_id)
-    conn.protocol_label = PROTOCOL_LABELS.get(version, f"p{version}")
     log.info(
         "New client connected from %s as %s (%s, c%d, k%d%s).",
         conn.peer,
         client_id,
-        conn.protocol_label,
+        PROTOCOL_LABELS.get(version, f"p{version}"),
         1 if packet.clean_start else 0,
         keepalive,
         f", u'{conn.username}'" if conn.username else "",

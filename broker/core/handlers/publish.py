@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from broker.core.ackgate import AckGate
+from broker.core.empty import EMPTY_SET
 from broker.core.sessions import message_from_publish
 from broker.message import Message
 from broker.protocol import properties as P
@@ -30,10 +31,13 @@ def resolve_topic(conn: Connection, packet: Publish) -> str:
         if alias is not None:
             if alias > conn.engine.config.max_topic_alias:
                 raise ProtocolError(f"topic alias {alias} above maximum", RC.TOPIC_ALIAS_INVALID)
+            aliases = conn.aliases_in
             if topic:
-                conn.aliases_in[alias] = topic
+                if aliases is None:
+                    aliases = conn.aliases_in = {}
+                aliases[alias] = topic
             else:
-                aliased = conn.aliases_in.get(alias)
+                aliased = aliases.get(alias) if aliases is not None else None
                 if aliased is None:
                     raise ProtocolError(f"unknown topic alias {alias}", RC.PROTOCOL_ERROR)
                 topic = aliased
@@ -116,6 +120,8 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
         else:
             conn.send_packet(Puback(packet_id, reason), after_commit, gate)
     else:
+        if session.inbound_qos2 is EMPTY_SET:
+            session.inbound_qos2 = set()
         session.inbound_qos2.add(packet_id)
         if session.persistent:
             engine.storage.add_inbound_qos2(conn.client_id, packet_id)
