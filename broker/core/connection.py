@@ -78,8 +78,6 @@ class Connection:
         "aliases_out",
         "inbound_unacked",
         "ordered_output",
-        "awaited_commit",
-        "transport_backlog",
         "close_reason",
         "disconnected_cleanly",
         "problem_information",
@@ -126,8 +124,6 @@ class Connection:
         self.inbound_unacked = 0  # QoS 1/2 PUBLISH received and not yet fully acknowledged
         # Output that must wait for a commit: deque of [future-or-None, bytes, ...]
         self.ordered_output: deque[list] = EMPTY_DEQUE
-        self.awaited_commit: asyncio.Future[None] | None = None  # the last commit that flushes it
-        self.transport_backlog = 0  # the transport's unsent bytes when this iteration's output began
         self.close_reason = ""
         self.disconnected_cleanly = False
         self.problem_information = True  # v5 Request Problem Information: reason strings on acks
@@ -228,17 +224,19 @@ class Connection:
             return
         if queue is EMPTY_DEQUE:
             queue = self.ordered_output = deque()
+        # One callback per commit flushes the whole queue: none if the last entry waits for it.
+        last = queue[-1][0] if queue else None
+        awaited = last is future or (type(last) is AckGate and last.commit is future)
         if gate is not None:
             gate.commit = future
             gate.on_release = self._flush_ordered_output
             queue.append([gate, data])
-        elif queue and queue[-1][0] is future:
-            queue[-1].append(data)  # same commit as the previous one: one callback for both
+        elif last is future:
+            queue[-1].append(data)  # same commit as the previous one
             return
         else:
             queue.append([future, data])
-        if self.awaited_commit is not future:  # one callback per commit flushes the whole queue
-            self.awaited_commit = future
+        if not awaited:
             future.add_done_callback(self._flush_ordered_output)
 
     def _flush_ordered_output(self, _future: asyncio.Future | None = None) -> None:
@@ -289,10 +287,11 @@ class Connection:
         rights = self.rights
         if rights is not None and not (rights.receive.get(message.topic) or rights.may_receive(message.topic)):
             return False  # AUTH: read check on every message (wildcards, retained, queued, $SYS)
-        if qos == 0:
-            if not self.out:  # the transport's backlog changes only when ``_flush`` has run
-                self.transport_backlog = self.transport.write_buffer_size()
-            buffered = self.transport_backlog
+        # QoS 0: is the client behind? Asked at the first PUBLISH of an event-loop iteration
+        # only: the transport's backlog changes only when ``_flush`` has run (a fan-out asks
+        # once per subscriber, not once per message; one iteration's input may overshoot).
+        if qos == 0 and self.out is None:
+            buffered = self.transport.write_buffer_size()
             if buffered > SOFT_BYTES:
                 if self.not_reading(buffered):
                     # A client that does not read must not make the broker buffer without bound:
