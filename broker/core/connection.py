@@ -59,6 +59,23 @@ DEFERRED_TYPES = frozenset({Publish, Subscribe, Unsubscribe, Disconnect, Auth})
 PACKET_OVERHEAD = 64
 
 
+class Backpressure:
+    """A held client's side of backpressure (``flow.py``): why it is held, what waits.
+
+    Made when a client is first held and dropped once nothing holds or waits: most clients
+    never are, and an idle one should not carry five fields for it.
+    """
+
+    __slots__ = ("held_by", "packets", "bytes", "reading_paused", "resume_scheduled")
+
+    def __init__(self) -> None:
+        self.held_by: set[Hold] = set()
+        self.packets: deque[Packet] = deque()  # read, not handled yet, in order
+        self.bytes = 0  # what they count against HELD_BYTES_LIMIT
+        self.reading_paused = False
+        self.resume_scheduled = False
+
+
 class Connection:
     __slots__ = (
         "engine",
@@ -88,15 +105,10 @@ class Connection:
         "connect_deadline",
         "meter",
         "bytes_written",
-        "held_by",
-        "waiting",
-        "waiting_bytes",
-        "reading_paused",
         "paused_for",
-        "resume_scheduled",
         "rights",
         "held",
-        "held_error",
+        "backpressure",
     )
 
     def __init__(self, engine: Engine, transport: Transport) -> None:
@@ -137,17 +149,12 @@ class Connection:
         self.refusal: str | None = None  # set by the edge: over a connection limit, refused at CONNECT
         # Backpressure (``flow.py``): the congested sessions this client's PUBLISHes fed, and
         # the packets waiting (unhandled, unacknowledged) until they drain.
-        self.held_by: set[Hold] = EMPTY_SET  # why its PUBLISHes wait (flow.py)
-        self.waiting: deque[Packet] = EMPTY_DEQUE
-        self.waiting_bytes = 0
-        self.reading_paused = False
+        self.backpressure: Backpressure | None = None  # made when it is first held (flow.py)
         self.paused_for: set[str] = EMPTY_SET  # who stopped reading this client (pause_input)
-        self.resume_scheduled = False
         # AUTH: topic checks of this client (None: no ACL, every topic allowed), and the packets
         # received while its CONNECT is being authenticated, handled in order afterwards.
         self.rights: ClientRights | None = None
-        self.held: list[Packet] | None = None
-        self.held_error: MQTTError | None = None
+        self.held: tuple[list[Packet], MQTTError | None] | None = None
         engine.connections[self] = None
         engine.stats.connections_opened += 1
         engine.keepalive_timers.schedule(self, self.connect_deadline)
@@ -392,7 +399,7 @@ class Connection:
         remaining: Iterator[Packet] = iter(packets)
         for packet in remaining:
             kind = type(packet)
-            if kind in DEFERRED_TYPES and (self.waiting or self.held_by or flow.memory_full):
+            if kind in DEFERRED_TYPES and (self.backpressure is not None or flow.memory_full):
                 self._wait(packet)  # backpressure (flow.py)
                 continue
             # ``handle``, inlined for the common case: a connected client, no -v.
@@ -414,10 +421,10 @@ class Connection:
     def _hold(self, packets: Iterator[Packet], error: MQTTError | None) -> None:
         held = self.held
         if held is None:
-            held = self.held = []
-        held.extend(packets)
-        if error is not None and self.held_error is None:
-            self.held_error = error
+            held = self.held = ([], None)
+        held[0].extend(packets)
+        if error is not None and held[1] is None:
+            self.held = (held[0], error)
 
     def wait_for_authentication(self) -> None:
         """AUTH: the CONNECT handler awaits a decision; stop reading, hold what comes."""
@@ -428,8 +435,8 @@ class Connection:
         """AUTH: the decision arrived; the held packets and error, to handle once accepted."""
         self.state = CONNECTING
         self.last_received = time.monotonic()  # the keepalive starts now, not before a throttled wait
-        held, error = self.held or [], self.held_error
-        self.held, self.held_error = None, None
+        held, error = self.held or ([], None)
+        self.held = None
         return held, error
 
     def resume(self, held: list[Packet], error: MQTTError | None) -> None:
@@ -463,50 +470,77 @@ class Connection:
                 pass
 
     # ---- backpressure (flow.py) -------------------------------------------------------------
+    @property
+    def held_by(self) -> set[Hold]:
+        """Why this client's PUBLISHes wait (empty: they do not)."""
+        state = self.backpressure
+        return state.held_by if state is not None else EMPTY_SET
+
+    @property
+    def waiting(self) -> deque[Packet]:
+        """The packets read from this client and not handled yet."""
+        state = self.backpressure
+        return state.packets if state is not None else EMPTY_DEQUE
+
+    def _held_state(self) -> Backpressure:
+        state = self.backpressure
+        if state is None:
+            state = self.backpressure = Backpressure()
+        return state
+
     def _wait(self, packet: Packet) -> None:
         """Keep ``packet`` for later; past HELD_BYTES_LIMIT, stop reading the socket."""
-        if not self.waiting:
+        state = self._held_state()
+        if not state.packets:
             self.engine.flow.waiting.add(self)
-            if self.waiting is EMPTY_DEQUE:
-                self.waiting = deque()
-        self.waiting.append(packet)
-        self.waiting_bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
-        if self.waiting_bytes > HELD_BYTES_LIMIT and not self.reading_paused:
-            self.reading_paused = True
+        state.packets.append(packet)
+        state.bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+        if state.bytes > HELD_BYTES_LIMIT and not state.reading_paused:
+            state.reading_paused = True
             self.pause_input("backpressure")
 
     def hold(self, reason: Hold) -> None:
-        if self.held_by is EMPTY_SET:
-            self.held_by = set()
-        self.held_by.add(reason)
+        self._held_state().held_by.add(reason)
 
     def release(self, reason: Hold) -> None:
-        self.held_by.discard(reason)
-        if not self.held_by:
-            self.wake()
+        state = self.backpressure
+        if state is None:
+            return
+        state.held_by.discard(reason)
+        if not state.held_by:
+            if state.packets:
+                self.wake()
+            elif not state.reading_paused:
+                self.backpressure = None  # nothing waits: back to the fast path
 
     def wake(self) -> None:
         """Handle waiting packets soon (not inside the handler that freed the room)."""
-        if self.waiting and not self.resume_scheduled and self.state != CLOSED:
-            self.resume_scheduled = True
+        state = self.backpressure
+        if state is not None and state.packets and not state.resume_scheduled and self.state != CLOSED:
+            state.resume_scheduled = True
             self.engine.loop.call_soon(self._resume)
 
     def _resume(self, force: bool = False) -> None:
         """Handle waiting packets while nothing holds this client; read again below half the bound."""
-        self.resume_scheduled = False
+        state = self.backpressure
+        if state is None:
+            return
+        state.resume_scheduled = False
         flow = self.engine.flow
-        waiting = self.waiting
-        while waiting and (force or not (self.held_by or flow.memory_full)) and self.state != CLOSED:
+        waiting = state.packets
+        while waiting and (force or not (state.held_by or flow.memory_full)) and self.state != CLOSED:
             packet = waiting.popleft()
-            self.waiting_bytes -= PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+            state.bytes -= PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
             self.handle(packet)
         if not waiting:
-            self.waiting_bytes = 0
+            state.bytes = 0
             flow.waiting.discard(self)
-        if self.reading_paused and self.waiting_bytes <= HELD_BYTES_LIMIT // 2 and self.state != CLOSED:
-            self.reading_paused = False
+        if state.reading_paused and state.bytes <= HELD_BYTES_LIMIT // 2 and self.state != CLOSED:
+            state.reading_paused = False
             self.last_received = time.monotonic()  # not heard while paused: not its fault
             self.resume_input("backpressure")
+        if not (waiting or state.held_by or state.reading_paused or state.resume_scheduled) and self.backpressure is state:
+            self.backpressure = None  # nothing waits: back to the fast path
 
     def buffered_bytes(self) -> int:
         """Unsent output and waiting PUBLISHes (for the memory budget)."""
@@ -514,7 +548,8 @@ class Connection:
             pending = self.transport.write_buffer_size()
         except Exception:  # closed meanwhile
             pending = 0
-        return pending + self.waiting_bytes
+        state = self.backpressure
+        return pending + (state.bytes if state is not None else 0)
 
     def handle(self, packet: Packet) -> None:
         """Hand one decoded packet to its handler (the codec lets only a CONNECT through first)."""
@@ -573,6 +608,7 @@ class Connection:
         deadline comes, ``check_keepalive`` answers with the keepalive's time (one entry per client
         instead of two, the stale one held until the deadline passed).
         """
+        self.connect_deadline = 0.0  # passed: an idle client need not keep its float
         timers = self.engine.keepalive_timers
         if self.keepalive:
             timers.schedule_earlier(self, self.last_received + self.keepalive * 1.5)
@@ -592,7 +628,7 @@ class Connection:
             return self.connect_deadline
         if self.state == CLOSED or not self.keepalive:
             return None
-        if self.reading_paused:
+        if self.backpressure is not None and self.backpressure.reading_paused:
             return now + 1.0  # we do not read it (backpressure): its PINGREQ cannot be seen
         limit = self.keepalive * 1.5
         if now - self.last_received > limit:
@@ -639,11 +675,10 @@ class Connection:
         engine.connections.pop(self, None)
         engine.keepalive_timers.cancel(self)
         engine.flow.output_drained(self)  # as a subscriber, it holds no one any more
-        if self.waiting or self.held_by:
-            engine.flow.forget(self, self.held_by)
-            self.waiting.clear()
-            self.waiting_bytes = 0
-            self.held_by.clear()
+        state = self.backpressure
+        if state is not None:
+            engine.flow.forget(self, state.held_by)
+            self.backpressure = None
         session = self.session
         if session is None:
             return

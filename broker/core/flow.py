@@ -234,12 +234,10 @@ class FlowControl:
         hold = self.congested.get(session)
         if hold is None:
             hold = self.congested[session] = Hold(session.acks, time.monotonic())
-            session.congested = True
         hold.add(feeder)
 
     def queue_drained(self, session: Session) -> None:
         """``session`` is back under its low-water mark, stalled or offline: let its feeders go."""
-        session.congested = False
         hold = self.congested.pop(session, None)
         if hold is not None:
             hold.release_all()

@@ -101,7 +101,6 @@ class Session:
         "_earliest_expiry",
         "expiry_seen",
         "acks",
-        "congested",
         "stalled",
         "pending_expiry",
     )
@@ -139,7 +138,6 @@ class Session:
         # Backpressure (``flow.py``): acknowledgements received (progress), over the high-water
         # mark with publishers held, and stopped reading (its queue limits drop again).
         self.acks = 0
-        self.congested = False
         self.stalled = False
         # No entry in ``pending`` expires before this (None: none expires); may be early.
         self.pending_expiry: float | None = None
@@ -153,6 +151,11 @@ class Session:
     def expiry_interval(self, seconds: int) -> None:
         self._expiry_interval = seconds
         self.persistent = seconds > 0
+
+    @property
+    def congested(self) -> bool:
+        """Over its high-water mark: backpressure holds its feeders (``flow.py`` keeps the list)."""
+        return self in self.engine.flow.congested
 
     @property
     def earliest_expiry(self) -> float | None:
