@@ -8,6 +8,7 @@ report of a failing test. The process classes live in ``brokerprocess.py``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import threading
@@ -32,6 +33,56 @@ settings.load_profile("edgemq")
 
 
 PROCESSES = pytest.StashKey[list[_ManagedProcess]]()
+
+# Fixtures whose tests measure latency, so run alone like ``serial`` tests: the canary
+# (tests/robust) fails on a PUBACK slower than 1 s, which other tests on the same cores cause.
+SERIAL_FIXTURES = frozenset({"canary_factory"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "serial: the test measures time or throughput, so under pytest-xdist (-n) it runs alone:"
+        " no test of another worker runs meanwhile (tests using canary_factory are serial too)",
+    )
+
+
+def _runs_alone(item: pytest.Item) -> bool:
+    return item.get_closest_marker("serial") is not None or bool(
+        SERIAL_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    )
+
+
+@pytest.fixture(autouse=True)
+def _serial_tests_run_alone(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under pytest-xdist, a ``serial`` test holds a lock that every other test shares.
+
+    Two lock files shared by the workers of one run (flock, released by the kernel
+    if a worker dies): ``run.lock`` is taken shared by ordinary tests and exclusively
+    by a serial one; ``gate.lock`` is passed through by every test and held by a
+    serial test while it waits and runs, so a steady stream of ordinary tests cannot
+    starve it. Without xdist nothing runs in parallel and nothing is locked.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above each worker's popen-gwK/
+    alone = _runs_alone(request.node)
+    with open(shared / "gate.lock", "a") as gate, open(shared / "run.lock", "a") as run:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            if not alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(run, fcntl.LOCK_UN)
+            if alone:
+                fcntl.flock(gate, fcntl.LOCK_UN)
 
 
 def _register(request: pytest.FixtureRequest, process: _ManagedProcess) -> None:
