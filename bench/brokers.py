@@ -9,6 +9,7 @@ stopped by its PID.
 from __future__ import annotations
 
 import os
+import random
 import re
 import resource
 import shlex
@@ -59,11 +60,35 @@ MOSQUITTO_SETTINGS = (
 )
 
 
+LOWEST_PICKED_PORT = 10000
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    """A port that was free a moment ago (for brokers that cannot be told to use port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now, for programs that cannot be told to use port 0 (mosquitto; a broker
+    restarted on the same port), or for nothing to listen on.
+
+    Picked at random below the kernel's ephemeral range and checked by binding it. A port
+    from binding port 0 is in that range, so until the program binds it, every other
+    process's bind to port 0 and every outgoing connection may take it: with tests running
+    in parallel (pytest -n), a broker then failed with "Address already in use".
+    """
+    top = _ephemeral_ports_start()
+    for _ in range(200):
+        port = random.randrange(LOWEST_PICKED_PORT, top) if top > LOWEST_PICKED_PORT + 1000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): another one
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"no free port found in {LOWEST_PICKED_PORT}..{top - 1}")
 
 
 def raise_nofile_limit(wanted: int) -> int:

@@ -29,11 +29,11 @@ STOP_TIMEOUT = 10.0
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
-def free_port() -> int:
-    """A port that was free a moment ago (for programs that cannot be told to use port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+if str(REPO_ROOT) not in sys.path:  # bench/ is not an installed package: import it from the checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+# A port below the ephemeral range: tests import it from here.
+from bench.brokers import free_port  # noqa: E402, F401
 
 
 def subprocess_env() -> dict[str, str]:

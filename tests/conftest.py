@@ -8,6 +8,7 @@ report of a failing test. The process classes live in ``brokerprocess.py``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import threading
@@ -33,6 +34,55 @@ settings.load_profile("edgemq")
 
 PROCESSES = pytest.StashKey[list[_ManagedProcess]]()
 
+# Fixtures whose tests measure latency, so run alone like ``serial`` tests: the canary
+# (tests/robust) fails on a PUBACK slower than 1 s, which other tests on the same cores cause.
+SERIAL_FIXTURES = frozenset({"canary_factory"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "serial: the test measures time or throughput, so it runs last and, under pytest-xdist (-n), alone:"
+        " no test of another worker runs meanwhile (tests using canary_factory are serial too)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Serial tests (marked, or using a SERIAL_FIXTURES fixture) are marked and go last.
+
+    Last, so that under xdist the other workers have run out of ordinary tests by the
+    time a serial test waits for them: no worker idles while one runs alone mid-run.
+    """
+    for item in items:
+        if SERIAL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.serial)
+    items.sort(key=lambda item: item.get_closest_marker("serial") is not None)  # stable
+
+
+@pytest.fixture(autouse=True)
+def _serial_tests_run_alone(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under pytest-xdist, a ``serial`` test runs while no other test does.
+
+    One lock file shared by the workers of one run (flock, released by the kernel if
+    a worker dies): ordinary tests hold it shared, a serial test exclusively, so it
+    waits until the tests running elsewhere are done and keeps new ones out. Serial
+    tests come last (above), so waiting costs nothing while ordinary tests remain.
+    Without xdist nothing runs in parallel and nothing is locked.
+    """
+    if not hasattr(request.config, "workerinput"):  # not an xdist worker (a child pytest inherits its environment)
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-N/, above each worker's popen-gwK/
+    alone = request.node.get_closest_marker("serial") is not None
+    with open(shared / "serial.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
 
 def _register(request: pytest.FixtureRequest, process: _ManagedProcess) -> None:
     request.node.stash.setdefault(PROCESSES, []).append(process)
@@ -54,7 +104,8 @@ def pytest_runtest_makereport(
 
 
 EXIT_STATUS = pytest.StashKey[int]()
-LEFTOVER_THREAD_GRACE = 5.0
+# How long exit waits for leftover threads to end; tests/test_fixtures.py shortens it.
+LEFTOVER_THREAD_GRACE = float(os.environ.get("EDGEMQ_LEFTOVER_THREAD_GRACE", "5.0"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_harness import LIBRARY, EdgeBroker, Runtime, compile_tree, free_port
+from brokerprocess import free_port
+from edge_harness import LIBRARY, EdgeBroker, Runtime, compile_tree
 
 BROKERS = ["mosquitto", "ours"]
 RUNTIMES = ["micropython", "cpython"]

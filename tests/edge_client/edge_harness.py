@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import socket
 import signal
 import subprocess
 import sys
@@ -263,8 +262,3 @@ class EdgeBroker:
     def restart(self) -> None:
         self.process.restart()
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

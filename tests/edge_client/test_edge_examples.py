@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from brokerprocess import free_port
 from edge_harness import REPO, EdgeBroker, Peer, Runtime
 
 EXAMPLES = REPO / "firmware_examples"
@@ -24,9 +24,8 @@ def unix_port(mpy_lib: Path, tmp_path: Path) -> Any:
 
 
 def dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nobody listens on (outside the range that port 0 and outgoing connections use)."""
+    return free_port()
 
 
 def sim_env(state: Path, port: int, **extra: object) -> dict[str, str]:

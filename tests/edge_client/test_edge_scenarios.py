@@ -4,12 +4,12 @@ mosquitto and our broker, over real loopback sockets, with paho-mqtt as the peer
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
-from edge_harness import EdgeBroker, Peer, Runtime, free_port
+from brokerprocess import free_port
+from edge_harness import EdgeBroker, Peer, Runtime
 
 
 def client_id(runtime: Runtime, broker: EdgeBroker, name: str) -> str:
@@ -18,9 +18,7 @@ def client_id(runtime: Runtime, broker: EdgeBroker, name: str) -> str:
 
 def dead_port() -> int:
     """A port nobody listens on: the broker is 'unreachable'."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def test_qos_0_1_2_both_ways(runtime: Runtime, edge_broker: EdgeBroker) -> None:

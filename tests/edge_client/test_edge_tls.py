@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from edge_harness import Runtime, free_port
+from brokerprocess import free_port
+from edge_harness import Runtime
 
 
 @pytest.fixture(scope="module")

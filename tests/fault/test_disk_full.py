@@ -226,6 +226,7 @@ async def log_line(broker, pattern: str, timeout: float = 20.0) -> None:
 # ---------------------------------------------------------------------------- tests
 
 
+@pytest.mark.serial  # its canary allows a gap of 1 s: other tests on the same cores would cause one
 def test_a_full_disk_refuses_new_messages_keeps_serving_and_recovers(broker_factory, small_disk: Path) -> None:
     broker = broker_factory(data_dir=small_disk / "data")
 
