@@ -55,8 +55,17 @@ TOPIC_ALIAS_MIN_LENGTH = 2
 # Packets that wait behind a held PUBLISH, in order (backpressure, ``flow.py``). The others
 # (acknowledgements, PINGREQ) are handled at once: they let the client's own queue drain.
 DEFERRED_TYPES = frozenset({Publish, Subscribe, Unsubscribe, Disconnect, Auth})
-# What a waiting packet counts against HELD_BYTES_LIMIT besides its payload.
+# What a waiting packet counts against HELD_BYTES_LIMIT besides its topic and payload.
 PACKET_OVERHEAD = 64
+
+
+def waiting_cost(packet: Packet) -> int:
+    """The bytes a packet held back by backpressure counts: its topic too, since a PUBLISH
+    with a 30 KB topic and a 1-byte payload is 30 KB (counted as 65 bytes, 2,000 of them
+    waited: 60 MB, where HELD_BYTES_LIMIT should have paused the socket at 64 KB)."""
+    if type(packet) is Publish:
+        return PACKET_OVERHEAD + len(packet.topic) + len(packet.payload)
+    return PACKET_OVERHEAD
 
 
 class Backpressure:
@@ -494,7 +503,7 @@ class Connection:
         if not state.packets:
             self.engine.flow.waiting.add(self)
         state.packets.append(packet)
-        state.bytes += PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+        state.bytes += waiting_cost(packet)
         if state.bytes > HELD_BYTES_LIMIT and not state.reading_paused:
             state.reading_paused = True
             self.pause_input("backpressure")
@@ -530,7 +539,7 @@ class Connection:
         waiting = state.packets
         while waiting and (force or not (state.held_by or flow.memory_full)) and self.state != CLOSED:
             packet = waiting.popleft()
-            state.bytes -= PACKET_OVERHEAD + (len(packet.payload) if type(packet) is Publish else 0)
+            state.bytes -= waiting_cost(packet)
             self.handle(packet)
         if not waiting:
             state.bytes = 0

@@ -89,7 +89,9 @@ def test_database_and_wal_shrink_back_after_a_burst(broker_factory) -> None:
     wait_until(lambda: (broker.data_dir / "broker.db-wal").stat().st_size == 0, timeout=30,
                what="the WAL emptied")
     after = _database_bytes(broker.data_dir)
-    assert after < 256 * 1024, (peak, after)
+    # 10 MB at the peak, a few hundred KB after: how many pages the commits around the compaction
+    # leave depends on timing (274 KB once under a CPU hog, against 256 KB allowed then).
+    assert after < 512 * 1024, (peak, after)
     # And the broker still works on the compacted file, across a restart.
     broker.restart()
     offline_subscriber(broker.port, "device", "feed")
