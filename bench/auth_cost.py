@@ -30,20 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.canary import read_packet  # noqa: E402  (the same byte-level reader as the canary)
+from bench.canary import read_packet, varint  # noqa: E402  (the byte-level reader and writer of the canary)
 from broker.auth import hashing  # noqa: E402
 
 
 # ---- MQTT 3.1.1 bytes ----------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _str(text: str | bytes) -> bytes:
     raw = text.encode() if isinstance(text, str) else text
     return struct.pack("!H", len(raw)) + raw
@@ -56,17 +47,17 @@ def connect_packet(client_id: str, user: str | None = None, password: str | None
         body += _str(user)
     if password:
         body += _str(password)
-    return b"\x10" + _varint(len(body)) + body
+    return b"\x10" + varint(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes) -> bytes:
     body = _str(topic) + payload
-    return b"\x30" + _varint(len(body)) + body
+    return b"\x30" + varint(len(body)) + body
 
 
 def subscribe_packet(topic_filter: str) -> bytes:
     body = struct.pack("!H", 1) + _str(topic_filter) + b"\x00"
-    return b"\x82" + _varint(len(body)) + body
+    return b"\x82" + varint(len(body)) + body
 
 
 async def open_client(

@@ -26,7 +26,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """An MQTT Variable Byte Integer, written without the broker's codec (the tools' own)."""
     out = bytearray()
     while True:
         byte, value = value % 128, value // 128
@@ -41,7 +42,7 @@ def _string(text: str) -> bytes:
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
+    return bytes([first]) + varint(len(body)) + body
 
 
 def connect_packet(client_id: str, keepalive: int = 60) -> bytes:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from bench.canary import varint
 from broker.protocol import properties as P
 from broker.protocol.codec import PacketReader, encode
 from broker.protocol.errors import MQTTError
@@ -83,15 +84,6 @@ def seed_packets(version: int) -> list[bytes]:
 
 
 SEEDS = {version: (seed_connects(version), seed_packets(version)) for version in (4, 5)}
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.brokers import Broker, MosquittoBroker, OursBroker, raise_nofile_limit, rss_kib
-from bench.canary import Canary
+from bench.canary import Canary, varint
 
 NOFILE = raise_nofile_limit(4096)
 
@@ -58,15 +58,6 @@ class ConfiguredMosquitto(MosquittoBroker):
 
 
 # ---- raw MQTT bytes ------------------------------------------------------------------------
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def mqtt_string(text: str | bytes) -> bytes:

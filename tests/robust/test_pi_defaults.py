@@ -10,19 +10,11 @@ from __future__ import annotations
 import socket
 import time
 
+from bench.canary import varint
 from broker.config import Config
 from e2e.mqttraw import RawClient, publish_packet, subscribe_packet
 
 from .helpers import peak_rss_bytes, rss_bytes
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value % 128, value // 128
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def test_the_defaults_are_bounded() -> None:
