@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 from broker.core.ackgate import AckGate
 from broker.core.empty import EMPTY_SET
 from broker.core.sessions import message_from_publish
-from broker.message import Message
 from broker.protocol import properties as P
 from broker.protocol import reason_codes as RC
 from broker.protocol.errors import ProtocolError
@@ -75,9 +74,7 @@ def handle_publish(conn: Connection, packet: Publish) -> None:
     flow = engine.flow
     if qos == 0:
         if routed:
-            message = message_from_publish(topic, packet.payload, 0, packet.retain, props) if props else (
-                Message(topic, packet.payload, 0, packet.retain, {}, None)
-            )
+            message = message_from_publish(topic, packet.payload, 0, packet.retain, props)
             message.wire_v4_qos0 = packet.wire  # as received, when that is its 3.1.1 form
             flow.feeder = conn  # a queue or slow output this fills holds this client back (core/flow.py)
             try:
